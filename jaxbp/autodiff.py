@@ -1,0 +1,41 @@
+"""Plain-JAX layers whose gradients come from ``jax.grad`` (the reference).
+
+Same names and signatures as :mod:`jaxbp.manual`; each is the ``*_reference``
+forward of the layer module, so both namespaces compute identical outputs.
+"""
+
+from jaxbp.layers.activation import (
+    leaky_relu_reference as leaky_relu,
+    log_softmax_reference as log_softmax,
+    relu_reference as relu,
+    sigmoid_reference as sigmoid,
+    softmax_reference as softmax,
+    tanh_reference as tanh,
+)
+from jaxbp.layers.conv import conv2d_reference as conv2d
+from jaxbp.layers.dense import dense_reference as dense, flatten_reference as flatten
+from jaxbp.layers.dropout import dropout_reference as dropout
+from jaxbp.layers.loss import (
+    sigmoid_binary_cross_entropy_reference as sigmoid_binary_cross_entropy,
+    softmax_cross_entropy_reference as softmax_cross_entropy,
+)
+from jaxbp.layers.norm import batch_norm_reference as batch_norm
+from jaxbp.layers.pool import avg_pool2d_reference as avg_pool2d, max_pool2d_reference as max_pool2d
+
+__all__ = [
+    "avg_pool2d",
+    "batch_norm",
+    "conv2d",
+    "dense",
+    "dropout",
+    "flatten",
+    "leaky_relu",
+    "log_softmax",
+    "max_pool2d",
+    "relu",
+    "sigmoid",
+    "sigmoid_binary_cross_entropy",
+    "softmax",
+    "softmax_cross_entropy",
+    "tanh",
+]

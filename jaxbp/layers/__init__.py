@@ -1,0 +1,1 @@
+"""Layer families: each module holds reference forwards and hand-derived VJPs."""

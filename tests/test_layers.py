@@ -1,0 +1,66 @@
+"""One agreement test over the whole registry, plus the bad-input rejections.
+
+For every layer and configuration: manual VJP == jax.grad VJP (float64 to 1e-10,
+float32 to the layer's tolerance), both == central finite differences (float64,
+smooth inputs), and the same under jit, vmap and grad-of-grad; forwards identical.
+"""
+
+from functools import partial
+
+import jax
+import numpy as np
+import pytest
+
+from jaxbp import manual, registry, verify
+
+CASES = [(spec, case) for spec in registry.REGISTRY.values() for case in spec.cases]
+BAD = [(spec, bad) for spec in registry.REGISTRY.values() for bad in spec.bad_inputs]
+
+
+@pytest.mark.parametrize(("spec", "case"), CASES, ids=[f"{s.name}-{c.name}" for s, c in CASES])
+def test_manual_vjp_matches_autodiff(spec, case):
+    report = verify.verify_layer(spec, case)
+    assert report.passed, str(report)
+    # The tolerances are the ones the issue fixes, not looser ones.
+    assert all(g.tolerance == 1e-10 for g in report.grads if g.dtype == "float64")
+    assert all(g.tolerance == spec.rtol_float32 for g in report.grads if g.dtype == "float32")
+    # Finite differences ran wherever the inputs are smooth.
+    assert all((g.fd_rel_err is not None) == case.smooth for g in report.grads if g.dtype == "float64")
+    # Forward outputs are identical, not merely close.
+    forwards = [t for t in report.transforms if t.name == "forward"]
+    assert forwards and all(t.error == 0.0 for t in forwards), str(report)
+    checked = {(t.name, t.dtype) for t in report.transforms if t.passed}
+    for dtype in ("float64", "float32"):
+        assert {("jit", dtype), ("vmap", dtype), ("grad_of_grad", dtype)} <= checked
+
+
+@pytest.mark.parametrize(("spec", "bad"), BAD, ids=[f"{s.name}-{b.name}" for s, b in BAD])
+def test_bad_input_is_rejected_at_trace_time(spec, bad):
+    args = bad.make_args(np.random.default_rng(0))
+    for fn in (spec.manual, spec.reference):
+        traced = jax.jit(partial(fn, **bad.kwargs))
+        with pytest.raises(ValueError, match=bad.match) as info:
+            traced(*args)
+        assert str(info.value).startswith(spec.name), f"error does not name the layer: {info.value}"
+
+
+def test_every_manual_layer_is_registered():
+    assert set(manual.__all__) == set(registry.REGISTRY), "jaxbp.manual and the registry list different layers"
+    for spec in registry.REGISTRY.values():
+        assert spec.cases, f"{spec.name} has no example cases"
+        assert spec.manual is getattr(manual, spec.name)
+
+
+def test_a_wrong_backward_is_caught():
+    """The agreement test can fail: a ReLU whose backward passes dy through unmasked."""
+
+    @jax.custom_vjp
+    def bad_relu(x):
+        return jax.numpy.maximum(x, 0.0)
+
+    bad_relu.defvjp(lambda x: (bad_relu(x), None), lambda _, dy: (dy,))
+    case = registry.get("relu").cases[0]
+    spec = registry.LayerSpec("bad_relu", bad_relu, registry.get("relu").reference, (case,))
+    report = verify.verify_layer(spec, case, dtypes=("float64",), transforms=False)
+    assert not report.passed
+    assert report.worst().arg == "x" and report.worst().max_rel_err > 0.1
