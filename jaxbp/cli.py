@@ -78,6 +78,65 @@ def _run_check(args: argparse.Namespace) -> int:
     raise NotImplementedError("jaxbp check is being written (issue 4)")
 
 
+# ------------------------------------------------------------------------ bench
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="time the train step and each layer with manual and autodiff gradients, interleaved",
+        description="Times the jitted train step (and each layer at the model's shapes) with manual "
+        "VJPs and with autodiff, interleaved in one process after warm-up; reports medians, ratios, "
+        "compile time, compiled memory, examples/s and GFLOP/s.",
+    )
+    p.add_argument("--model", default="cnn", choices=("cnn", "cnn-bn", "mlp"))
+    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--input-shape", type=_shape3, default=(28, 28, 1), help="H,W,C per example (default 28,28,1)")
+    p.add_argument("--repeats", type=_positive_int, default=20, help="timed interleaved rounds")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--no-layers", action="store_true", help="skip the per-layer breakdown")
+    p.add_argument("--json", metavar="FILE", help="write the full results as JSON")
+    p.set_defaults(run=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from jaxbp import bench
+
+    common = dict(
+        batch_size=args.batch_size, dtype=args.dtype, input_shape=args.input_shape, repeats=args.repeats,
+        warmup=args.warmup,
+    )
+    result = {"train_step": bench.bench_train_step(args.model, **common)}
+    print(bench.format_train_step(result["train_step"]))
+    if not args.no_layers:
+        result["layers"] = bench.bench_layers(args.model, **common)
+        print(bench.format_layers(result["layers"]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+def _shape3(text: str) -> tuple[int, int, int]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"must be three positive ints H,W,C, got {text!r}")
+    return shape
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 # ------------------------------------------------------------------------- main
 
 
@@ -85,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxbp", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"jaxbp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_train, _add_data, _add_check):
+    for add in (_add_train, _add_data, _add_check, _add_bench):
         add(sub)
     return parser
 

@@ -1,0 +1,292 @@
+"""Manual VJPs against autodiff, timed side by side in one process.
+
+Machines are noisy, so nothing here compares two runs: every measurement times
+the candidates *interleaved* in one process (A, B, A, B, ... with the order
+alternating each round), after warm-up, and reports the median, the quartiles
+and the ratio of medians. Steps are compiled ahead of time with
+``jit(...).lower(...).compile()`` so the compile time and the compiled memory
+(``memory_analysis()``) of each are measured too, and the timed calls go straight
+to the executable.
+
+* :func:`bench_train_step`: the whole jitted train step (forward, loss, backward,
+  optimiser update) of a model with manual and with autodiff gradients.
+* :func:`bench_layers`: each layer of the model at the shapes it sees in that
+  model: forward alone, and forward plus backward with the manual and the
+  autodiff VJP.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxbp import autodiff, manual, models
+
+
+@dataclass
+class Timing:
+    """Seconds per call over the timed rounds."""
+
+    median: float
+    q25: float
+    q75: float
+    minimum: float
+    rounds: int
+
+    @classmethod
+    def of(cls, samples: list[float]) -> "Timing":
+        q = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
+        return cls(statistics.median(samples), q[0], q[2], min(samples), len(samples))
+
+    @property
+    def spread(self) -> float:
+        """Inter-quartile range relative to the median."""
+        return (self.q75 - self.q25) / self.median if self.median else 0.0
+
+
+def time_interleaved(calls: dict[str, Callable[[], Any]], *, repeats: int = 20, warmup: int = 2) -> dict[str, Timing]:
+    """Time each zero-argument call ``repeats`` times, interleaved, after ``warmup`` untimed rounds.
+
+    Each call's result is blocked on (``jax.block_until_ready``), so asynchronous
+    dispatch does not hide work. The order of the calls alternates every round.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    names = list(calls)
+    for _ in range(warmup):
+        for name in names:
+            jax.block_until_ready(calls[name]())
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else reversed(names):
+            t0 = time.perf_counter()
+            jax.block_until_ready(calls[name]())
+            samples[name].append(time.perf_counter() - t0)
+    return {n: Timing.of(s) for n, s in samples.items()}
+
+
+@dataclass
+class Compiled:
+    executable: Any
+    compile_s: float
+    temp_bytes: int | None
+    argument_bytes: int | None
+    output_bytes: int | None
+
+
+def compile_ahead(fn: Callable, *args: Any) -> Compiled:
+    """Lower and compile ``jax.jit(fn)`` for ``args``, timing the compilation and reading its memory."""
+    jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
+    t0 = time.perf_counter()
+    executable = jitted.lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    try:
+        mem = executable.memory_analysis()
+    except Exception:  # noqa: BLE001 - some backends do not report memory
+        mem = None
+    get = lambda name: None if mem is None else int(getattr(mem, name, 0))  # noqa: E731
+    return Compiled(
+        executable, compile_s, get("temp_size_in_bytes"), get("argument_size_in_bytes"), get("output_size_in_bytes")
+    )
+
+
+def _inputs(batch_size: int, input_shape: tuple[int, ...], num_classes: int, dtype: str, seed: int):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal((batch_size, *input_shape)), dtype)
+    y = jnp.asarray(rng.integers(0, num_classes, batch_size), jnp.int32)
+    return x, y
+
+
+def _cast_floats(tree: Any, dtype: str) -> Any:
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def bench_train_step(
+    model_name: str = "cnn",
+    *,
+    batch_size: int = 128,
+    dtype: str = "float32",
+    input_shape: tuple[int, int, int] = (28, 28, 1),
+    num_classes: int = 10,
+    repeats: int = 20,
+    warmup: int = 2,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Time the jitted train step with manual and with autodiff gradients, interleaved.
+
+    Returns per mode: the :class:`Timing`, compile seconds, compiled temp/argument/output
+    bytes, examples/s and achieved GFLOP/s (a train step counted as 3x the forward
+    FLOPs: forward, input gradient, weight gradient); plus ``speedup`` =
+    autodiff median / manual median.
+    """
+    from jaxbp import train
+
+    model = models.get_model(model_name, num_classes)
+    _, params, state = model.init(jax.random.key(seed), input_shape)
+    params, state = _cast_floats(params, dtype), _cast_floats(state, dtype)
+    optimizer = optax.sgd(0.01, momentum=0.9)
+    opt_state = optimizer.init(params)
+    x, y = _inputs(batch_size, input_shape, num_classes, dtype, seed)
+    args = (params, opt_state, state, x, y, jnp.asarray(batch_size, jnp.int32), jax.random.key(seed))
+
+    compiled = {g: compile_ahead(train.make_train_step(model, optimizer, grad=g), *args) for g in ("manual", "autodiff")}
+    timings = time_interleaved(
+        {g: (lambda c=c: c.executable(*args)) for g, c in compiled.items()}, repeats=repeats, warmup=warmup
+    )
+    step_flops = 3 * models.flops(model, input_shape) * batch_size
+    result: dict[str, Any] = {
+        "model": model_name,
+        "batch_size": batch_size,
+        "dtype": dtype,
+        "input_shape": list(input_shape),
+        "forward_flops_per_example": models.flops(model, input_shape),
+        "repeats": repeats,
+    }
+    for g in ("manual", "autodiff"):
+        c, t = compiled[g], timings[g]
+        result[g] = {
+            "timing": asdict(t),
+            "median_ms": 1e3 * t.median,
+            "spread": t.spread,
+            "compile_s": c.compile_s,
+            "temp_bytes": c.temp_bytes,
+            "argument_bytes": c.argument_bytes,
+            "output_bytes": c.output_bytes,
+            "examples_per_s": batch_size / t.median,
+            "gflops_per_s": step_flops / t.median / 1e9,
+        }
+    result["speedup"] = timings["autodiff"].median / timings["manual"].median
+    return result
+
+
+def _layer_calls(model: models.Model, batch_size: int, input_shape, dtype: str, seed: int):
+    """For each computing layer of ``model``: (name, kind, input shape, fwd/manual/autodiff fns, args)."""
+    key = jax.random.key(seed)
+    shape = tuple(input_shape)
+    rng = np.random.default_rng(seed)
+    out = []
+    for name, layer in model.layers:
+        out_shape, params, state = layer.init(key, shape)
+        params, state = _cast_floats(params, dtype), (_cast_floats(state, dtype) if state else None)
+        x = jnp.asarray(rng.standard_normal((batch_size, *shape)), dtype)
+        ct = jnp.asarray(rng.standard_normal((batch_size, *out_shape)), dtype)
+
+        def apply(ops, p, x, layer=layer, state=state):
+            return layer.apply(p, x, ops=ops, train=True, rng=key, state=state)[0]
+
+        def fwd_bwd(ops, apply=apply):
+            def f(p, x, ct):
+                y, pullback = jax.vjp(lambda p, x: apply(ops, p, x), p, x)
+                return pullback(ct)
+
+            return f
+
+        kind = layer.kind or _stateless_name(layer)
+        out.append((name, kind, shape, apply, fwd_bwd, (params, x, ct)))
+        shape = out_shape
+    return out
+
+
+def _stateless_name(layer: models.Layer) -> str:
+    for candidate in ("Relu", "Flatten"):
+        if layer is getattr(models, candidate):
+            return candidate.lower()
+    return "max_pool2d"  # the only other parameter-free layer of the built-in models (dropout is off here)
+
+
+def bench_layers(
+    model_name: str = "cnn",
+    *,
+    batch_size: int = 128,
+    dtype: str = "float32",
+    input_shape: tuple[int, int, int] = (28, 28, 1),
+    num_classes: int = 10,
+    repeats: int = 20,
+    warmup: int = 2,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Per layer of the model, at its shapes: forward, manual fwd+bwd and autodiff fwd+bwd, interleaved.
+
+    The loss layer (softmax cross-entropy over the logits) is timed as a last row.
+    """
+    model = models.get_model(model_name, num_classes)
+    rows = []
+    entries = _layer_calls(model, batch_size, input_shape, dtype, seed)
+    for name, kind, shape, apply, fwd_bwd, (params, x, ct) in entries:
+        fwd = compile_ahead(lambda p, x, apply=apply: apply(manual, p, x), params, x)
+        man = compile_ahead(fwd_bwd(manual), params, x, ct)
+        auto = compile_ahead(fwd_bwd(autodiff), params, x, ct)
+        t = time_interleaved(
+            {
+                "forward": lambda: fwd.executable(params, x),
+                "manual": lambda: man.executable(params, x, ct),
+                "autodiff": lambda: auto.executable(params, x, ct),
+            },
+            repeats=repeats,
+            warmup=warmup,
+        )
+        rows.append(_layer_row(name, kind, (batch_size, *shape), t))
+    # The loss: fused softmax cross-entropy backward against autodiff's chain.
+    rng = np.random.default_rng(seed)
+    logits = jnp.asarray(rng.standard_normal((batch_size, num_classes)), dtype)
+    labels = jnp.asarray(rng.integers(0, num_classes, batch_size), jnp.int32)
+    loss_calls = {}
+    fwd = compile_ahead(lambda z: manual.softmax_cross_entropy(z, labels), logits)
+    loss_calls["forward"] = lambda: fwd.executable(logits)
+    for mode, ops in (("manual", manual), ("autodiff", autodiff)):
+        c = compile_ahead(jax.grad(lambda z, ops=ops: ops.softmax_cross_entropy(z, labels)), logits)
+        loss_calls[mode] = lambda c=c: c.executable(logits)
+    timing = time_interleaved(loss_calls, repeats=repeats, warmup=warmup)
+    rows.append(_layer_row("loss", "softmax_cross_entropy", (batch_size, num_classes), timing))
+    return rows
+
+
+def _layer_row(name: str, kind: str, shape: tuple[int, ...], t: dict[str, Timing]) -> dict[str, Any]:
+    return {
+        "layer": name,
+        "kind": kind,
+        "input_shape": list(shape),
+        "forward_ms": 1e3 * t["forward"].median,
+        "manual_fwd_bwd_ms": 1e3 * t["manual"].median,
+        "autodiff_fwd_bwd_ms": 1e3 * t["autodiff"].median,
+        "speedup": t["autodiff"].median / t["manual"].median,
+    }
+
+
+def format_train_step(result: dict[str, Any]) -> str:
+    """A small table of :func:`bench_train_step`'s result."""
+    lines = [
+        f"train step: model {result['model']}, batch {result['batch_size']}, {result['dtype']}, "
+        f"{result['repeats']} interleaved rounds, backend {jax.default_backend()}",
+        f"  {'grad':<9} {'median ms':>10} {'IQR %':>6} {'compile s':>10} {'temp MiB':>9} {'ex/s':>8} {'GFLOP/s':>8}",
+    ]
+    for g in ("manual", "autodiff"):
+        r = result[g]
+        temp = "-" if r["temp_bytes"] is None else f"{r['temp_bytes'] / 2**20:.1f}"
+        lines.append(
+            f"  {g:<9} {r['median_ms']:10.2f} {100 * r['spread']:6.1f} {r['compile_s']:10.2f} {temp:>9} "
+            f"{r['examples_per_s']:8.0f} {r['gflops_per_s']:8.1f}"
+        )
+    lines.append(f"  speedup (autodiff median / manual median): {result['speedup']:.2f}x")
+    return "\n".join(lines)
+
+
+def format_layers(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "per layer (ms, medians): forward alone, forward+backward manual and autodiff",
+        f"  {'layer':<8} {'kind':<22} {'input':<18} {'fwd':>7} {'manual':>8} {'autodiff':>9} {'speedup':>8}",
+    ]
+    for r in rows:
+        shape = "x".join(str(s) for s in r["input_shape"])
+        lines.append(
+            f"  {r['layer']:<8} {r['kind']:<22} {shape:<18} {r['forward_ms']:7.2f} {r['manual_fwd_bwd_ms']:8.2f} "
+            f"{r['autodiff_fwd_bwd_ms']:9.2f} {r['speedup']:7.2f}x"
+        )
+    return "\n".join(lines)
