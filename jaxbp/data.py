@@ -164,16 +164,18 @@ def canonical_name(name: str) -> str:
     return canon
 
 
-def default_cache_dir() -> Path:
+def default_cache_dir(platform: str | None = None) -> Path:
     """The per-user cache root for jaxbp (no dependency, the usual conventions).
 
     Linux/other: ``$XDG_CACHE_HOME/jaxbp`` or ``~/.cache/jaxbp``; macOS:
     ``~/Library/Caches/jaxbp``; Windows: ``%LOCALAPPDATA%\\jaxbp``.
+    ``platform`` defaults to ``sys.platform``.
     """
-    if sys.platform == "win32":
+    platform = sys.platform if platform is None else platform
+    if platform == "win32":
         base = os.environ.get("LOCALAPPDATA")
         root = Path(base) if base else Path.home() / "AppData" / "Local"
-    elif sys.platform == "darwin":
+    elif platform == "darwin":
         root = Path.home() / "Library" / "Caches"
     else:
         base = os.environ.get("XDG_CACHE_HOME")
@@ -182,21 +184,26 @@ def default_cache_dir() -> Path:
     return root / "jaxbp"
 
 
-def search_dirs(name: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
-    """The folders :func:`load` looks in for ``name``, in order."""
-    name = canonical_name(name)
-    dirs: list[Path] = []
+def _search_plan(name: str, data_dir: str | os.PathLike | None) -> list[Path | str]:
+    """The folders to look in, in order, with a note (str) where ``$JAXBP_DATA`` is unset."""
+    plan: list[Path | str] = []
     if data_dir is not None:
         base = Path(data_dir).expanduser()
-        dirs += [base, base / name]
+        plan += [base, base / name]
     env = os.environ.get(ENV_DATA)
     if env:
         base = Path(env).expanduser()
-        dirs += [base, base / name]
-    dirs.append(default_cache_dir() / name)
-    dirs.append(SYSTEM_DATA_DIR / name)
-    seen: set[Path] = set()
-    return [d for d in dirs if not (d in seen or seen.add(d))]  # type: ignore[func-returns-value]
+        plan += [base, base / name]
+    else:
+        plan.append(f"(${ENV_DATA} is not set)")
+    plan += [default_cache_dir() / name, SYSTEM_DATA_DIR / name]
+    seen: set[Path | str] = set()
+    return [d for d in plan if not (d in seen or seen.add(d))]  # type: ignore[func-returns-value]
+
+
+def search_dirs(name: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The folders :func:`load` looks in for ``name``, in order."""
+    return [d for d in _search_plan(canonical_name(name), data_dir) if isinstance(d, Path)]
 
 
 def _file_in(folder: Path, stem: str) -> Path | None:
@@ -209,9 +216,10 @@ def _file_in(folder: Path, stem: str) -> Path | None:
 def _locate(name: str, data_dir: str | os.PathLike | None) -> tuple[dict[str, Path] | None, list[str]]:
     """The four files from the first folder holding all of them, and a line per folder looked in."""
     looked: list[str] = []
-    if data_dir is None and not os.environ.get(ENV_DATA):
-        looked.append(f"(${ENV_DATA} is not set)")
-    for folder in search_dirs(name, data_dir):
+    for folder in _search_plan(name, data_dir):
+        if isinstance(folder, str):
+            looked.append(folder)
+            continue
         if not folder.is_dir():
             looked.append(f"{folder} (no such folder)")
             continue

@@ -58,7 +58,8 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.delenv(data.ENV_DATA, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.setattr(data, "SYSTEM_DATA_DIR", tmp_path / "system")
-    monkeypatch.setattr(data.sys, "platform", "linux")
+    cache = data.default_cache_dir
+    monkeypatch.setattr(data, "default_cache_dir", lambda platform=None: cache("linux"))  # honour XDG on any OS
     return tmp_path
 
 
@@ -267,8 +268,7 @@ def test_default_cache_dir(monkeypatch, platform, env, expected):
         monkeypatch.delenv(var, raising=False)
     for var, value in env.items():
         monkeypatch.setenv(var, value)
-    monkeypatch.setattr(data.sys, "platform", platform)
-    assert data.default_cache_dir() == Path(expected).expanduser()
+    assert data.default_cache_dir(platform) == Path(expected).expanduser()
 
 
 def test_info_reports_found_and_not_found(isolated):
@@ -320,7 +320,7 @@ class _Server:
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/files/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def count(self, name: str | None = None) -> int:
         return len(self.requests) if name is None else self.requests.count(name)
