@@ -137,6 +137,57 @@ def _positive_int(text: str) -> int:
     return value
 
 
+# ---------------------------------------------------------------------- devices
+
+
+def _add_devices(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "devices",
+        help="portability check: layer checks and a short training run on every device, against golden CPU values",
+        description="Lists the backends and devices JAX sees; on each device runs the layer check suite, "
+        "compares the manual gradients of every registry case with the golden float64 CPU gradients shipped "
+        "in the package, and compares a short fixed-seed training run's losses with the golden CPU losses. "
+        "Exit 1 if any device fails.",
+    )
+    p.add_argument("--layer", action="append", metavar="NAME", help="only these layers (repeatable)")
+    p.add_argument("--backend", action="append", choices=("cpu", "gpu", "tpu"), help="only these backends")
+    p.add_argument("--matmul-precision", default="highest", choices=("highest", "high", "default"))
+    p.add_argument("--golden", metavar="FILE", help="golden file (default: the one shipped in the package)")
+    p.add_argument("--write-golden", action="store_true", help="regenerate the golden file on the CPU and exit")
+    p.add_argument("--no-suite", action="store_true", help="skip the manual-vs-autodiff suite (golden only)")
+    p.add_argument("--train-steps", type=_positive_int, help="steps of the golden run to compare (default all)")
+    p.add_argument("--json", metavar="FILE", help="write the reports as JSON")
+    p.set_defaults(run=_run_devices)
+
+
+def _run_devices(args: argparse.Namespace) -> int:
+    import json
+
+    from jaxbp import devices, registry
+
+    golden = args.golden or devices.GOLDEN_PATH
+    if args.write_golden:
+        print(f"wrote {devices.write_golden(golden)}")
+        return 0
+    for name in args.layer or ():
+        if name not in registry.REGISTRY:
+            build_parser().error(f"unknown layer {name!r}; registered: {', '.join(sorted(registry.REGISTRY))}")
+    print("devices: " + ", ".join(f"{d.platform}:{d.id} ({d.device_kind})" for d in devices.list_devices()))
+    try:
+        reports = devices.check_devices(
+            layers=args.layer, backends=args.backend, matmul_precision=args.matmul_precision, golden_path=golden,
+            suite=not args.no_suite, train_steps=args.train_steps,
+        )
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"jaxbp devices: {e}", file=sys.stderr)
+        return 2
+    print(devices.format_reports(reports))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([r.to_dict() for r in reports], f, indent=2)
+    return 0 if all(r.passed for r in reports) else 1
+
+
 # ------------------------------------------------------------------------- main
 
 
@@ -144,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxbp", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"jaxbp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_train, _add_data, _add_check, _add_bench):
+    for add in (_add_train, _add_data, _add_check, _add_bench, _add_devices):
         add(sub)
     return parser
 

@@ -1,0 +1,281 @@
+"""The portability check: the same gradients and the same training run on every device.
+
+``jaxbp devices`` lists the backends and devices JAX sees and, on each device:
+
+1. runs the layer check suite there (manual VJP against ``jax.grad`` on that
+   device, :func:`jaxbp.verify.verify_layer`);
+2. computes the manual VJP of every registry case with a fixed cotangent and
+   compares it with the **golden** float64 gradients computed on the CPU and
+   shipped in the package (``jaxbp/golden/golden.npz``). A device without float64
+   (TPU) computes in float32 and is held to the layer's float32 tolerance;
+3. runs a short fixed-seed training run (``cnn`` on digits, manual gradients,
+   float32) and compares its loss curve with the golden CPU losses.
+
+Nothing assumes a backend: the devices come from ``jax.devices(backend)`` for
+every backend that initialises, and every computation is placed with
+``jax.default_device``. ``write_golden`` regenerates the golden file on the CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxbp import registry, verify
+
+GOLDEN_PATH = Path(__file__).parent / "golden" / "golden.npz"
+GOLDEN_VERSION = 1
+BACKENDS = ("cpu", "gpu", "tpu")
+
+# The golden training run: short, fixed, and cheap enough for every device.
+TRAIN_RUN = {"model": "cnn", "dataset": "digits", "batch_size": 32, "steps": 20, "learning_rate": 0.05, "seed": 0}
+# float32 losses after 20 steps on another backend: reductions and conv algorithms
+# differ in summation order, so the curves drift apart by a few ulps per step.
+LOSS_RTOL = 1e-4
+GOLDEN_F64_RTOL = 1e-10
+
+
+@dataclass
+class Row:
+    """One check on one device."""
+
+    check: str  # "layer[case]" or "train:cnn/digits"
+    dtype: str
+    error: float | None  # against the golden values
+    tolerance: float
+    autodiff_ok: bool | None = None  # the layer check suite on this device (None: not run)
+    note: str = ""
+
+    @property
+    def passed(self) -> bool:
+        golden_ok = self.error is not None and self.error <= self.tolerance
+        return golden_ok and self.autodiff_ok is not False
+
+
+@dataclass
+class DeviceReport:
+    backend: str
+    device: str
+    device_kind: str
+    matmul_precision: str
+    float64: bool
+    rows: list[Row] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.rows)
+
+    @property
+    def worst_gradient_error(self) -> float | None:
+        errs = [r.error for r in self.rows if not r.check.startswith("train:") and r.error is not None]
+        return max(errs, default=None)
+
+    @property
+    def loss_difference(self) -> float | None:
+        errs = [r.error for r in self.rows if r.check.startswith("train:")]
+        return errs[0] if errs else None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for row, r in zip(d["rows"], self.rows):
+            row["passed"] = r.passed
+        d.update(passed=self.passed, worst_gradient_error=self.worst_gradient_error, loss_difference=self.loss_difference)
+        return d
+
+
+# ------------------------------------------------------------------ discovery
+
+
+def list_devices() -> list[jax.Device]:
+    """Every device of every backend that initialises here, CPU included."""
+    found = []
+    for backend in BACKENDS:
+        try:
+            found += jax.devices(backend)
+        except RuntimeError:  # backend not present
+            continue
+    return found
+
+
+def supports_float64(device: jax.Device) -> bool:
+    try:
+        with jax.enable_x64(True), jax.default_device(device):
+            x = jnp.arange(3, dtype=jnp.float64)
+            return bool(jax.jit(lambda v: v * 2.0)(x).dtype == jnp.float64)
+    except Exception:  # noqa: BLE001 - a backend without f64 raises in compilation
+        return False
+
+
+# ------------------------------------------------------------------ the computations
+
+
+def _cases(layers: Iterable[str] | None) -> list[tuple[registry.LayerSpec, registry.Case]]:
+    specs = registry.REGISTRY.values() if layers is None else [registry.get(n) for n in layers]
+    return [(spec, case) for spec in specs for case in spec.cases]
+
+
+def _golden_key(spec: registry.LayerSpec, case: registry.Case, arg: int) -> str:
+    return f"grad/{spec.name}/{case.name}/{arg}"
+
+
+def case_gradients(spec: registry.LayerSpec, case: registry.Case, dtype: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """The manual VJP of one case with a fixed (seeded) cotangent, per differentiable argument."""
+    with jax.enable_x64(True):
+        args = case.args(seed)
+    with jax.enable_x64(dtype == "float64"):
+        cast = tuple(verify._cast(a, dtype) for a in args)
+        fn = lambda *d: spec.manual(*verify._substitute(cast, case.argnums, d), **case.kwargs)  # noqa: E731
+        diff = tuple(cast[i] for i in case.argnums)
+        out, pullback = jax.vjp(fn, *diff)
+        rng = np.random.default_rng(seed + 1)
+        ct = jax.tree.map(lambda o: jnp.asarray(rng.standard_normal(np.shape(o)), o.dtype), out)
+        grads = jax.jit(pullback)(ct)
+        return {_golden_key(spec, case, i): np.asarray(g, np.float64) for i, g in zip(case.argnums, grads)}
+
+
+def training_losses(steps: int | None = None) -> np.ndarray:
+    """The float32 losses of the golden training run (manual gradients) on the default device."""
+    import optax
+
+    from jaxbp import data, models, train
+
+    run = TRAIN_RUN
+    ds = data.load(run["dataset"], seed=run["seed"])
+    model = models.get_model(run["model"], ds.num_classes)
+    _, params, state = model.init(jax.random.key(run["seed"]), ds.input_shape)
+    optimizer = optax.sgd(run["learning_rate"], momentum=0.9)
+    opt_state = optimizer.init(params)
+    step_fn = train.make_train_step(model, optimizer, grad="manual")
+    losses = []
+    n = steps or run["steps"]
+    epoch = 0
+    while len(losses) < n:
+        for xb, yb, n_valid in data.batches(ds.x_train, ds.y_train, run["batch_size"], seed=run["seed"], epoch=epoch, drop_last=True):
+            params, opt_state, state, m = step_fn(
+                params, opt_state, state, xb, yb, jnp.asarray(n_valid, jnp.int32), jax.random.key(len(losses))
+            )
+            losses.append(float(m["loss"]))
+            if len(losses) == n:
+                break
+        epoch += 1
+    return np.asarray(losses, np.float32)
+
+
+# ------------------------------------------------------------------ golden file
+
+
+def write_golden(path: str | Path = GOLDEN_PATH, *, seed: int = 0) -> Path:
+    """Compute the golden values on the CPU (float64 gradients, float32 losses) and save them atomically."""
+    from jaxbp import checkpoint
+
+    cpu = jax.devices("cpu")[0]
+    arrays: dict[str, np.ndarray] = {}
+    with jax.default_device(cpu):
+        for spec, case in _cases(None):
+            arrays.update(case_gradients(spec, case, "float64", seed))
+        arrays["train/losses"] = training_losses()
+    meta = {"version": GOLDEN_VERSION, "seed": seed, "train_run": TRAIN_RUN, "jax": jax.__version__}
+    # A checkpoint file: atomic, pickle-free, and checksummed, so a damaged golden file is caught.
+    return checkpoint.save(path, arrays, step=0, epoch=0, config=meta)
+
+
+def load_golden(path: str | Path = GOLDEN_PATH) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The golden arrays and their metadata; a missing or damaged file is a clear error."""
+    from jaxbp import checkpoint
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"golden file {path} not found; create it with `jaxbp devices --write-golden`")
+    arrays, meta = checkpoint.load(path)
+    golden_meta = meta["config"]
+    if golden_meta.get("version") != GOLDEN_VERSION:
+        raise ValueError(f"golden file {path} has version {golden_meta.get('version')}, expected {GOLDEN_VERSION}")
+    return arrays, golden_meta
+
+
+# ------------------------------------------------------------------ the check
+
+
+def check_device(
+    device: jax.Device,
+    golden: dict[str, np.ndarray],
+    *,
+    layers: Iterable[str] | None = None,
+    matmul_precision: str = "highest",
+    seed: int = 0,
+    suite: bool = True,
+    train_steps: int | None = None,
+) -> DeviceReport:
+    """Every check on one device. ``suite=False`` skips the manual-vs-autodiff suite (golden only)."""
+    f64 = supports_float64(device)
+    dtype = "float64" if f64 else "float32"
+    report = DeviceReport(device.platform, str(device), device.device_kind, matmul_precision, f64)
+    with jax.default_device(device), jax.default_matmul_precision(matmul_precision):
+        for spec, case in _cases(layers):
+            grads = case_gradients(spec, case, dtype, seed)
+            errs = []
+            for key, g in grads.items():
+                if key not in golden:
+                    raise KeyError(f"golden file has no entry {key}: regenerate it with `jaxbp devices --write-golden`")
+                errs.append(verify._rel_err(g, golden[key])[1])
+            tol = GOLDEN_F64_RTOL if f64 else spec.rtol_float32
+            ok = None
+            if suite:
+                ok = verify.verify_layer(
+                    spec, case, dtypes=(dtype,), seed=seed, matmul_precision=matmul_precision
+                ).passed
+            report.rows.append(Row(f"{spec.name}[{case.name}]", dtype, max(errs, default=0.0), tol, ok))
+        if "train/losses" in golden:
+            want = golden["train/losses"]
+            got = training_losses(train_steps or len(want))
+            err = float(np.max(np.abs(got - want[: len(got)]) / np.abs(want[: len(got)])))
+            run = TRAIN_RUN
+            report.rows.append(
+                Row(f"train:{run['model']}/{run['dataset']}", "float32", err, LOSS_RTOL, note=f"{len(got)} steps")
+            )
+    return report
+
+
+def check_devices(
+    *,
+    layers: Sequence[str] | None = None,
+    backends: Sequence[str] | None = None,
+    matmul_precision: str = "highest",
+    golden_path: str | Path = GOLDEN_PATH,
+    suite: bool = True,
+    train_steps: int | None = None,
+) -> list[DeviceReport]:
+    golden, _ = load_golden(golden_path)
+    devices = [d for d in list_devices() if backends is None or d.platform in backends]
+    return [
+        check_device(d, golden, layers=layers, matmul_precision=matmul_precision, suite=suite, train_steps=train_steps)
+        for d in devices
+    ]
+
+
+def format_reports(reports: Sequence[DeviceReport]) -> str:
+    lines = []
+    for r in reports:
+        worst = "-" if r.worst_gradient_error is None else f"{r.worst_gradient_error:.1e}"
+        loss = "-" if r.loss_difference is None else f"{r.loss_difference:.1e}"
+        lines += [
+            f"{r.backend} {r.device} ({r.device_kind}), matmul precision {r.matmul_precision}, "
+            f"float64 {'yes' if r.float64 else 'no'}: {'PASS' if r.passed else 'FAIL'} "
+            f"(worst gradient error {worst}, loss-curve difference {loss})",
+            f"  {'check':<44} {'dtype':<8} {'vs golden':>10} {'tol':>8} {'autodiff':>9}  result",
+        ]
+        for row in r.rows:
+            err = "-" if row.error is None else f"{row.error:.1e}"
+            ad = {True: "ok", False: "FAIL", None: "-"}[row.autodiff_ok]
+            note = f"  ({row.note})" if row.note else ""
+            lines.append(
+                f"  {row.check:<44} {row.dtype:<8} {err:>10} {row.tolerance:8.0e} {ad:>9}  "
+                f"{'ok' if row.passed else 'FAIL'}{note}"
+            )
+        lines.append("")
+    return "\n".join(lines).rstrip()
