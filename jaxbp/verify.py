@@ -860,3 +860,135 @@ def format_markdown(reports: Sequence[Report], dtypes: Sequence[str] = ("float64
                 cells.append(f"`{v}`" if k == "layer" else str(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def reports_to_dict(reports: Sequence[Report], dtypes: Sequence[str] = ("float64", "float32"), **meta: Any) -> dict:
+    """The JSON record of a run of checks: metadata, the summary rows and every full report."""
+    return _json_safe(
+        {
+            "passed": all(r.passed for r in reports),
+            "num_reports": len(reports),
+            "num_failed": sum(not r.passed for r in reports),
+            "dtypes": list(dtypes),
+            "backend": jax.default_backend(),
+            "jax_version": jax.__version__,
+            **meta,
+            "summary": summary_rows(reports, dtypes),
+            "reports": [r.to_dict() for r in reports],
+        }
+    )
+
+
+# ------------------------------------------------------- a user's own function
+
+
+class TargetError(ValueError):
+    """A ``module:function`` spec or a shape that cannot be used (the CLI exits with status 2)."""
+
+
+def load_function(spec: str, *, search_cwd: bool = True) -> Callable:
+    """Import ``module:function`` (``function`` may be dotted: ``module:Class.method``).
+
+    Uses :func:`importlib.import_module` only (no ``eval``); with ``search_cwd`` the
+    current directory is put on ``sys.path`` first, so a user's own ``mylayer.py``
+    is found. Raises :class:`TargetError` saying what is wrong.
+    """
+    import importlib
+    import os
+
+    module_name, sep, attr_path = spec.partition(":")
+    if not sep or not module_name.strip() or not attr_path.strip():
+        raise TargetError(f"{spec!r} is not of the form MODULE:FUNCTION (e.g. mylayer:softplus)")
+    module_name, attr_path = module_name.strip(), attr_path.strip()
+    if not all(part.isidentifier() for part in module_name.split(".")) or not all(
+        part.isidentifier() for part in attr_path.split(".")
+    ):
+        raise TargetError(f"{spec!r}: module and function must be dotted Python names")
+    if search_cwd and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    importlib.invalidate_caches()  # a module written a moment ago
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise TargetError(f"{spec!r}: cannot import module {module_name!r} ({e}); sys.path starts with "
+                          f"{sys.path[:3]}") from e
+    except Exception as e:  # noqa: BLE001 - a user's module may raise anything on import
+        raise TargetError(f"{spec!r}: importing {module_name!r} raised {type(e).__name__}: {_first_line(e)}") from e
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            raise TargetError(f"{spec!r}: {getattr(obj, '__name__', module_name)!r} has no attribute {part!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TargetError(f"{spec!r} is not callable (it is a {type(obj).__name__})")
+    return obj
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"3,4"`` -> ``(3, 4)``; ``"7"`` -> ``(7,)``; ``""`` or ``"()"`` -> a scalar. Raises :class:`TargetError`."""
+    body = text.strip().strip("()[]").strip()
+    if not body:
+        return ()
+    parts = [p.strip() for p in body.replace("x", ",").split(",")]
+    if parts and parts[-1] == "":  # "3," is the 1-tuple (3,)
+        parts = parts[:-1]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise TargetError(f"malformed shape {text!r}: expected non-negative integers separated by commas, e.g. 3,4")
+    return tuple(int(p) for p in parts)
+
+
+def example_inputs(shapes: Sequence[tuple[int, ...]], seed: int = 0) -> tuple[np.ndarray, ...]:
+    """Seeded standard-normal float64 arrays of the given shapes."""
+    rng = np.random.default_rng(seed)
+    return tuple(rng.standard_normal(shape) for shape in shapes)
+
+
+def check_target(
+    target: str | Callable,
+    reference: str | Callable,
+    shapes: Sequence[str | tuple[int, ...]],
+    *,
+    argnums: Sequence[int] | None = None,
+    dtypes: Sequence[str] = ("float64", "float32"),
+    seed: int = 0,
+    matmul_precision: str | None = "highest",
+) -> Report:
+    """:func:`verify_vjp` of a user's pair on random float64 inputs of the given shapes (``jaxbp check --target``)."""
+    manual_fn = load_function(target) if isinstance(target, str) else target
+    reference_fn = load_function(reference) if isinstance(reference, str) else reference
+    shapes = [parse_shape(s) if isinstance(s, str) else tuple(s) for s in shapes]
+    if not shapes:
+        raise TargetError("give the shape of every argument, e.g. --shapes 3,4 4,2")
+    if argnums is not None:
+        bad = [i for i in argnums if not 0 <= i < len(shapes)]
+        if bad:
+            raise TargetError(f"argnums {bad} out of range for {len(shapes)} argument(s)")
+    args = example_inputs(shapes, seed)
+    for spec, fn in ((target, manual_fn), (reference, reference_fn)):
+        try:
+            inspect.signature(fn).bind(*args)
+        except TypeError as e:
+            label = spec if isinstance(spec, str) else getattr(fn, "__name__", "function")
+            raise TargetError(f"{label} cannot take the {len(args)} argument(s) given by --shapes: {e}") from e
+        except ValueError:  # no signature to check (a builtin): let the call decide
+            pass
+    name = target if isinstance(target, str) else getattr(_unwrap(target), "__name__", "function")
+    return verify_vjp(
+        manual_fn,
+        reference_fn,
+        *args,
+        argnums=None if argnums is None else tuple(argnums),
+        dtypes=dtypes,
+        seed=seed,
+        matmul_precision=matmul_precision,
+        name=name,
+    )
+
+
+def write_json(path: str, reports: Sequence[Report], dtypes: Sequence[str] = ("float64", "float32"), **meta: Any):
+    """Write :func:`reports_to_dict` to ``path`` (parents created); returns the path."""
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(reports_to_dict(reports, dtypes, **meta), indent=2) + "\n", encoding="utf-8")
+    return path
