@@ -187,10 +187,210 @@ _CONV: tuple[LayerSpec, ...] = ()
 _POOL: tuple[LayerSpec, ...] = ()
 
 # ------------------------------------------------- losses, batch norm, dropout
-# (filled in by jaxbp.layers.loss / norm / dropout)
-_LOSS: tuple[LayerSpec, ...] = ()
-_NORM: tuple[LayerSpec, ...] = ()
-_DROPOUT: tuple[LayerSpec, ...] = ()
+
+
+def _probabilities(n: int, classes: int) -> Callable[[np.random.Generator], np.ndarray]:
+    """Rows of a softmax of normal samples: valid soft labels, no entry exactly 0 or 1."""
+
+    def make(rng):
+        e = np.exp(rng.standard_normal((n, classes)))
+        return e / e.sum(axis=1, keepdims=True)
+
+    return make
+
+
+def _large(*shape: int, offset: float) -> Callable[[np.random.Generator], np.ndarray]:
+    """Normal samples shifted by +-offset at random, gaps of about 2 offset between entries.
+
+    There softmax and sigmoid probabilities round to 0 or 1 in float32 (e^-120 underflows,
+    sigmoid(30) == 1), so a naive log(softmax) or log(1 - sigmoid) would be log(0).
+    """
+    return lambda rng: rng.standard_normal(shape) + offset * rng.choice([-1.0, 1.0], size=shape)
+
+
+def _uniform(*shape: int) -> Callable[[np.random.Generator], np.ndarray]:
+    return lambda rng: rng.random(shape)
+
+
+def _norm_args(*shape: int) -> ArgMaker:
+    """``(x, gamma, beta)`` for batch norm, gamma and beta drawn first.
+
+    verify seeds its cotangents with the case's seed, so a first-drawn x would equal
+    the first cotangent dy. dy = x lies in the span of (1, xhat) per channel, where the
+    batch-norm dx vanishes (the layer is invariant to shifting and scaling x): dx ~ 0
+    and every relative error of it would be noise.
+    """
+
+    def make(rng):
+        gamma, beta = rng.standard_normal(shape[-1]), rng.standard_normal(shape[-1])
+        return rng.standard_normal(shape), gamma, beta
+
+    return make
+
+
+_LOSS: tuple[LayerSpec, ...] = (
+    LayerSpec(
+        "softmax_cross_entropy",
+        manual.softmax_cross_entropy,
+        autodiff.softmax_cross_entropy,
+        (
+            Case("int-labels", args_of(normal(6, 5), labels(6, 5))),
+            # Soft labels are differentiable; the vmap check scales them by 1.25 and 1.5, which the
+            # general dlogits = (p sum_c y_c - y)/N handles (rows no longer sum to 1).
+            Case("prob-labels", args_of(normal(5, 4), _probabilities(5, 4)), argnums=(0, 1)),
+            Case("large-logits", args_of(_large(3, 5, offset=60.0), _probabilities(3, 5)), argnums=(0, 1)),
+            Case("single-row", args_of(normal(1, 7), labels(1, 7))),
+        ),
+        bad_inputs=(
+            BadInput("logits-rank", args_of(normal(6), labels(6, 3)), {}, "logits must have rank 2"),
+            BadInput("batch-mismatch", args_of(normal(4, 3), labels(5, 3)), {}, r"\(4,\).*\(4, 3\).*\(5,\)"),
+            BadInput(
+                "int-labels-rank",
+                args_of(normal(4, 3), lambda rng: np.zeros((4, 3), np.int32)),
+                {},
+                r"integer labels must have shape \(4,\)",
+            ),
+            BadInput(
+                "prob-labels-shape",
+                args_of(normal(4, 3), _probabilities(4, 2)),
+                {},
+                r"probability labels must have the logits' shape \(4, 3\).*\(4, 2\)",
+            ),
+            BadInput("prob-labels-rank", args_of(normal(4, 3), _uniform(4)), {}, r"probability labels.*\(4,\)"),
+            BadInput("bool-labels", args_of(normal(4, 3), lambda rng: np.ones(4, bool)), {}, "dtype bool"),
+            BadInput(
+                "int-logits",
+                args_of(lambda rng: np.ones((4, 3), np.int32), labels(4, 3)),
+                {},
+                "logits must be a floating-point",
+            ),
+            BadInput("no-classes", args_of(normal(4, 0), labels(4, 1)), {}, "at least one row and one class"),
+        ),
+        rtol_float32=1e-5,  # observed <= 2e-7: a few ulps of exp/log and of the mean's 1/N
+    ),
+    LayerSpec(
+        "sigmoid_binary_cross_entropy",
+        manual.sigmoid_binary_cross_entropy,
+        autodiff.sigmoid_binary_cross_entropy,
+        (
+            Case("matrix", args_of(normal(4, 5), _uniform(4, 5)), argnums=(0, 1)),
+            Case("large-logits", args_of(_large(3, 4, offset=30.0), _uniform(3, 4)), argnums=(0, 1)),
+            Case(
+                "nhwc-hard-targets",
+                args_of(normal(2, 3, 3, 2), lambda rng: rng.integers(0, 2, (2, 3, 3, 2)).astype(float)),
+                argnums=(0, 1),
+            ),
+        ),
+        bad_inputs=(
+            BadInput("shape-mismatch", args_of(normal(4, 5), _uniform(4, 4)), {}, r"\(4, 5\).*\(4, 4\)"),
+            BadInput(
+                "int-targets",
+                args_of(normal(4), lambda rng: np.ones(4, np.int32)),
+                {},
+                "targets must be a floating-point",
+            ),
+            BadInput("empty", args_of(normal(0, 3), _uniform(0, 3)), {}, "non-empty"),
+        ),
+        rtol_float32=1e-5,  # observed <= 3e-7: sigmoid vs autodiff's log1p(exp(-|z|)) derivative, a few ulps
+    ),
+)
+
+_NORM: tuple[LayerSpec, ...] = (
+    LayerSpec(
+        "batch_norm",
+        manual.batch_norm,
+        autodiff.batch_norm,
+        (
+            Case("nc", _norm_args(6, 3), argnums=(0, 1, 2)),
+            Case("nhwc-eps-1e-3", _norm_args(2, 3, 3, 4), {"eps": 1e-3}, argnums=(0, 1, 2)),
+            # One example still normalises over H and W (M = 6); eps far below var.
+            Case("single-example-small-eps", _norm_args(1, 2, 3, 2), {"eps": 1e-9}, argnums=(0, 1, 2)),
+            # Not a case: a channel constant over the batch (var = 0, xhat = 0, inv_std = eps^-1/2) is degenerate.
+        ),
+        # Observed float32 errors <= 3e-7 (dx's sums over M elements are rounded in another order than
+        # autodiff's chain of mean/var backwards); the default holds once dy is not aligned with x (_norm_args).
+        rtol_float32=1e-5,
+        bad_inputs=(
+            BadInput("rank-1", args_of(normal(5), normal(5), normal(5)), {}, r"rank >= 2.*\(5,\)"),
+            BadInput(
+                "gamma-shape",
+                args_of(normal(4, 3), normal(2), normal(3)),
+                {},
+                r"gamma must have shape \(3,\).*\(4, 3\).*\(2,\)",
+            ),
+            BadInput(
+                "beta-shape", args_of(normal(2, 2, 2, 3), normal(3), normal(3, 1)), {}, r"beta must have shape \(3,\)"
+            ),
+            BadInput(
+                "eps-zero",
+                args_of(normal(4, 3), normal(3), normal(3)),
+                {"eps": 0.0},
+                "eps must be a finite number > 0, got 0.0",
+            ),
+            BadInput(
+                "eps-array",
+                args_of(normal(4, 3), normal(3), normal(3)),
+                {"eps": np.ones(3)},
+                "eps must be a Python float",
+            ),
+            BadInput(
+                "dtype-mismatch",
+                lambda rng: (rng.standard_normal((4, 3)), np.ones(3, np.float32), np.zeros(3, np.float16)),
+                {},
+                "gamma and beta must have the same dtype",
+            ),
+            BadInput(
+                "int-x",
+                args_of(lambda rng: np.ones((4, 3), np.int32), normal(3), normal(3)),
+                {},
+                "x must be a floating-point",
+            ),
+        ),
+    ),
+)
+
+_DROPOUT: tuple[LayerSpec, ...] = (
+    LayerSpec(
+        "dropout",
+        manual.dropout,
+        autodiff.dropout,
+        (
+            Case("rate-0", args_of(normal(2, 3, 3, 4), key(0)), {"rate": 0.0}),
+            Case("rate-0.5", args_of(normal(2, 3, 3, 4), key(1)), {"rate": 0.5}),
+            Case("rate-0.25-raw-key", args_of(normal(2, 3, 3, 4), lambda rng: jax.random.PRNGKey(2)), {"rate": 0.25}),
+        ),
+        # Observed error 0: dx is the very multiply-and-select autodiff derives. The default is kept
+        # rather than 0 so that a backend that fuses the scale differently is not failed on an ulp.
+        rtol_float32=1e-5,
+        bad_inputs=(
+            BadInput(
+                "rate-1", args_of(normal(3), key(0)), {"rate": 1.0}, r"dropout: rate must be in \[0, 1\), got 1.0"
+            ),
+            BadInput("rate-negative", args_of(normal(3), key(0)), {"rate": -0.1}, r"got -0.1"),
+            BadInput(
+                "rate-array",
+                args_of(normal(3), key(0)),
+                {"rate": np.array([0.5])},
+                "rate must be a Python float",
+            ),
+            BadInput(
+                "key-shape",
+                args_of(normal(3), lambda rng: jax.random.split(jax.random.key(0))),
+                {"rate": 0.5},
+                r"single PRNG key.*\(2,\)",
+            ),
+            BadInput(
+                "not-a-key",
+                args_of(normal(3), normal(2)),
+                {"rate": 0.5},
+                "key must be a jax.random.key or a raw uint32 key",
+            ),
+            BadInput(
+                "int-x", args_of(lambda rng: np.ones(3, np.int32), key(0)), {"rate": 0.5}, "x must be a floating-point"
+            ),
+        ),
+    ),
+)
 
 REGISTRY: dict[str, LayerSpec] = {
     spec.name: spec for spec in (*_CONV, *_POOL, *_DENSE, *_ACTIVATIONS, *_SOFTMAX, *_LOSS, *_NORM, *_DROPOUT)
