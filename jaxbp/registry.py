@@ -183,8 +183,141 @@ _DENSE = (
 
 # ------------------------------------------------------ convolution and pooling
 # (filled in by jaxbp.layers.conv / jaxbp.layers.pool)
-_CONV: tuple[LayerSpec, ...] = ()
-_POOL: tuple[LayerSpec, ...] = ()
+
+
+def _conv_case(name, x, w, bias=True, **kwargs) -> Case:
+    """x, w: shapes; the bias (w's last axis) is an argument and differentiated unless ``bias=False``."""
+    if bias:
+        return Case(name, args_of(normal(*x), normal(*w), normal(w[3])), kwargs, argnums=(0, 1, 2))
+    return Case(name, args_of(normal(*x), normal(*w), None), kwargs, argnums=(0, 1))
+
+
+def _conv_bad(name, x, w, match, b=None, **kwargs) -> BadInput:
+    return BadInput(name, args_of(normal(*x), normal(*w), None if b is None else normal(*b)), kwargs, match)
+
+
+_CONV = (
+    LayerSpec(
+        "conv2d",
+        manual.conv2d,
+        autodiff.conv2d,
+        (
+            _conv_case("3x3-valid", (2, 6, 6, 3), (3, 3, 3, 4)),
+            _conv_case("3x3-same-stride2-odd", (2, 7, 7, 2), (3, 3, 2, 4), stride=2, padding="SAME"),
+            _conv_case("stride2-unread-row", (1, 8, 8, 2), (3, 3, 2, 3), stride=2),  # row/col 7 never read
+            _conv_case("int-padding", (2, 5, 5, 3), (3, 3, 3, 2), padding=1),
+            _conv_case("asymmetric-padding", (1, 6, 7, 2), (3, 2, 2, 3), stride=(2, 1), padding=((1, 0), (2, 1))),
+            _conv_case("dilation2-same", (1, 9, 9, 2), (3, 3, 2, 2), dilation=2, padding="SAME"),
+            _conv_case(
+                "rect-dilation-stride",
+                (1, 8, 7, 2),
+                (2, 3, 2, 2),
+                stride=(2, 1),
+                dilation=(1, 2),
+                padding=((0, 1), (1, 0)),
+            ),
+            _conv_case("groups2", (2, 5, 5, 4), (3, 3, 2, 4), groups=2),
+            _conv_case("depthwise-stride2", (2, 6, 6, 3), (3, 3, 1, 3), groups=3, stride=2, padding=1),
+            _conv_case("depthwise-multiplier2", (1, 5, 5, 2), (3, 3, 1, 4), groups=2, padding="SAME"),
+            _conv_case("no-bias", (2, 5, 5, 2), (3, 3, 2, 3), bias=False),
+            _conv_case("1x1", (2, 4, 4, 3), (1, 1, 3, 2)),
+            _conv_case("1x1-pad-beyond-kernel", (1, 5, 5, 2), (1, 1, 2, 2), stride=2, padding=1),  # dx crops padding
+            _conv_case("rect-kernel-stride", (1, 7, 9, 2), (2, 3, 2, 3), stride=(1, 2)),
+        ),
+        bad_inputs=(
+            _conv_bad("x-rank", (5, 5, 3), (3, 3, 3, 2), r"conv2d: x must have rank 4.*\(5, 5, 3\).*\(3, 3, 3, 2\)"),
+            _conv_bad("w-rank", (1, 5, 5, 3), (3, 3, 3), r"w must have rank 4.*\(1, 5, 5, 3\).*\(3, 3, 3\)"),
+            _conv_bad(
+                "channel-mismatch", (1, 5, 5, 3), (3, 3, 2, 4), r"3 input channels.*\(1, 5, 5, 3\).*\(3, 3, 2, 4\)"
+            ),
+            _conv_bad("groups-channel-mismatch", (1, 5, 5, 4), (3, 3, 4, 4), r"4 per group x 2 groups", groups=2),
+            _conv_bad(
+                "cout-not-divisible", (1, 5, 5, 4), (3, 3, 2, 3), r"Cout \(3\).*divisible by groups \(2\)", groups=2
+            ),
+            _conv_bad("groups-zero", (1, 5, 5, 4), (3, 3, 4, 4), "groups must be an int >= 1", groups=0),
+            _conv_bad("kernel-too-large", (1, 4, 4, 2), (5, 3, 2, 2), r"kernel's height \(5.*padded input's \(4\)"),
+            _conv_bad(
+                "dilated-kernel-too-large", (1, 6, 6, 2), (3, 3, 2, 2), r"width \(7 after dilation\)", dilation=(1, 3)
+            ),
+            _conv_bad("stride-zero", (1, 5, 5, 2), (3, 3, 2, 2), "stride must be >= 1", stride=0),
+            _conv_bad("dilation-zero", (1, 5, 5, 2), (3, 3, 2, 2), "dilation must be >= 1", dilation=(1, 0)),
+            _conv_bad("padding-name", (1, 5, 5, 2), (3, 3, 2, 2), "padding must be 'VALID', 'SAME'", padding="FULL"),
+            _conv_bad(
+                "padding-negative", (1, 5, 5, 2), (3, 3, 2, 2), "padding must be >= 0", padding=((1, -1), (0, 0))
+            ),
+            _conv_bad("padding-shape", (1, 5, 5, 2), (3, 3, 2, 2), "padding must be", padding=(1, 2, 3)),
+            _conv_bad("bias-shape", (1, 5, 5, 2), (3, 3, 2, 4), r"b must have shape \(4,\), got \(2,\)", b=(2,)),
+        ),
+        rtol_float32=1e-5,
+    ),
+)
+
+
+def _relu_like(*shape: int) -> Callable[[np.random.Generator], np.ndarray]:
+    """max(normal, 0): about half the entries exactly 0, so many windows tie at 0."""
+    return lambda rng: np.maximum(rng.standard_normal(shape), 0.0)
+
+
+def _pool_cases(max_pool: bool) -> tuple[Case, ...]:
+    cases = (
+        Case("2x2/2", args_of(normal(2, 6, 6, 3)), {"window": 2}),
+        Case("2x2/2-odd-crop", args_of(normal(1, 7, 7, 2)), {"window": 2}),  # last row/col in no window
+        Case("3x3/2-overlap", args_of(normal(2, 7, 7, 2)), {"window": 3, "stride": 2}),
+        Case("3x3/1", args_of(normal(1, 5, 5, 2)), {"window": 3, "stride": 1}),
+        Case("3x3/2-same", args_of(normal(1, 6, 6, 2)), {"window": 3, "stride": 2, "padding": "SAME"}),
+        Case("2x2/2-same-odd", args_of(normal(1, 7, 5, 2)), {"window": 2, "padding": "SAME"}),
+        Case(
+            "3x3/2-explicit-padding",
+            args_of(normal(1, 6, 7, 2)),
+            {"window": 3, "stride": 2, "padding": ((1, 0), (0, 2))},
+        ),
+        Case("3x3/3-int-padding", args_of(normal(1, 7, 8, 2)), {"window": 3, "padding": 1}),
+        Case("2x2/3-gaps", args_of(normal(1, 9, 8, 2)), {"window": 2, "stride": 3}),
+        Case("rect-2x3", args_of(normal(1, 6, 9, 2)), {"window": (2, 3)}),
+        Case("rect-3x2/(1,2)", args_of(normal(1, 6, 7, 2)), {"window": (3, 2), "stride": (1, 2)}),
+    )
+    if max_pool:  # ties: the whole gradient of a window goes to its first maximum
+        cases += (
+            Case("ties-zeros-2x2/2", lambda rng: (np.zeros((2, 4, 4, 2)),), {"window": 2}, smooth=False),
+            Case("ties-zeros-3x3/1", lambda rng: (np.zeros((1, 5, 5, 2)),), {"window": 3, "stride": 1}, smooth=False),
+            Case("ties-relu-2x2/2", args_of(_relu_like(2, 6, 6, 3)), {"window": 2}, smooth=False),
+            Case("ties-relu-3x3/2-overlap", args_of(_relu_like(2, 7, 7, 2)), {"window": 3, "stride": 2}, smooth=False),
+            Case(
+                "ties-relu-3x3/1-same",
+                args_of(_relu_like(1, 6, 6, 2)),
+                {"window": 3, "stride": 1, "padding": "SAME"},
+                smooth=False,
+            ),
+        )
+    return cases
+
+
+def _pool_bad(layer: str) -> tuple[BadInput, ...]:
+    return (
+        BadInput("x-rank", args_of(normal(6, 6, 2)), {}, f"{layer}: x must have rank 4"),
+        BadInput("window-zero", args_of(normal(1, 6, 6, 2)), {"window": 0}, "window must be >= 1"),
+        BadInput("stride-zero", args_of(normal(1, 6, 6, 2)), {"window": 2, "stride": (1, 0)}, "stride must be >= 1"),
+        BadInput(
+            "window-too-large",
+            args_of(normal(1, 3, 6, 2)),
+            {"window": 4},
+            r"window's height \(4\).*padded input's \(3\)",
+        ),
+        BadInput("padding-name", args_of(normal(1, 6, 6, 2)), {"padding": "FULL"}, "padding must be 'VALID', 'SAME'"),
+        BadInput("padding-negative", args_of(normal(1, 6, 6, 2)), {"padding": -1}, "padding must be >= 0"),
+        BadInput(
+            "padding-not-smaller-than-window",
+            args_of(normal(1, 6, 6, 2)),
+            {"padding": ((0, 0), (2, 0))},
+            "smaller than the window",
+        ),
+    )
+
+
+_POOL = (
+    LayerSpec("max_pool2d", manual.max_pool2d, autodiff.max_pool2d, _pool_cases(True), _pool_bad("max_pool2d"), 1e-5),
+    LayerSpec("avg_pool2d", manual.avg_pool2d, autodiff.avg_pool2d, _pool_cases(False), _pool_bad("avg_pool2d"), 1e-5),
+)
 
 # ------------------------------------------------- losses, batch norm, dropout
 

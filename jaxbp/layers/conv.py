@@ -1,9 +1,232 @@
-"""Placeholder: being written (see issue 2)."""
+r"""2-D convolution: NHWC activations, HWIO kernels, strides, padding, dilation and groups.
+
+Shapes: ``x`` [N, H, W, Cin], ``w`` [KH, KW, Cin/G, Cout], ``b`` [Cout], ``y`` [N, Ho, Wo, Cout];
+``G`` groups, output channel ``c`` reading the input channels of its group ``g(c)``;
+``xp`` is ``x`` zero-padded by (lo, hi) per spatial axis, ``s`` the stride, ``d`` the dilation:
+
+    forward:   y[n,o,p,c] = b[c] + sum_{i,j,k} xp[n, s o + d i, s p + d j, g(c) Cin/G + k] w[i,j,k,c]
+
+    backward:  dx = conv(pad(dilate_s(dy)), rot180(w)^T)
+                   the output gradient with s - 1 zeros between its rows/cols, padded by
+                   d (K - 1) - lo before and by whatever brings it back to H after (rows/cols
+                   the forward never read, when s does not divide the input, get 0), convolved
+                   at stride 1 and dilation d with the kernel rotated 180 degrees and its
+                   in/out feature axes swapped inside each group
+               dw[i,j,k,c] = sum_{n,o,p} xp[n, s o + d i, s p + d j, g(c) Cin/G + k] dy[n,o,p,c]
+                   the correlation of the input with dy: im2col patches^T dy, one matmul per group
+               db[c] = sum_{n,o,p} dy[n,o,p,c]
+
+The forward saves ``x`` and ``w``; whether a ``db`` is owed is static.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxbp.layers import _checks
+
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+Pads = tuple[tuple[int, int], tuple[int, int]]
 
 
-def conv2d_reference(*args, **kwargs):
-    raise NotImplementedError("conv2d")
+def padding_pairs(layer: str, padding, in_hw, window, stride, context: str = "") -> Pads:
+    """Normalise a padding spec to ``((top, bottom), (left, right))``.
+
+    ``padding`` is "VALID", "SAME" (as ``lax``: output ``ceil(in / stride)``), an int (every
+    side) or a pair of (before, after) pairs; ``window`` is the (dilated) window extent.
+    """
+    if isinstance(padding, str) and padding.upper() in ("VALID", "SAME"):
+        pads = lax.padtype_to_pads(tuple(in_hw), tuple(window), tuple(stride), padding.upper())
+        return tuple((int(lo), int(hi)) for lo, hi in pads)
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if is_int(padding):
+        pads = ((padding, padding), (padding, padding))
+    elif (
+        isinstance(padding, (tuple, list))
+        and len(padding) == 2
+        and all(isinstance(p, (tuple, list)) and len(p) == 2 and all(is_int(v) for v in p) for p in padding)
+    ):
+        pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    else:
+        _checks.fail(
+            layer,
+            f"padding must be 'VALID', 'SAME', an int or ((top, bottom), (left, right)), got {padding!r}{context}",
+        )
+    if min(min(p) for p in pads) < 0:
+        _checks.fail(layer, f"padding must be >= 0, got {padding!r}{context}")
+    return pads
 
 
-def conv2d(*args, **kwargs):
-    raise NotImplementedError("conv2d")
+class _Conv(NamedTuple):
+    """The static hyper-parameters, normalised (hashable: it goes through ``nondiff_argnums``)."""
+
+    stride: tuple[int, int]
+    padding: Pads
+    dilation: tuple[int, int]
+    groups: int
+    has_bias: bool
+
+
+def _check_conv(x, w, b, stride, padding, dilation, groups) -> _Conv:
+    shapes = f" (x has shape {tuple(jnp.shape(x))}, w has shape {tuple(jnp.shape(w))})"
+    for name, a in (("x", x), ("w", w)):
+        if jnp.ndim(a) != 4:
+            layout = "[N, H, W, Cin]" if name == "x" else "[KH, KW, Cin/groups, Cout]"
+            _checks.fail("conv2d", f"{name} must have rank 4 {layout}, got rank {jnp.ndim(a)}{shapes}")
+    stride = _checks.int_pair("conv2d", "stride", stride)
+    dilation = _checks.int_pair("conv2d", "dilation", dilation)
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        _checks.fail("conv2d", f"groups must be an int >= 1, got {groups!r}{shapes}")
+    _, h, wd, cin = jnp.shape(x)
+    kh, kw, cin_g, cout = jnp.shape(w)
+    if cin != cin_g * groups:
+        _checks.fail(
+            "conv2d",
+            f"x has {cin} input channels but w expects {cin_g} per group x {groups} groups = {cin_g * groups}{shapes}",
+        )
+    if cout % groups:
+        _checks.fail("conv2d", f"Cout ({cout}) must be divisible by groups ({groups}){shapes}")
+    extent = tuple(d * (k - 1) + 1 for d, k in zip(dilation, (kh, kw)))
+    pads = padding_pairs("conv2d", padding, (h, wd), extent, stride, shapes)
+    for axis, n, (lo, hi), e in zip(("height", "width"), (h, wd), pads, extent):
+        if e > n + lo + hi:
+            _checks.fail(
+                "conv2d",
+                f"the kernel's {axis} ({e} after dilation) is larger than the padded input's ({n + lo + hi}){shapes}",
+            )
+    if b is not None and tuple(jnp.shape(b)) != (cout,):
+        _checks.fail("conv2d", f"b must have shape ({cout},), got {tuple(jnp.shape(b))}{shapes}")
+    return _Conv(stride, pads, dilation, groups, b is not None)
+
+
+def conv2d_reference(
+    x: jax.Array,
+    w: jax.Array,
+    b: jax.Array | None = None,
+    *,
+    stride: int | tuple[int, int] = 1,
+    padding: str | int | Pads = "VALID",
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+) -> jax.Array:
+    """``lax.conv_general_dilated`` in NHWC/HWIO, plus the bias.
+
+    Shapes: x [N, H, W, Cin], w [KH, KW, Cin/groups, Cout], b [Cout] or None; returns
+    [N, Ho, Wo, Cout] with ``Ho = (H + top + bottom - dilation (KH - 1) - 1) // stride + 1``.
+    """
+    cfg = _check_conv(x, w, b, stride, padding, dilation, groups)
+    y = lax.conv_general_dilated(
+        x,
+        w,
+        window_strides=cfg.stride,
+        padding=cfg.padding,
+        rhs_dilation=cfg.dilation,
+        dimension_numbers=_DIMENSION_NUMBERS,
+        feature_group_count=cfg.groups,
+    )
+    return y if b is None else y + b
+
+
+def conv2d(
+    x: jax.Array,
+    w: jax.Array,
+    b: jax.Array | None = None,
+    *,
+    stride: int | tuple[int, int] = 1,
+    padding: str | int | Pads = "VALID",
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+) -> jax.Array:
+    """2-D convolution with a hand-derived VJP. Shapes as :func:`conv2d_reference`.
+
+    Backward: ``dx`` = the stride-dilated ``dy`` convolved with the rotated, in/out-swapped
+    kernel; ``dw`` = im2col patches of ``x`` times ``dy``; ``db = sum(dy)`` over N, H, W.
+    """
+    return _conv2d(x, w, b, _check_conv(x, w, b, stride, padding, dilation, groups))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _conv2d(x, w, b, cfg):
+    return conv2d_reference(x, w, b, stride=cfg.stride, padding=cfg.padding, dilation=cfg.dilation, groups=cfg.groups)
+
+
+def _conv2d_fwd(x, w, b, cfg):
+    y = conv2d_reference(x, w, b, stride=cfg.stride, padding=cfg.padding, dilation=cfg.dilation, groups=cfg.groups)
+    return y, (x, w)  # b is not read: db needs only dy, and cfg.has_bias says whether it is owed
+
+
+def _conv2d_bwd(cfg, res, dy):
+    x, w = res
+    dx = _conv2d_dx(dy, w, x.shape, cfg)
+    dw = _conv2d_dw(x, dy, w.shape, cfg)
+    db = jnp.sum(dy, axis=(0, 1, 2)) if cfg.has_bias else None  # db = sum_{n,o,p} dy
+    return dx, dw, db
+
+
+_conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+# ---------------------------------------------------------------- backward terms
+
+
+def _conv2d_dx(dy, w, x_shape, cfg):
+    """dx = conv(pad(dilate_s(dy)), rot180(w)^T), at stride 1 and the forward's dilation."""
+    kh, kw, cin_g, cout = w.shape
+    g = cfg.groups
+    # rot180(w)^T: flip both spatial axes; per group, [KH, KW, Cin/G, Cout/G] -> [KH, KW, Cout/G, Cin/G],
+    # the groups laid out along the new output axis (so the input-channel order comes back as in x).
+    w_t = (
+        w[::-1, ::-1]
+        .reshape(kh, kw, cin_g, g, cout // g)
+        .transpose(0, 1, 4, 3, 2)
+        .reshape(kh, kw, cout // g, g * cin_g)
+    )
+    pads = []
+    for n_in, n_out, k, s, d, (lo, _) in zip(
+        x_shape[1:3], dy.shape[1:3], (kh, kw), cfg.stride, cfg.dilation, cfg.padding
+    ):
+        before = d * (k - 1) - lo  # the first output row reads xp[d (K-1) - lo - ...]; negative crops
+        after = n_in + d * (k - 1) - (s * (n_out - 1) + 1) - before  # brings the output back to n_in rows:
+        pads.append((before, after))  # rows the forward never read see only padding, so get 0
+    return lax.conv_general_dilated(
+        dy,
+        w_t.astype(dy.dtype),
+        window_strides=(1, 1),
+        padding=pads,
+        lhs_dilation=cfg.stride,  # s - 1 zeros between the rows/cols of dy
+        rhs_dilation=cfg.dilation,
+        dimension_numbers=_DIMENSION_NUMBERS,
+        feature_group_count=g,
+    )
+
+
+def _conv2d_dw(x, dy, w_shape, cfg):
+    """dw[i,j,k,c] = sum_{n,o,p} xp[n, s o + d i, s p + d j, k] dy[n,o,p,c]: im2col, then a matmul per group."""
+    kh, kw, cin_g, cout = w_shape
+    g = cfg.groups
+    n, ho, wo, _ = dy.shape
+    (sh, sw), (dh, dw_) = cfg.stride, cfg.dilation
+    xp = jnp.pad(x, ((0, 0), *cfg.padding, (0, 0)))
+    # The (i, j) column of im2col: the input rows/cols that kernel tap (i, j) met, one per output position.
+    cols = [
+        lax.slice(
+            xp,
+            (0, dh * i, dw_ * j, 0),
+            (n, dh * i + sh * (ho - 1) + 1, dw_ * j + sw * (wo - 1) + 1, xp.shape[3]),
+            (1, sh, sw, 1),
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    patches = jnp.stack(cols, axis=3).reshape(n * ho * wo, kh, kw, g, cin_g)  # [M, KH, KW, G, Cin/G]
+    dy_g = dy.reshape(n * ho * wo, g, cout // g)  # [M, G, Cout/G]
+    dw = jnp.einsum("mijgk,mgc->ijkgc", patches, dy_g)  # patches^T dy, contracted over M = N Ho Wo
+    return dw.reshape(kh, kw, cin_g, cout)
