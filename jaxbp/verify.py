@@ -15,8 +15,10 @@ plain-JAX twin (``reference_fn``) and returns a :class:`Report`:
 Errors against autodiff are norm-wise: ``max|manual - ref| / max|ref|``, so a
 tolerance reads as "digits that agree relative to the largest entry" and
 near-zero entries do not blow it up. Errors against finite differences are taken
-along random unit directions ``v``: ``|fd(v) - <g, v>| / (|g| |v|)``, the error of
-the directional derivative relative to its Cauchy-Schwarz bound. The tolerance
+along random unit directions ``v`` of an argument with ``n`` entries:
+``|fd(v) - <g, v>| / (|g| / sqrt(n))``, the error of the directional derivative
+relative to the typical size of one (a random unit ``v`` sees about ``|g| / sqrt(n)``),
+so it reads like a relative error of the gradient, as the autodiff one does. The tolerance
 comes from the dtype and the matmul precision in force (see
 :func:`default_tolerance`) and the report says which; every check runs under
 ``jax.default_matmul_precision(matmul_precision)`` ("highest" unless asked).
@@ -411,14 +413,18 @@ def _finite_differences(pairing, diff, ct64, directions) -> list[list[float]]:
 
 
 def _fd_error(g_man, g_ref, directions, fd_values) -> float:
-    """Worst ``|fd(v) - <g, v>| / (max(|g_man|, |g_ref|) |v|)`` over the directions."""
+    """Worst ``|fd(v) - <g_man, v>| / (max(|g_man|, |g_ref|) |v| / sqrt(n))`` over the directions.
+
+    For a random unit ``v``, ``<e, v>`` is about ``|e| / sqrt(n)``, so the ratio is
+    about ``|g_man - g_true| / |g|``: a relative error, not one diluted by ``sqrt(n)``.
+    """
     g_man, g_ref = np.asarray(g_man, np.float64), np.asarray(g_ref, np.float64)
-    scale = max(np.linalg.norm(g_man), np.linalg.norm(g_ref))
+    scale = max(np.linalg.norm(g_man), np.linalg.norm(g_ref)) / math.sqrt(max(g_man.size, 1))
     worst = 0.0
     for v, fd in zip(directions, fd_values):
         err = abs(fd - float(np.vdot(g_man, v)))
-        bound = scale * float(np.linalg.norm(v))
-        worst = max(worst, err / bound if bound > 0 else err)
+        typical = scale * float(np.linalg.norm(v))
+        worst = max(worst, err / typical if typical > 0 else err)
     return worst if math.isfinite(worst) else math.inf
 
 
