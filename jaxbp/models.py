@@ -8,6 +8,10 @@ non-trainable state (batch norm's running statistics)::
     init(key, input_shape) -> (output_shape, params, state)
     apply(params, x, *, ops, train, rng, state, mask) -> (y, new_state)
 
+``key`` is a jax PRNG key, an int seed or a ``np.random.Generator``: initial values
+are drawn with NumPy (seeded from the key), which costs no XLA compilation; jax's
+initializers compile one program per op, seconds each on a busy CPU.
+
 Shapes are per example, without the batch axis: ``(28, 28, 1)``. ``mask`` ([N]
 bool, optional) marks the real rows of a padded batch; batch norm leaves the
 padded rows out of its running statistics. :func:`serial` composes layers and
@@ -18,8 +22,9 @@ params and state are plain dicts of ``jnp`` arrays::
     _, params, state = model.init(jax.random.key(0), (28, 28, 1))
     logits, state = model.apply(params, x, ops=jaxbp.manual, train=True, rng=key, state=state)
 
-Initialisation: He normal for a conv or dense followed by ReLU, Glorot uniform for
-the last dense, zeros for biases and ``beta``, ones for ``gamma``.
+Initialisation: He normal (``std = sqrt(2 / fan_in)``) for a conv or dense followed
+by ReLU, Glorot uniform (``limit = sqrt(6 / (fan_in + fan_out))``) for the last dense,
+zeros for biases and ``beta``, ones for ``gamma``.
 """
 
 from __future__ import annotations
@@ -29,11 +34,39 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Shape = tuple[int, ...]
 Params = dict[str, Any]
 
-_INIT = {"he": jax.nn.initializers.he_normal(), "glorot": jax.nn.initializers.glorot_uniform()}
+
+
+def _rng(key: Any) -> np.random.Generator:
+    """A NumPy generator from a jax PRNG key (typed or raw uint32), an int seed or a generator."""
+    if isinstance(key, np.random.Generator):
+        return key
+    if isinstance(key, (int, np.integer)):
+        return np.random.default_rng(int(key))
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return np.random.default_rng(np.asarray(key, np.uint32).ravel().tolist())
+
+
+def _weights(rng: np.random.Generator, shape: tuple[int, ...], init: str) -> jax.Array:
+    """He normal or Glorot uniform; fan_in = prod(shape[:-1]) (HWIO and [in, out] alike)."""
+    fan_in, fan_out = math.prod(shape[:-1]), math.prod(shape[:-2]) * shape[-1]
+    if init == "he":
+        w = rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)
+    elif init == "glorot":
+        limit = math.sqrt(6.0 / (fan_in + fan_out))
+        w = rng.uniform(-limit, limit, shape)
+    else:
+        raise ValueError(f"unknown init {init!r}; choose 'he' or 'glorot'")
+    return jnp.asarray(w, jnp.float32)
+
+
+def _const(value: float, n: int) -> jax.Array:
+    return jnp.asarray(np.full((n,), value, np.float32))  # from NumPy: no XLA program to compile
 
 
 class Layer(NamedTuple):
@@ -82,8 +115,8 @@ def Conv(features: int, kernel: int = 3, *, stride: int = 1, padding: str = "SAM
         else:
             ho, wo = (h - kernel) // stride + 1, (w - kernel) // stride + 1
         params = {
-            "w": _INIT[init](key, (kernel, kernel, cin, features), jnp.float32),
-            "b": jnp.zeros((features,), jnp.float32),
+            "w": _weights(_rng(key), (kernel, kernel, cin, features), init),
+            "b": _const(0.0, features),
         }
         return (ho, wo, features), params, {}
 
@@ -101,8 +134,8 @@ def Dense(features: int, *, init: str = "he") -> Layer:
 
     def init_fn(key, input_shape):
         params = {
-            "w": _INIT[init](key, (input_shape[-1], features), jnp.float32),
-            "b": jnp.zeros((features,), jnp.float32),
+            "w": _weights(_rng(key), (input_shape[-1], features), init),
+            "b": _const(0.0, features),
         }
         return tuple(input_shape[:-1]) + (features,), params, {}
 
@@ -123,8 +156,8 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5) -> Layer:
 
     def init_fn(key, input_shape):
         c = input_shape[-1]
-        params = {"gamma": jnp.ones((c,), jnp.float32), "beta": jnp.zeros((c,), jnp.float32)}
-        state = {"mean": jnp.zeros((c,), jnp.float32), "var": jnp.ones((c,), jnp.float32)}
+        params = {"gamma": _const(1.0, c), "beta": _const(0.0, c)}
+        state = {"mean": _const(0.0, c), "var": _const(1.0, c)}
         return tuple(input_shape), params, state
 
     def apply(params, x, *, ops, train=False, rng=None, state=None, mask=None):
@@ -202,7 +235,7 @@ def serial(*layers: Layer) -> Model:
 
     def init(key, input_shape):
         params, state, shape = {}, {}, tuple(input_shape)
-        for (name, layer), k in zip(named, jax.random.split(key, len(named))):
+        for (name, layer), k in zip(named, _rng(key).spawn(len(named))):
             shape, p, s = layer.init(k, shape)
             if p:
                 params[name] = p
@@ -259,12 +292,4 @@ def flops(model: Model, input_shape: Shape, *, by_layer: bool = False) -> int | 
 
 
 def _output_shape(layer: Layer, input_shape: Shape) -> Shape:
-    shape_box = []
-
-    def only_params(key):
-        shape, p, s = layer.init(key, input_shape)
-        shape_box.append(shape)
-        return p, s
-
-    jax.eval_shape(only_params, jax.random.key(0))  # traces init without allocating
-    return shape_box[0]
+    return layer.init(np.random.default_rng(0), input_shape)[0]

@@ -1,0 +1,128 @@
+"""models: shapes, names, seeded initialisation, one definition over both ops namespaces,
+batch-norm running statistics, dropout, FLOPs."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxbp import autodiff, manual, models
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (8, 8, 1)])
+@pytest.mark.parametrize("name", models.MODELS)
+def test_shapes_and_readable_names(name, shape):
+    model = models.get_model(name, 10)
+    out_shape, params, state = model.init(0, shape)
+    assert out_shape == (10,)
+    expected = {"cnn": ["conv1", "conv2", "dense1", "dense2"], "mlp": ["dense1", "dense2"]}
+    expected["cnn-bn"] = ["conv1", "bn1", "conv2", "bn2", "dense1", "dense2"]
+    assert list(params) == expected[name]
+    assert list(state) == (["bn1", "bn2"] if name == "cnn-bn" else [])
+    if name != "mlp":  # SAME convs, 2x2 pools: 28 -> 14 -> 7, 8 -> 4 -> 2
+        side = shape[0] // 4
+        assert params["conv1"]["w"].shape == (3, 3, 1, 32)
+        assert params["dense1"]["w"].shape == (side * side * 64, 128)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves((params, state)))
+
+
+def test_init_is_seeded_he_and_glorot():
+    model = models.get_model("cnn-bn", 10)
+    _, a, _ = model.init(3, (28, 28, 1))
+    _, b, _ = model.init(np.random.default_rng(3), (28, 28, 1))  # an int seed or a generator
+    _, c, _ = model.init(4, (28, 28, 1))
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    assert not np.array_equal(a["conv2"]["w"], c["conv2"]["w"])
+    # He normal where a ReLU follows: std = sqrt(2 / fan_in); Glorot uniform for the last dense.
+    assert np.std(a["conv2"]["w"]) == pytest.approx(math.sqrt(2 / (9 * 32)), rel=0.05)
+    assert np.std(a["dense1"]["w"]) == pytest.approx(math.sqrt(2 / 3136), rel=0.05)
+    limit = math.sqrt(6 / (128 + 10))
+    assert np.max(np.abs(a["dense2"]["w"])) <= limit
+    assert np.std(a["dense2"]["w"]) == pytest.approx(limit / math.sqrt(3), rel=0.1)
+    assert all(not np.any(a[k]["b"]) for k in ("conv1", "conv2", "dense1", "dense2"))
+    assert np.all(a["bn1"]["gamma"] == 1) and not np.any(a["bn1"]["beta"])
+
+
+@pytest.mark.parametrize("name", ["cnn-bn", "mlp"])
+def test_one_definition_runs_on_both_namespaces(name):
+    model = models.get_model(name, 10, dropout=0.5)
+    _, params, state = model.init(0, (8, 8, 1))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 8, 8, 1)), jnp.float32)
+    key = jax.random.key(1)
+
+    @jax.jit
+    def run(params, state, x):
+        out = {}
+        for label, ops in (("manual", manual), ("autodiff", autodiff)):
+            out[label] = model.apply(params, x, ops=ops, train=True, rng=key, state=state)
+        return out
+
+    out = run(params, state, x)
+    np.testing.assert_allclose(out["manual"][0], out["autodiff"][0], rtol=1e-6, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(out["manual"][1]), jax.tree.leaves(out["autodiff"][1])):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_batch_norm_running_stats_count_real_rows_only_and_eval_uses_them():
+    layer = models.BatchNorm(momentum=0.9)
+    _, params, state = layer.init(None, (4, 4, 3))
+    rng = np.random.default_rng(0)
+    real = rng.normal(2.0, 3.0, size=(6, 4, 4, 3)).astype(np.float32)
+    padded = np.concatenate([real, np.full((2, 4, 4, 3), 1e3, np.float32)])  # junk rows
+
+    @jax.jit
+    def run(padded, real):
+        mask = jnp.arange(8) < 6
+        _, masked = layer.apply(params, padded, ops=manual, train=True, state=state, mask=mask)
+        _, unmasked = layer.apply(params, real, ops=manual, train=True, state=state)
+        y_eval, same = layer.apply(params, real, ops=manual, train=False, state=masked)
+        return masked, unmasked, y_eval, same
+
+    new, unmasked, y_eval, same = run(padded, real)
+    np.testing.assert_allclose(new["mean"], 0.1 * real.mean(axis=(0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(new["var"], 0.9 + 0.1 * real.var(axis=(0, 1, 2)), rtol=1e-5)
+    # Without a mask, the running statistics move towards the batch_norm_stats of the batch.
+    np.testing.assert_allclose(unmasked["mean"], new["mean"], rtol=1e-5)
+    np.testing.assert_allclose(unmasked["var"], new["var"], rtol=1e-5)
+    # Eval mode normalises with the running statistics, and leaves them alone.
+    expected = (real - new["mean"]) / np.sqrt(new["var"] + 1e-5)
+    np.testing.assert_allclose(y_eval, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(same["mean"], new["mean"])
+
+
+def test_dropout_only_in_train_mode():
+    model = models.get_model("mlp", 10, dropout=0.5)
+    _, params, _ = model.init(0, (8, 8, 1))
+
+    @jax.jit
+    def run(x, key):
+        a, _ = model.apply(params, x, ops=autodiff, train=False)
+        b, _ = model.apply(params, x, ops=autodiff, train=False, rng=key)
+        c, _ = model.apply(params, x, ops=autodiff, train=True, rng=key)
+        return a, b, c
+
+    a, b, c = run(jnp.ones((4, 8, 8, 1)), jax.random.key(0))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    with pytest.raises(ValueError, match="rng"):
+        jax.eval_shape(lambda x: model.apply(params, x, ops=autodiff, train=True), jnp.ones((4, 8, 8, 1)))
+
+
+def test_flops_per_example():
+    cnn = models.get_model("cnn", 10)
+    by_layer = models.flops(cnn, (28, 28, 1), by_layer=True)
+    assert by_layer == {
+        "conv1": 2 * 28 * 28 * 9 * 1 * 32,
+        "conv2": 2 * 14 * 14 * 9 * 32 * 64,
+        "dense1": 2 * 7 * 7 * 64 * 128,
+        "dense2": 2 * 128 * 10,
+    }
+    assert models.flops(cnn, (28, 28, 1)) == sum(by_layer.values())
+    assert models.flops(models.get_model("mlp", 10), (8, 8, 1)) == 2 * 64 * 256 + 2 * 256 * 10
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown model 'resnet'.*cnn, cnn-bn, mlp"):
+        models.get_model("resnet", 10)
