@@ -224,7 +224,9 @@ def plot_pool_routing(x, dy, dx, window: int, path: str | os.PathLike, *, title:
     k = window
     ho, wo = dy.shape
     colors = plt.get_cmap("tab10").colors
-    fig, axes = plt.subplots(1, 3, figsize=(14, 5.0), constrained_layout=True, gridspec_kw={"width_ratios": [6, 3.4, 6]})
+    fig, axes = plt.subplots(
+        1, 3, figsize=(14, 5.0), constrained_layout=True, gridspec_kw={"width_ratios": [6, 3.4, 6]}
+    )
     ax_x, ax_dy, ax_dx = axes
 
     ax_x.imshow(np.zeros_like(x), cmap="Greys", vmin=0, vmax=1)
@@ -246,7 +248,9 @@ def plot_pool_routing(x, dy, dx, window: int, path: str | os.PathLike, *, title:
             for i, j in ties:
                 if not any((i, j) == tuple(w) for w in winners):
                     ax_x.add_patch(
-                        Rectangle((c0 + j - 0.45, r0 + i - 0.45), 0.9, 0.9, fill=False, ec=color, lw=1.5, ls="--", hatch="//")
+                        Rectangle(
+                            (c0 + j - 0.45, r0 + i - 0.45), 0.9, 0.9, fill=False, ec=color, lw=1.5, ls="--", hatch="//"
+                        )
                     )
                     ax_x.text(c0 + j, r0 + i + 0.32, "tied, not first", ha="center", va="center", fontsize=6.5)
             for i, j in winners:

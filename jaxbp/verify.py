@@ -63,7 +63,11 @@ def default_tolerance(dtype: str, matmul_precision: str | None = "highest") -> t
     loosens float32 to ``2e-2`` on accelerators, where it means TF32 or bf16 passes;
     CPU matmuls are full float32 at any precision setting.
     """
-    dtype = str(jnp.dtype(dtype)) if dtype not in _TOLERANCE else dtype
+    if dtype not in _TOLERANCE:
+        try:
+            dtype = str(jnp.dtype(dtype))
+        except TypeError:
+            pass
     if dtype not in _TOLERANCE:
         raise ValueError(f"no default tolerance for dtype {dtype!r}; known: {', '.join(_TOLERANCE)}")
     precision = matmul_precision or "default"
@@ -457,7 +461,14 @@ def _check_dtype(
     # Op by op (no jit, so no fusion differences): the primal and the fwd rule's output
     # against the reference forward, and the manual VJP that the jit check compares.
     eager: dict[str, Any] = {}
-    checks = [_guard("forward", dtype, tol, lambda: _check_forward(manual_fn, reference_fn, args, argnums, cts[0], eager, dtype, tol))]
+    checks = [
+        _guard(
+            "forward",
+            dtype,
+            tol,
+            lambda: _check_forward(manual_fn, reference_fn, args, argnums, cts[0], eager, dtype, tol),
+        )
+    ]
 
     fd_values = None
     if directions is not None:
@@ -488,7 +499,9 @@ def _check_dtype(
                     manual_fn, args, argnums, diff_args, ct, eager.get("grads"), jit_man, ref_grads, dtype, tol
                 ),
             ),
-            _guard("vmap", dtype, tol, lambda: _check_vmap(manual_fn, vjp_ref, args, argnums, out_shape, dtype, rng, tol)),
+            _guard(
+                "vmap", dtype, tol, lambda: _check_vmap(manual_fn, vjp_ref, args, argnums, out_shape, dtype, rng, tol)
+            ),
             _guard(
                 "grad_of_grad",
                 dtype,
@@ -519,7 +532,9 @@ def _check_forward(manual_fn, reference_fn, args, argnums, ct, eager, dtype, tol
     return TransformCheck("forward", dtype, err, tol, err <= tol, "primal and fwd rule vs reference")
 
 
-def _check_jit(manual_fn, args, argnums, diff_args, ct, eager_grads, jit_grads, ref_grads, dtype, tol) -> TransformCheck:
+def _check_jit(
+    manual_fn, args, argnums, diff_args, ct, eager_grads, jit_grads, ref_grads, dtype, tol
+) -> TransformCheck:
     """The manual VJP op by op and under ``jax.jit`` against autodiff."""
     if eager_grads is None:
         eager_grads = _vjp_fn(manual_fn, args, argnums)(diff_args, ct)
@@ -706,9 +721,10 @@ class _nullcontext:
 
 def layer_tolerances(spec, matmul_precision: str | None = "highest") -> dict[str, tuple[float, str]]:
     """The float32 tolerance of a registered layer: its ``rtol_float32``, loosened at reduced precision."""
+    precision = matmul_precision or jax.config.jax_default_matmul_precision or "default"
     tol32 = (spec.rtol_float32, f"registry rtol_float32 of {spec.name}")
-    default32 = default_tolerance("float32", matmul_precision)
-    if (matmul_precision or "default") not in _FULL_PRECISION and default32[0] > tol32[0]:
+    default32 = default_tolerance("float32", precision)
+    if precision not in _FULL_PRECISION and default32[0] > tol32[0]:
         tol32 = default32
     return {"float32": tol32}
 
@@ -781,7 +797,13 @@ def check_registry(
 
 # ------------------------------------------------------------------ summaries
 
-_TRANSFORM_COLUMNS = (("forward", "fwd"), ("jit", "jit"), ("vmap", "vmap"), ("grad_of_grad", "g(g)"), ("forward_mode", "jvp"))
+_TRANSFORM_COLUMNS = (
+    ("forward", "fwd"),
+    ("jit", "jit"),
+    ("vmap", "vmap"),
+    ("grad_of_grad", "g(g)"),
+    ("forward_mode", "jvp"),
+)
 
 
 def _worst(values: Iterable[float | None]) -> float | None:
@@ -817,7 +839,9 @@ def format_table(reports: Sequence[Report], dtypes: Sequence[str] = ("float64", 
     """A terminal table, one row per layer and configuration; the failures explained below it."""
     rows = summary_rows(reports, dtypes)
     short = {"float64": "f64", "float32": "f32", "bfloat16": "bf16", "float16": "f16"}
-    num_cols = [(f"{d}_vs_{k}", f"{short.get(d, d)} vs {h}") for d in dtypes for k, h in (("autodiff", "AD"), ("fd", "FD"))]
+    num_cols = [
+        (f"{d}_vs_{k}", f"{short.get(d, d)} vs {h}") for d in dtypes for k, h in (("autodiff", "AD"), ("fd", "FD"))
+    ]
     lw = max([5, *(len(r["layer"]) for r in rows)])
     cw = max([6, *(len(r["config"]) for r in rows)])
     header = f"{'layer':<{lw}}  {'config':<{cw}}  " + "  ".join(f"{h:>10}" for _, h in num_cols)
