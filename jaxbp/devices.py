@@ -18,6 +18,7 @@ every backend that initialises, and every computation is placed with
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -84,7 +85,9 @@ class DeviceReport:
         d = asdict(self)
         for row, r in zip(d["rows"], self.rows):
             row["passed"] = r.passed
-        d.update(passed=self.passed, worst_gradient_error=self.worst_gradient_error, loss_difference=self.loss_difference)
+        d.update(
+            passed=self.passed, worst_gradient_error=self.worst_gradient_error, loss_difference=self.loss_difference
+        )
         return d
 
 
@@ -138,8 +141,9 @@ def case_gradients(spec: registry.LayerSpec, case: registry.Case, dtype: str, se
         return {_golden_key(spec, case, i): np.asarray(g, np.float64) for i, g in zip(case.argnums, grads)}
 
 
-def training_losses(steps: int | None = None) -> np.ndarray:
-    """The float32 losses of the golden training run (manual gradients) on the default device."""
+@functools.lru_cache(maxsize=1)
+def _golden_run():
+    """Data, model, optimizer and jitted step of the golden run (built once per process)."""
     import optax
 
     from jaxbp import data, models, train
@@ -147,15 +151,24 @@ def training_losses(steps: int | None = None) -> np.ndarray:
     run = TRAIN_RUN
     ds = data.load(run["dataset"], seed=run["seed"])
     model = models.get_model(run["model"], ds.num_classes)
-    _, params, state = model.init(jax.random.key(run["seed"]), ds.input_shape)
     optimizer = optax.sgd(run["learning_rate"], momentum=0.9)
+    return ds, model, optimizer, train.make_train_step(model, optimizer, grad="manual")
+
+
+def training_losses(steps: int | None = None) -> np.ndarray:
+    """The float32 losses of the golden training run (manual gradients) on the default device."""
+    from jaxbp import data
+
+    run = TRAIN_RUN
+    ds, model, optimizer, step_fn = _golden_run()
+    _, params, state = model.init(jax.random.key(run["seed"]), ds.input_shape)
     opt_state = optimizer.init(params)
-    step_fn = train.make_train_step(model, optimizer, grad="manual")
-    losses = []
+    losses: list[float] = []
     n = steps or run["steps"]
     epoch = 0
     while len(losses) < n:
-        for xb, yb, n_valid in data.batches(ds.x_train, ds.y_train, run["batch_size"], seed=run["seed"], epoch=epoch, drop_last=True):
+        batches = data.batches(ds.x_train, ds.y_train, run["batch_size"], seed=run["seed"], epoch=epoch, drop_last=True)
+        for xb, yb, n_valid in batches:
             params, opt_state, state, m = step_fn(
                 params, opt_state, state, xb, yb, jnp.asarray(n_valid, jnp.int32), jax.random.key(len(losses))
             )
@@ -169,16 +182,26 @@ def training_losses(steps: int | None = None) -> np.ndarray:
 # ------------------------------------------------------------------ golden file
 
 
-def write_golden(path: str | Path = GOLDEN_PATH, *, seed: int = 0) -> Path:
-    """Compute the golden values on the CPU (float64 gradients, float32 losses) and save them atomically."""
+def write_golden(
+    path: str | Path = GOLDEN_PATH,
+    *,
+    seed: int = 0,
+    layers: Iterable[str] | None = None,
+    train_steps: int | None = None,
+) -> Path:
+    """Compute the golden values on the CPU (float64 gradients, float32 losses) and save them atomically.
+
+    ``layers`` and ``train_steps`` restrict the file (the tests write small ones);
+    the shipped file covers every registered layer and the whole training run.
+    """
     from jaxbp import checkpoint
 
     cpu = jax.devices("cpu")[0]
     arrays: dict[str, np.ndarray] = {}
     with jax.default_device(cpu):
-        for spec, case in _cases(None):
+        for spec, case in _cases(layers):
             arrays.update(case_gradients(spec, case, "float64", seed))
-        arrays["train/losses"] = training_losses()
+        arrays["train/losses"] = training_losses(train_steps)
     meta = {"version": GOLDEN_VERSION, "seed": seed, "train_run": TRAIN_RUN, "jax": jax.__version__}
     # A checkpoint file: atomic, pickle-free, and checksummed, so a damaged golden file is caught.
     return checkpoint.save(path, arrays, step=0, epoch=0, config=meta)
