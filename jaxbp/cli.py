@@ -16,13 +16,94 @@ from jaxbp import __version__
 # ------------------------------------------------------------------------ train
 
 
+# flag -> TrainConfig field, type, help; every flag defaults to None so that --resume
+# can tell the flags given (they override the checkpoint's config) from the rest.
+_TRAIN_FLAGS = {
+    "--dataset": ("dataset", str, "digits, mnist or fashion-mnist"),
+    "--model": ("model", str, "cnn, cnn-bn or mlp"),
+    "--grad": ("grad", str, "manual (hand-derived), autodiff (jax.grad) or compare (both, checked every step)"),
+    "--optimizer": ("optimizer", str, "sgd, momentum or adam"),
+    "--lr": ("learning_rate", float, "learning rate (peak of the cosine schedule)"),
+    "--momentum": ("momentum", float, "momentum of --optimizer momentum"),
+    "--schedule": ("schedule", str, "constant or cosine"),
+    "--weight-decay": ("weight_decay", float, "decoupled weight decay on the weights"),
+    "--epochs": ("epochs", int, "epochs"),
+    "--batch-size": ("batch_size", int, "batch size"),
+    "--seed": ("seed", int, "seed of initialisation, shuffling, augmentation and dropout"),
+    "--dropout": ("dropout", float, "dropout rate before the last dense layer"),
+    "--augment": ("augment", str, "none, crop, flip or crop-flip"),
+    "--data-dir": ("data_dir", str, "where to look for the data set first"),
+    "--out": ("out", str, "output folder (default runs/<dataset>-<model>-<grad>)"),
+    "--resume": ("resume", str, "continue the run in this folder (or from this checkpoint .npz)"),
+    "--max-steps": ("max_steps", int, "stop with a checkpoint after this many steps in all (0: no limit)"),
+    "--compare-rtol": ("compare_rtol", float, "tolerance of --grad compare (max rel. error per parameter)"),
+    "--log-every": ("log_every", int, "log the train metrics every this many steps"),
+    "--dtype": ("dtype", str, "float32 or float64"),
+    "--matmul-precision": ("matmul_precision", str, "default, high or highest"),
+}
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model (default: cnn on digits, manual gradients)")
+    from jaxbp.train import AUGMENTS, DTYPES, GRADS, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
+
+    p = sub.add_parser(
+        "train",
+        help="train a model (default: cnn on digits, manual gradients)",
+        description="Train a model with hand-derived (manual) or autodiff gradients, or both (compare). "
+        "Writes config.json, metrics.jsonl, summary.json, training.png and checkpoint.npz to --out. "
+        "Exit status: 0 done, 1 gradient mismatch or NaN loss, 2 bad flags, data or checkpoint, 130 interrupted.",
+    )
+    choices = {"grad": GRADS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": AUGMENTS,
+               "dtype": DTYPES, "matmul_precision": PRECISIONS, "dataset": ("digits", "mnist", "fashion-mnist"),
+               "model": ("cnn", "cnn-bn", "mlp")}  # fmt: skip
+    defaults = TrainConfig()
+    for flag, (name, type_, text) in _TRAIN_FLAGS.items():
+        default = getattr(defaults, name)
+        p.add_argument(flag, dest=name, type=type_, default=None, choices=choices.get(name),
+                       metavar=None if name in choices else name.upper(),
+                       help=text if default is None else f"{text} (default: {default})")  # fmt: skip
+    p.add_argument("--drop-last", dest="drop_last", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"drop the last partial batch instead of padding it (default: {defaults.drop_last})")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p.set_defaults(run=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    raise NotImplementedError("jaxbp train is being written (issue 3)")
+    from jaxbp import checkpoint, data, train
+
+    given = {name: getattr(args, name) for name, *_ in _TRAIN_FLAGS.values()}
+    given["drop_last"] = args.drop_last
+    given = {k: v for k, v in given.items() if v is not None}
+    try:
+        if "resume" in given:  # the checkpoint's config, with the flags given on top
+            config = train.resume_config(given.pop("resume"), **given)
+        else:
+            config = train.TrainConfig(**given)
+        config.validate()
+        result = train.fit(config, progress=False if args.quiet else None)
+    except (data.DataError, checkpoint.CheckpointError, ValueError) as err:
+        print(f"jaxbp train: error: {err}", file=sys.stderr)
+        return 2
+    except (train.GradientMismatchError, train.NonFiniteLossError) as err:
+        print(f"jaxbp train: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    except train.TrainingInterrupted as err:
+        print(f"jaxbp train: {err}", file=sys.stderr)
+        return 130
+    if result.status == "stopped":
+        print(f"stopped after --max-steps {config.max_steps} (epoch {result.epochs_completed + 1}); "
+              f"continue with: jaxbp train --resume {result.out_dir}")  # fmt: skip
+    print(
+        f"test accuracy {result.test_accuracy:.4f} after {result.epochs_completed} epochs ({result.steps} steps, "
+        f"{config.grad} gradients); wall time {result.wall_time_s:.1f} s (first step/compile "
+        f"{result.compile_time_s:.1f} s), {result.examples_per_s:.0f} examples/s"
+    )
+    if result.worst_agreement:
+        w = result.worst_agreement
+        print(f"worst gradient agreement: rel err {w['max_rel_err']:.2e} ({w['param']}, step {w['step']}), "
+              f"min cosine {w['min_cos']:.7f}")  # fmt: skip
+    print(f"outputs in {result.out_dir}/: " + ", ".join(p.name for p in result.paths.values() if p.exists()))
+    return 0
 
 
 # ------------------------------------------------------------------------- data
