@@ -63,6 +63,12 @@ def main(argv=None) -> int:
         "batch vs a loop, **g(g)** grad-of-grad; **jvp** `n/a`: `jax.custom_vjp` has no forward mode "
         "(a known limitation, not a failure).",
         "",
+        "## Per layer (the worst of its configurations)",
+        "",
+        verify.format_markdown(reports, DTYPES, per_layer=True),
+        "",
+        "## Every configuration",
+        "",
         verify.format_markdown(reports, DTYPES),
         "",
     ]

@@ -860,7 +860,7 @@ def format_table(reports: Sequence[Report], dtypes: Sequence[str] = ("float64", 
     lines += [
         f"{len(reports) - len(failed)}/{len(reports)} configurations pass. Worst over arguments and cotangents.",
         "vs AD: max|manual - autodiff| / max|autodiff|, tolerance "
-        + ", ".join(f"{d} {t:.0e}" for d, t in tols) + " (per layer).",
+        + ", ".join(f"{d} {t:.0e}" for d, t in tols) + " (float32: the layer's rtol_float32).",
         f"vs FD: directional derivatives vs float64 central differences, tolerance {FD_TOLERANCE:.0e} "
         "(or the dtype's, if looser); '-' where the inputs sit on a kink on purpose.",
         "fwd/jit/vmap/g(g): forward equality, jit, vmap per example, grad-of-grad; "
@@ -871,10 +871,33 @@ def format_table(reports: Sequence[Report], dtypes: Sequence[str] = ("float64", 
     return "\n".join(lines)
 
 
-def format_markdown(reports: Sequence[Report], dtypes: Sequence[str] = ("float64", "float32")) -> str:
-    """The summary table in Markdown (for the README and experiments/results)."""
+def per_layer_rows(rows: Sequence[dict], dtypes: Sequence[str] = ("float64", "float32")) -> list[dict]:
+    """:func:`summary_rows` merged per layer: the worst error of its configurations, the worst transform state."""
+    merged: dict[str, dict] = {}
+    for row in rows:
+        m = merged.setdefault(row["layer"], {"layer": row["layer"], "config": 0, "passed": True})
+        m["config"] += 1
+        m["passed"] = m["passed"] and row["passed"]
+        for d in dtypes:
+            for k in (f"{d}_vs_autodiff", f"{d}_vs_fd"):
+                m[k] = _worst([m.get(k), row[k]])
+        for name, _ in _TRANSFORM_COLUMNS:
+            m.setdefault(f"_{name}", set()).add(row[name])
+    for m in merged.values():
+        for name, _ in _TRANSFORM_COLUMNS:
+            states = m.pop(f"_{name}")
+            m[name] = "FAIL" if "FAIL" in states else ", ".join(s for s in ("ok", "n/a", "-") if s in states)
+    return list(merged.values())
+
+
+def format_markdown(
+    reports: Sequence[Report], dtypes: Sequence[str] = ("float64", "float32"), *, per_layer: bool = False
+) -> str:
+    """The summary table in Markdown: one row per configuration, or per layer (worst of its configurations)."""
     rows = summary_rows(reports, dtypes)
-    cols = [("layer", "layer"), ("config", "config")]
+    cols = [("layer", "layer"), ("config", "configs" if per_layer else "config")]
+    if per_layer:
+        rows = per_layer_rows(rows, dtypes)
     cols += [(f"{d}_vs_{k}", f"{d} vs {h}") for d in dtypes for k, h in (("autodiff", "autodiff"), ("fd", "FD"))]
     cols += [(k, h) for k, h in _TRANSFORM_COLUMNS] + [("passed", "result")]
     lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]

@@ -427,6 +427,8 @@ def test_check_registry_and_tables():
     md = verify.format_markdown(reports, ("float64",))
     assert md.splitlines()[0].startswith("| layer | config | float64 vs autodiff | float64 vs FD |")
     assert len(md.splitlines()) == 2 + len(reports)
+    per_layer = verify.format_markdown(reports, ("float64",), per_layer=True).splitlines()
+    assert len(per_layer) == 3 and per_layer[2].startswith(f"| `relu` | {len(reports)} |")
     with pytest.raises(KeyError, match="registered"):
         verify.check_registry(["nope"])
 
