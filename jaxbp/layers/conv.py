@@ -13,7 +13,9 @@ Shapes: ``x`` [N, H, W, Cin], ``w`` [KH, KW, Cin/G, Cout], ``b`` [Cout], ``y`` [
                    at stride 1 and dilation d with the kernel rotated 180 degrees and its
                    in/out feature axes swapped inside each group
                dw[i,j,k,c] = sum_{n,o,p} xp[n, s o + d i, s p + d j, g(c) Cin/G + k] dy[n,o,p,c]
-                   the correlation of the input with dy: im2col patches^T dy, one matmul per group
+                   the correlation of the input with dy: im2col patches^T dy, one matmul per
+                   group, for narrow inputs (Cin/G <= 8); the same sum as one convolution
+                   (channels as the batch, N as the contracted feature axis) for wider ones
                db[c] = sum_{n,o,p} dy[n,o,p,c]
 
 The forward saves ``x`` and ``w``; whether a ``db`` is owed is static.
@@ -66,6 +68,13 @@ def padding_pairs(layer: str, padding, in_hw, window, stride, context: str = "")
     return pads
 
 
+# dw goes through im2col and a matmul when the input has at most this many channels per group,
+# through one convolution otherwise. On the 2-core CPU this was tuned on, XLA's convolution for
+# dw is 1.4-6x slower than im2col at Cin/G = 1..8 and ~1.5x faster at Cin/G = 32, with 16 a
+# toss-up (experiments/layer_timing.py). Both routes are exact; the tests run both.
+IM2COL_MAX_CHANNELS = 8
+
+
 class _Conv(NamedTuple):
     """The static hyper-parameters, normalised (hashable: it goes through ``nondiff_argnums``)."""
 
@@ -74,6 +83,7 @@ class _Conv(NamedTuple):
     dilation: tuple[int, int]
     groups: int
     has_bias: bool
+    im2col: bool  # dw by im2col and a matmul (narrow inputs) or by a convolution (wide ones)
 
 
 def _check_conv(x, w, b, stride, padding, dilation, groups) -> _Conv:
@@ -105,7 +115,7 @@ def _check_conv(x, w, b, stride, padding, dilation, groups) -> _Conv:
             )
     if b is not None and tuple(jnp.shape(b)) != (cout,):
         _checks.fail("conv2d", f"b must have shape ({cout},), got {tuple(jnp.shape(b))}{shapes}")
-    return _Conv(stride, pads, dilation, groups, b is not None)
+    return _Conv(stride, pads, dilation, groups, b is not None, cin_g <= IM2COL_MAX_CHANNELS)
 
 
 def conv2d_reference(
@@ -149,7 +159,8 @@ def conv2d(
     """2-D convolution with a hand-derived VJP. Shapes as :func:`conv2d_reference`.
 
     Backward: ``dx`` = the stride-dilated ``dy`` convolved with the rotated, in/out-swapped
-    kernel; ``dw`` = im2col patches of ``x`` times ``dy``; ``db = sum(dy)`` over N, H, W.
+    kernel; ``dw`` = im2col patches of ``x`` times ``dy`` (or that correlation as a
+    convolution, for inputs wider than 8 channels per group); ``db = sum(dy)`` over N, H, W.
     """
     return _conv2d(x, w, b, _check_conv(x, w, b, stride, padding, dilation, groups))
 
@@ -166,8 +177,8 @@ def _conv2d_fwd(x, w, b, cfg):
 
 def _conv2d_bwd(cfg, res, dy):
     x, w = res
-    dx = _conv2d_dx(dy, w, x.shape, cfg)
-    dw = _conv2d_dw(x, dy, w.shape, cfg)
+    dx = _conv2d_dx(dy, w, x.shape, cfg)  # dx = conv(dilate_s(dy), rot180(w)^T)
+    dw = (_conv2d_dw_im2col if cfg.im2col else _conv2d_dw_conv)(x, dy, w.shape, cfg)  # dw = x correlated with dy
     db = jnp.sum(dy, axis=(0, 1, 2)) if cfg.has_bias else None  # db = sum_{n,o,p} dy
     return dx, dw, db
 
@@ -175,6 +186,35 @@ def _conv2d_bwd(cfg, res, dy):
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 # ---------------------------------------------------------------- backward terms
+
+
+def window_tap(xp, i, j, out_hw, stride, dilation):
+    """The cells that tap (i, j) meets in every window: xp[:, d_h i + s_h o, d_w j + s_w p, :], [N, Ho, Wo, C]."""
+    (ho, wo), (sh, sw), (dh, dw) = out_hw, stride, dilation
+    n, _, _, c = xp.shape
+    start = (0, dh * i, dw * j, 0)
+    return lax.slice(xp, start, (n, start[1] + sh * (ho - 1) + 1, start[2] + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
+
+
+def add_at_window_taps(contribution, hw, window, stride, dilation, padding):
+    """The transpose of :func:`window_tap`, summed over the taps, with the padding cropped off.
+
+    ``contribution(i, j)`` is an [N, Ho, Wo, C] array; it is placed at xp[d i + s o, d j + s p]
+    (a pad with s - 1 zeros between rows/cols and d i rows before); the sum over all taps is cropped
+    to the input's [H, W]. Rows/cols no tap reaches get 0.
+    """
+    ((top, bottom), (left, right)), (sh, sw), (dh, dw) = padding, stride, dilation
+    hp, wp = hw[0] + top + bottom, hw[1] + left + right
+    total = None
+    for i in range(window[0]):
+        for j in range(window[1]):
+            g = contribution(i, j)
+            _, ho, wo, _ = g.shape
+            rows = (dh * i, hp - dh * i - sh * (ho - 1) - 1, sh - 1)  # (before, after, between)
+            cols = (dw * j, wp - dw * j - sw * (wo - 1) - 1, sw - 1)
+            placed = lax.pad(g, jnp.zeros((), g.dtype), ((0, 0, 0), rows, cols, (0, 0, 0)))
+            total = placed if total is None else total + placed
+    return total[:, top : top + hw[0], left : left + hw[1], :]
 
 
 def _conv2d_dx(dy, w, x_shape, cfg):
@@ -193,12 +233,12 @@ def _conv2d_dx(dy, w, x_shape, cfg):
     for n_in, n_out, k, s, d, (lo, _) in zip(
         x_shape[1:3], dy.shape[1:3], (kh, kw), cfg.stride, cfg.dilation, cfg.padding
     ):
-        before = d * (k - 1) - lo  # the first output row reads xp[d (K-1) - lo - ...]; negative crops
+        before = d * (k - 1) - lo  # output row r reads dy rows (r + lo - d i) / s; negative crops
         after = n_in + d * (k - 1) - (s * (n_out - 1) + 1) - before  # brings the output back to n_in rows:
         pads.append((before, after))  # rows the forward never read see only padding, so get 0
     return lax.conv_general_dilated(
         dy,
-        w_t.astype(dy.dtype),
+        w_t,
         window_strides=(1, 1),
         padding=pads,
         lhs_dilation=cfg.stride,  # s - 1 zeros between the rows/cols of dy
@@ -208,25 +248,36 @@ def _conv2d_dx(dy, w, x_shape, cfg):
     )
 
 
-def _conv2d_dw(x, dy, w_shape, cfg):
+def _conv2d_dw_im2col(x, dy, w_shape, cfg):
     """dw[i,j,k,c] = sum_{n,o,p} xp[n, s o + d i, s p + d j, k] dy[n,o,p,c]: im2col, then a matmul per group."""
     kh, kw, cin_g, cout = w_shape
     g = cfg.groups
     n, ho, wo, _ = dy.shape
-    (sh, sw), (dh, dw_) = cfg.stride, cfg.dilation
     xp = jnp.pad(x, ((0, 0), *cfg.padding, (0, 0)))
-    # The (i, j) column of im2col: the input rows/cols that kernel tap (i, j) met, one per output position.
-    cols = [
-        lax.slice(
-            xp,
-            (0, dh * i, dw_ * j, 0),
-            (n, dh * i + sh * (ho - 1) + 1, dw_ * j + sw * (wo - 1) + 1, xp.shape[3]),
-            (1, sh, sw, 1),
-        )
-        for i in range(kh)
-        for j in range(kw)
-    ]
+    # The (i, j) column block of im2col: the input cells that kernel tap (i, j) met, one per output position.
+    cols = [window_tap(xp, i, j, (ho, wo), cfg.stride, cfg.dilation) for i in range(kh) for j in range(kw)]
     patches = jnp.stack(cols, axis=3).reshape(n * ho * wo, kh, kw, g, cin_g)  # [M, KH, KW, G, Cin/G]
     dy_g = dy.reshape(n * ho * wo, g, cout // g)  # [M, G, Cout/G]
     dw = jnp.einsum("mijgk,mgc->ijkgc", patches, dy_g)  # patches^T dy, contracted over M = N Ho Wo
     return dw.reshape(kh, kw, cin_g, cout)
+
+
+def _conv2d_dw_conv(x, dy, w_shape, cfg):
+    """The same dw as one convolution: x (channels as the batch, N as the features) correlated with dy
+    (N as the input features), at stride d and kernel dilation s; groups split x's channels and dy's."""
+    kh, kw, _, _ = w_shape
+    pads = []
+    for n_in, n_out, k, s, d, (lo, hi) in zip(
+        x.shape[1:3], dy.shape[1:3], (kh, kw), cfg.stride, cfg.dilation, cfg.padding
+    ):
+        unread = n_in + lo + hi - (d * (k - 1) + 1) - s * (n_out - 1)  # padded rows past the last window
+        pads.append((lo, hi - unread))  # negative: crop them, so the output has exactly k rows
+    return lax.conv_general_dilated(
+        x,
+        dy,
+        window_strides=cfg.dilation,
+        padding=pads,
+        rhs_dilation=cfg.stride,
+        dimension_numbers=("CHWN", "IHWO", "HWNC"),
+        batch_group_count=cfg.groups,
+    )

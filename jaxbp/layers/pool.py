@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxbp.layers import _checks
-from jaxbp.layers.conv import Pads, padding_pairs
+from jaxbp.layers.conv import Pads, add_at_window_taps, padding_pairs, window_tap
 
 
 class _Pool(NamedTuple):
@@ -159,7 +159,7 @@ def _avg_pool2d_bwd(cfg, res, dy):
     if cfg.stride == cfg.window:
         tiles = jnp.broadcast_to(share[:, :, None, :, None, :], _tiles_shape(share, cfg))
         return (_untile(tiles, cfg),)
-    return (_scatter_offsets(lambda i, j: share, cfg),)
+    return (add_at_window_taps(lambda i, j: share, cfg.hw, cfg.window, cfg.stride, (1, 1), cfg.padding),)
 
 
 _avg_pool2d.defvjp(_avg_pool2d_fwd, _avg_pool2d_bwd)
@@ -205,46 +205,21 @@ def _max_pool2d_dx_tiles(x, y, dy, cfg):
     return _untile(dxt, cfg)
 
 
-def _window_offset(xp, i, j, y_shape, cfg):
-    """The cells at offset (i, j) of every window: xp[sh o + i, sw p + j], shape [N, Ho, Wo, C]."""
-    (sh, sw), (n, ho, wo, c) = cfg.stride, y_shape
-    return lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
-
-
-def _scatter_offsets(contribution, cfg):
-    """dx = sum over window offsets (i, j) of contribution(i, j) [N, Ho, Wo, C] placed at xp[sh o + i, sw p + j],
-    with the padding cropped off again."""
-    (kh, kw), (sh, sw), ((top, bottom), (left, right)), hw = cfg.window, cfg.stride, cfg.padding, cfg.hw
-    hp, wp = hw[0] + top + bottom, hw[1] + left + right
-    dxp = None
-    for i in range(kh):
-        for j in range(kw):
-            g = contribution(i, j)
-            _, ho, wo, _ = g.shape
-            # Strided pad: sh - 1 zeros between rows, i rows before, the rest of xp after.
-            placed = lax.pad(
-                g,
-                jnp.zeros((), g.dtype),
-                (
-                    (0, 0, 0),
-                    (i, hp - i - sh * (ho - 1) - 1, sh - 1),
-                    (j, wp - j - sw * (wo - 1) - 1, sw - 1),
-                    (0, 0, 0),
-                ),
-            )
-            dxp = placed if dxp is None else dxp + placed
-    return dxp[:, top : top + hw[0], left : left + hw[1], :]
-
-
 def _max_pool2d_dx_offsets(x, y, dy, cfg):
-    """Overlapping or gapped windows: walk the offsets in row-major order; the first offset whose
-    cell equals the window's maximum takes the window's dy, later equal cells get nothing."""
+    """Overlapping or gapped windows: walk the window offsets in row-major order; the first offset
+    whose cell equals the window's maximum takes the window's dy, later equal cells get nothing."""
     xp = lax.pad(x, jnp.asarray(-jnp.inf, x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in cfg.padding), (0, 0, 0)))
-    taken = jnp.zeros(y.shape, bool)
-    hits = {}
+    taken = jnp.zeros(y.shape, bool)  # windows whose maximum an earlier offset already claimed
+    wins = {}
     for i in range(cfg.window[0]):
         for j in range(cfg.window[1]):
-            hit = (_window_offset(xp, i, j, y.shape, cfg) == y) & ~taken
-            taken = taken | hit
-            hits[i, j] = hit
-    return _scatter_offsets(lambda i, j: jnp.where(hits[i, j], dy, jnp.zeros((), dy.dtype)), cfg)
+            wins[i, j] = (window_tap(xp, i, j, y.shape[1:3], cfg.stride, (1, 1)) == y) & ~taken
+            taken = taken | wins[i, j]
+    return add_at_window_taps(  # dx = sum over offsets of dy * [offset is the first maximum], put back in place
+        lambda i, j: jnp.where(wins[i, j], dy, jnp.zeros((), dy.dtype)),
+        cfg.hw,
+        cfg.window,
+        cfg.stride,
+        (1, 1),
+        cfg.padding,
+    )
