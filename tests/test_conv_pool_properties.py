@@ -1,0 +1,306 @@
+"""Property tests for conv2d, max_pool2d and avg_pool2d, and the tie convention of max pooling.
+
+Hypothesis draws shapes and hyper-parameters (stride, padding, dilation, groups, window),
+only valid ones (the kernel or window fits the padded input), and checks in float64 that
+the hand-derived VJP equals the VJP ``jax.grad`` derives from the reference, and that the
+forwards are identical. Max pooling also gets inputs full of ties (zeros, small integers),
+and explicit tests pin the convention: a window's whole gradient goes to its FIRST maximum
+in row-major window order, as jax.grad of ``lax.reduce_window`` max does, and a cell that
+wins several overlapping windows collects all their gradients.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jaxbp import autodiff, manual
+from jaxbp.layers import conv as conv_module
+
+SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# ---------------------------------------------------------------- the comparison
+
+
+def _vjps(fn, args, ct):
+    """Output and VJP of ``fn`` along ``ct`` with respect to every argument that is not None."""
+    diff = [i for i, a in enumerate(args) if a is not None]
+
+    def f(*d):
+        full = list(args)
+        for i, v in zip(diff, d):
+            full[i] = v
+        return fn(*full)
+
+    y, pullback = jax.vjp(f, *(args[i] for i in diff))
+    return y, pullback(ct)
+
+
+def assert_vjp_matches(manual_fn, reference_fn, args, seed=0, rtol=1e-10):
+    """Manual VJP == autodiff VJP (norm-wise, float64) for a random cotangent; forwards bitwise equal."""
+    with jax.enable_x64(True):
+        args = [None if a is None else jnp.asarray(a, jnp.float64) for a in args]
+        y_ref = reference_fn(*args)
+        ct = jnp.asarray(np.random.default_rng(seed).standard_normal(y_ref.shape))
+        y_man, g_man = _vjps(manual_fn, args, ct)
+        _, g_ref = _vjps(reference_fn, args, ct)
+        np.testing.assert_array_equal(np.asarray(y_man), np.asarray(y_ref), err_msg="forwards differ")
+        for k, (gm, gr) in enumerate(zip(g_man, g_ref)):
+            gm, gr = np.asarray(gm), np.asarray(gr)
+            assert gm.shape == gr.shape, (k, gm.shape, gr.shape)
+            scale = np.max(np.abs(gr), initial=0.0)
+            err = np.max(np.abs(gm - gr), initial=0.0) / (scale if scale > 0 else 1.0)
+            assert err <= rtol, f"gradient {k}: norm-wise relative error {err:.2e} > {rtol:.0e}"
+
+
+# ---------------------------------------------------------------- strategies
+
+
+def _pair(draw, lo, hi):
+    a = draw(st.integers(lo, hi))
+    return a if draw(st.booleans()) else (a, draw(st.integers(lo, hi)))
+
+
+def _as_pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _padding(draw, max_pad):
+    """A padding spec and, for the explicit kinds, its pairs (None for 'SAME', resolved later)."""
+    kind = draw(st.sampled_from(["VALID", "SAME", "int", "pairs"]))
+    if kind == "VALID":
+        return "VALID", ((0, 0), (0, 0))
+    if kind == "SAME":
+        return "SAME", None
+    if kind == "int":
+        p = draw(st.integers(0, min(max_pad)))
+        return p, ((p, p), (p, p))
+    pads = tuple((draw(st.integers(0, m)), draw(st.integers(0, m))) for m in max_pad)
+    return pads, pads
+
+
+def _size(draw, extent, pads, axis):
+    """An input size the (dilated) window fits once padded: n + lo + hi >= extent."""
+    low = 1 if pads is None else max(1, extent - sum(pads[axis]))
+    return draw(st.integers(low, low + 5))
+
+
+@st.composite
+def conv_configs(draw):
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    cin_g = 1 if draw(st.booleans()) else 2  # cin_g == 1 with groups > 1: depthwise
+    cout = groups * draw(st.integers(1, 2))
+    kernel = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    stride, dilation = _pair(draw, 1, 3), _pair(draw, 1, 2)
+    padding, pads = _padding(draw, (3, 3))
+    extent = [d * (k - 1) + 1 for d, k in zip(_as_pair(dilation), kernel)]
+    h, w = _size(draw, extent[0], pads, 0), _size(draw, extent[1], pads, 1)
+    x_shape = (draw(st.integers(1, 2)), h, w, groups * cin_g)
+    w_shape = (*kernel, cin_g, cout)
+    kwargs = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
+    return x_shape, w_shape, draw(st.booleans()), kwargs, draw(st.integers(0, 2**16))
+
+
+@st.composite
+def pool_configs(draw, values=("normal",)):
+    window = _pair(draw, 1, 3)
+    stride = None if draw(st.booleans()) else _pair(draw, 1, 3)
+    k = _as_pair(window)
+    padding, pads = _padding(draw, (k[0] - 1, k[1] - 1))  # every pad smaller than the window
+    h, w = _size(draw, k[0], pads, 0), _size(draw, k[1], pads, 1)
+    x_shape = (draw(st.integers(1, 2)), h, w, draw(st.integers(1, 3)))
+    kwargs = {"window": window, "stride": stride, "padding": padding}
+    return x_shape, kwargs, draw(st.sampled_from(values)), draw(st.integers(0, 2**16))
+
+
+def _values(kind, shape, seed):
+    rng = np.random.default_rng(seed)
+    if kind == "zeros":
+        return np.zeros(shape)
+    if kind == "relu":  # about half exactly 0
+        return np.maximum(rng.standard_normal(shape), 0.0)
+    if kind == "small-ints":  # ties almost everywhere
+        return rng.integers(0, 3, size=shape).astype(np.float64)
+    return rng.standard_normal(shape)
+
+
+# ---------------------------------------------------------------- properties
+
+
+@pytest.mark.parametrize("im2col", [True, False], ids=["dw-im2col", "dw-conv"])
+@SETTINGS
+@given(config=conv_configs())
+def test_conv2d_vjp_matches_autodiff(im2col, config):
+    x_shape, w_shape, bias, kwargs, seed = config
+    rng = np.random.default_rng(seed)
+    args = [
+        rng.standard_normal(x_shape),
+        rng.standard_normal(w_shape),
+        rng.standard_normal(w_shape[3]) if bias else None,
+    ]
+    with pytest.MonkeyPatch.context() as mp:  # both dw routes, whatever the channel count
+        mp.setattr(conv_module, "IM2COL_MAX_CHANNELS", 10**6 if im2col else 0)
+        assert conv_module._check_conv(*args, **kwargs).im2col is im2col
+        assert_vjp_matches(
+            lambda x, w, b: manual.conv2d(x, w, b, **kwargs),
+            lambda x, w, b: autodiff.conv2d(x, w, b, **kwargs),
+            args,
+            seed,
+        )
+
+
+@SETTINGS
+@given(config=pool_configs(values=("normal", "relu", "small-ints", "zeros")))
+def test_max_pool2d_vjp_matches_autodiff(config):
+    x_shape, kwargs, kind, seed = config
+    assert_vjp_matches(
+        lambda x: manual.max_pool2d(x, **kwargs),
+        lambda x: autodiff.max_pool2d(x, **kwargs),
+        [_values(kind, x_shape, seed)],
+        seed,
+    )
+
+
+@SETTINGS
+@given(config=pool_configs())
+def test_avg_pool2d_vjp_matches_autodiff(config):
+    x_shape, kwargs, kind, seed = config
+    assert_vjp_matches(
+        lambda x: manual.avg_pool2d(x, **kwargs),
+        lambda x: autodiff.avg_pool2d(x, **kwargs),
+        [_values(kind, x_shape, seed)],
+        seed,
+    )
+
+
+# ---------------------------------------------------------------- ties
+
+
+def first_max_routing(x, dy, window, stride, pads, *, last=False):
+    """The tie convention written out with loops: each window's dy goes to its first maximum among
+    the real (unpadded) cells in row-major window order (``last=True``: the last one, a wrong rule)."""
+    dx = np.zeros_like(x)
+    (kh, kw), (sh, sw), ((top, _), (left, _)) = window, stride, pads
+    for n, o, p, c in np.ndindex(dy.shape):
+        best = None
+        for i in range(kh):
+            for j in range(kw):
+                r, q = o * sh + i - top, p * sw + j - left
+                if 0 <= r < x.shape[1] and 0 <= q < x.shape[2]:
+                    v = x[n, r, q, c]
+                    if best is None or v > x[best] or (last and v == x[best]):
+                        best = (n, r, q, c)
+        dx[best] += dy[n, o, p, c]
+    return dx
+
+
+def _pool_grads(x, dy, **kwargs):
+    """The max-pool VJP along dy, manual and autodiff, in float64."""
+    with jax.enable_x64(True):
+        x, dy = jnp.asarray(x, jnp.float64), jnp.asarray(dy, jnp.float64)
+        return [
+            np.asarray(jax.vjp(partial(fn, **kwargs), x)[1](dy)[0]) for fn in (manual.max_pool2d, autodiff.max_pool2d)
+        ]
+
+
+def _resolved(x_shape, window, stride, padding):
+    window, stride = _as_pair(window), _as_pair(stride if stride is not None else window)
+    return window, stride, conv_module.padding_pairs("test", padding, x_shape[1:3], window, stride)
+
+
+@pytest.mark.parametrize(
+    ("hw", "window", "stride"),
+    [((4, 4), 2, 2), ((5, 5), 3, 1), ((7, 7), 3, 2), ((5, 7), (2, 3), (1, 2))],
+    ids=["2x2/2", "3x3/1", "3x3/2", "2x3/(1,2)"],
+)
+def test_all_zero_input_sends_each_window_gradient_to_its_first_cell(hw, window, stride):
+    x = np.zeros((1, *hw, 2))
+    (kh, kw), (sh, sw), _ = _resolved(x.shape, window, stride, "VALID")
+    ho, wo = (hw[0] - kh) // sh + 1, (hw[1] - kw) // sw + 1
+    dy = np.arange(1.0, 1 + ho * wo * 2).reshape(1, ho, wo, 2)
+    expected = np.zeros_like(x)
+    for o, p in np.ndindex(ho, wo):
+        expected[:, o * sh, p * sw] += dy[:, o, p]  # the top-left cell of window (o, p)
+    g_man, g_ref = _pool_grads(x, dy, window=window, stride=stride)
+    np.testing.assert_array_equal(g_ref, expected, err_msg="jax.grad no longer routes ties to the first maximum")
+    np.testing.assert_array_equal(g_man, expected)
+
+
+def test_a_cell_that_wins_overlapping_windows_collects_all_their_gradients():
+    x = np.zeros((1, 5, 5, 1))
+    x[0, 2, 2, 0] = 1.0  # the centre is the maximum of all nine 3x3 windows
+    x[0, 0, 1, 0] = x[0, 1, 0, 0] = 1.0  # ...and ties with two cells of window (0, 0), which come first
+    dy = np.arange(1.0, 10.0).reshape(1, 3, 3, 1)
+    g_man, g_ref = _pool_grads(x, dy, window=3, stride=1)
+    expected = np.zeros_like(x)
+    expected[0, 0, 1, 0] = dy[0, 0, 0, 0] + dy[0, 0, 1, 0]  # first maximum of windows (0, 0) and (0, 1)
+    expected[0, 1, 0, 0] = dy[0, 1, 0, 0]  # window (1, 0): (1, 0) comes before (2, 2)
+    expected[0, 2, 2, 0] = dy.sum() - expected.sum()  # every other window
+    np.testing.assert_array_equal(g_ref, expected)
+    np.testing.assert_array_equal(g_man, expected)
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "kwargs"),
+    [
+        ((2, 6, 6, 3), {"window": 2}),
+        ((2, 7, 7, 2), {"window": 3, "stride": 2}),
+        ((1, 6, 6, 2), {"window": 3, "stride": 1, "padding": "SAME"}),
+        ((1, 7, 8, 2), {"window": (3, 2), "stride": (2, 1), "padding": ((1, 0), (0, 1))}),
+        ((1, 7, 5, 2), {"window": 2, "padding": 1}),
+    ],
+    ids=["2x2/2", "3x3/2", "3x3/1-same", "3x2/(2,1)-explicit", "2x2/2-pad1"],
+)
+@pytest.mark.parametrize("kind", ["small-ints", "relu"])
+def test_ties_follow_the_first_maximum_loop(x_shape, kwargs, kind):
+    x = _values(kind, x_shape, seed=3)
+    window, stride, pads = _resolved(x_shape, kwargs["window"], kwargs.get("stride"), kwargs.get("padding", "VALID"))
+    with jax.enable_x64(True):
+        y_shape = autodiff.max_pool2d(jnp.asarray(x), **kwargs).shape
+    dy = np.random.default_rng(4).standard_normal(y_shape)
+    expected = first_max_routing(x, dy, window, stride, pads)
+    g_man, g_ref = _pool_grads(x, dy, **kwargs)
+    np.testing.assert_allclose(g_ref, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(g_man, expected, rtol=1e-12, atol=1e-12)
+    if kind == "small-ints":  # these inputs do tie: routing to the last maximum would give another gradient
+        assert not np.allclose(first_max_routing(x, dy, window, stride, pads, last=True), expected)
+
+
+# ---------------------------------------------------------------- the checks can fail
+
+
+def test_the_comparison_catches_a_slightly_wrong_backward():
+    """A conv whose dw is off by one part in a million fails the float64 comparison."""
+
+    @jax.custom_vjp
+    def off(x, w, b):
+        return manual.conv2d(x, w, b)
+
+    def off_fwd(x, w, b):
+        return off(x, w, b), (x, w, b)
+
+    def off_bwd(res, dy):
+        dx, dw, db = jax.vjp(manual.conv2d, *res)[1](dy)
+        return dx, dw * (1 + 1e-6), db
+
+    off.defvjp(off_fwd, off_bwd)
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal((1, 5, 5, 2)), rng.standard_normal((3, 3, 2, 2)), rng.standard_normal(2)]
+    assert_vjp_matches(manual.conv2d, autodiff.conv2d, args)
+    with pytest.raises(AssertionError, match="gradient 1"):
+        assert_vjp_matches(off, autodiff.conv2d, args)
+
+
+def test_the_tie_loop_catches_last_maximum_routing():
+    """Routing ties to the last maximum disagrees with jax.grad on an all-zero input."""
+    x, dy = np.zeros((1, 4, 4, 1)), np.ones((1, 2, 2, 1))
+    window, stride, pads = _resolved(x.shape, 2, None, "VALID")
+    _, g_ref = _pool_grads(x, dy, window=2)
+    np.testing.assert_array_equal(g_ref, first_max_routing(x, dy, window, stride, pads))
+    assert not np.array_equal(g_ref, first_max_routing(x, dy, window, stride, pads, last=True))
