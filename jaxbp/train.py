@@ -102,7 +102,7 @@ class TrainConfig:
     momentum: float = 0.9  # for optimizer="momentum"
     schedule: str = "cosine"  # constant | cosine (to 0 over all steps)
     weight_decay: float = 0.0  # decoupled, on weights only (not biases or batch-norm params)
-    epochs: int = 8
+    epochs: int = 15
     batch_size: int = 64
     seed: int = 0
     drop_last: bool = False
@@ -781,6 +781,7 @@ def _summary(config, ds, model, status, error, history, worst, step, epoch, timi
 def _plot(config: TrainConfig, paths: dict[str, Path]) -> None:
     from jaxbp import plots
 
+    label = "manual" if config.grad == "compare" else config.grad  # compare mode updates with the manual grads
     plots.plot_training(
-        {config.grad: paths["metrics"]}, paths["plot"], title=f"{config.dataset} / {config.model} / {config.grad}"
+        {label: paths["metrics"]}, paths["plot"], title=f"{config.dataset} / {config.model} / {config.grad}"
     )
