@@ -265,7 +265,7 @@ class Report:
         if self.derivation:
             failing = sorted({g.arg for g in self.grads if not g.passed})
             for arg in failing:
-                hits = equation_lines(self.derivation, arg)
+                hits = equation_lines(self.derivation, arg, self.layer)
                 if hits:
                     lines.append(f"  the equations for d{arg}:")
                     lines += ["    " + ln.strip() for ln in hits]
@@ -274,10 +274,32 @@ class Report:
         return lines
 
 
-def equation_lines(derivation: str, arg: str) -> list[str]:
-    """The lines of a derivation that mention ``d<arg>`` (``dx``, ``dgamma``), where the math is."""
+def equation_lines(derivation: str, arg: str, layer: str = "") -> list[str]:
+    """The lines of a derivation that mention ``d<arg>`` (``dx``, ``dgamma``), where the math is.
+
+    Where the derivation covers several layers (a module docstring) and one paragraph
+    starts with ``<layer>:`` or ``<layer>,``, only that paragraph is searched.
+    """
     pattern = re.compile(rf"(?<![A-Za-z0-9_])(d{re.escape(arg)}|d_{re.escape(arg)}|grad_{re.escape(arg)})\b")
-    return [ln for ln in derivation.splitlines() if pattern.search(ln)]
+    lines = derivation.splitlines()
+    if layer:
+        lines = _layer_paragraph(lines, layer) or lines
+    return [ln for ln in lines if pattern.search(ln)]
+
+
+def _layer_paragraph(lines: list[str], layer: str) -> list[str]:
+    """From the line that starts with ``<layer>:`` to the next line as little indented that names another."""
+    start = next((i for i, ln in enumerate(lines) if re.match(rf"\s*{re.escape(layer)}\s*[:,]", ln)), None)
+    if start is None:
+        return []
+    indent = len(lines[start]) - len(lines[start].lstrip())
+    end = start + 1
+    while end < len(lines):
+        ln = lines[end]
+        if ln.strip() and len(ln) - len(ln.lstrip()) <= indent and re.match(r"\s*[A-Za-z_]\w*\s*[:,]", ln):
+            break
+        end += 1
+    return lines[start:end]
 
 
 def _json_safe(obj: Any) -> Any:

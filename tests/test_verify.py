@@ -450,3 +450,6 @@ def test_equation_lines():
     doc = "forward: y = x w\nbackward: dx = dy w^T\n           dw = x^T dy\n           db = sum(dy)"
     assert verify.equation_lines(doc, "w") == ["           dw = x^T dy"]
     assert verify.equation_lines(doc, "x") == ["backward: dx = dy w^T"]
+    module = "Two layers.\n\n    relu:  y = max(x, 0)   dx = dy [x > 0]\n    tanh:  y = tanh(x)     dx = dy (1 - y^2)\n"
+    assert [ln.split()[0] for ln in verify.equation_lines(module, "x", "tanh")] == ["tanh:"]
+    assert len(verify.equation_lines(module, "x")) == 2  # no layer named: every line with dx
