@@ -564,13 +564,16 @@ def _fit(config: TrainConfig, progress, ops) -> TrainResult:
     wall_before = float(extra["wall_time_s"])
     fill = float((0.0 - ds.mean) / ds.std)  # a blank pixel, for the shifts of augmentation
 
+    saved = [resume_path] if resume_path is not None else []  # this run's good checkpoints
+
     def save_checkpoint(epoch: int, batch_index: int) -> Path:
         state = {"params": params, "opt_state": opt_state, "model_state": model_state, "rng": run_key}
         ex = {
             "batch_index": batch_index, "history": history, "worst": worst, "epoch_sums": epoch_sums,
             "wall_time_s": wall_before + time.perf_counter() - t_start,
         }  # fmt: skip
-        return checkpoint.save(paths["checkpoint"], state, step=step, epoch=epoch, config=config.to_dict(), extra=ex)
+        saved.append(checkpoint.save(paths["checkpoint"], state, step=step, epoch=epoch, config=config.to_dict(), extra=ex))
+        return saved[-1]
 
     timing = {"compile_s": 0.0, "train_s": 0.0, "examples": 0}
     logger = _Logger(paths["metrics"], progress, total_steps, step, f"{config.model}/{config.grad}")
@@ -610,7 +613,7 @@ def _fit(config: TrainConfig, progress, ops) -> TrainResult:
                         raise NonFiniteLossError(
                             f"{what} at step {step + 1} (epoch {epoch + 1}, batch {batch_index + 1}); "
                             f"training stopped. The last good checkpoint is kept"
-                            + (f": {paths['checkpoint']}" if paths["checkpoint"].exists() else " (none was written yet)")
+                            + (f": {saved[-1]}" if saved else " (this run wrote none yet)")
                             + ". Try a smaller learning rate."
                         )
                     params, opt_state, model_state = new[0], new[1], new[2]
@@ -680,10 +683,10 @@ def _fit(config: TrainConfig, progress, ops) -> TrainResult:
                     status = "stopped"
                     break
     except (GradientMismatchError, NonFiniteLossError) as err:
-        logger.close()
         finish("gradient_mismatch" if isinstance(err, GradientMismatchError) else "diverged", str(err))
         raise
-    logger.close()
+    finally:
+        logger.close()
     summary = finish(status)
     _plot(config, paths)
     return TrainResult(

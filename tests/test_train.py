@@ -261,3 +261,19 @@ def test_help_works_for_every_command(capsys):
             cli.main([*argv, "--help"])
         assert info.value.code == 0, argv
         assert "usage:" in capsys.readouterr().out
+
+
+def test_augmentation_is_seeded_shifts_and_flips(digits):
+    x = np.asarray(digits.x_train[:16])
+    fill = float(-digits.mean / digits.std)
+    a = train.augment_batch(x, "crop-flip", np.random.default_rng((0, 1, 2)), fill)
+    b = train.augment_batch(x, "crop-flip", np.random.default_rng((0, 1, 2)), fill)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == x.shape and a.dtype == np.float32
+    assert train.augment_batch(x, "none", np.random.default_rng(0), fill) is x
+    flipped = train.augment_batch(x, "flip", np.random.default_rng(0), fill)
+    assert all(np.array_equal(f, img) or np.array_equal(f, img[:, ::-1]) for f, img in zip(flipped, x))
+    shifted = train.augment_batch(x, "crop", np.random.default_rng(0), fill)
+    padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), constant_values=fill)
+    for s, p in zip(shifted, padded):  # each is a window of the padded image
+        assert any(np.array_equal(s, p[i : i + 8, j : j + 8]) for i in range(5) for j in range(5))
