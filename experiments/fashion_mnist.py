@@ -132,7 +132,9 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
     done = {g: Path(args.runs) / g for g in ("manual", "autodiff") if (Path(args.runs) / g / "metrics.jsonl").exists()}
-    png = plots.plot_training(done, results_dir / "fashion_mnist.png", title="Fashion-MNIST, cnn-bn: manual vs autodiff")
+    png = plots.plot_training(
+        done, results_dir / "fashion_mnist.png", title="Fashion-MNIST, cnn-bn: manual vs autodiff"
+    )
     print(f"wrote {json_path} and {png}", file=sys.stderr)
     return 0
 

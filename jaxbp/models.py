@@ -30,7 +30,8 @@ zeros for biases and ``beta``, ones for ``gamma``.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +39,6 @@ import numpy as np
 
 Shape = tuple[int, ...]
 Params = dict[str, Any]
-
 
 
 def _rng(key: Any) -> np.random.Generator:
@@ -248,9 +248,7 @@ def serial(*layers: Layer) -> Model:
         new_state = {}
         for i, (name, layer) in enumerate(named):
             key = None if rng is None else jax.random.fold_in(rng, i)
-            x, s = layer.apply(
-                params.get(name, {}), x, ops=ops, train=train, rng=key, state=state.get(name), mask=mask
-            )
+            x, s = layer.apply(params.get(name, {}), x, ops=ops, train=train, rng=key, state=state.get(name), mask=mask)
             if name in state:
                 new_state[name] = s
         return x, new_state

@@ -46,9 +46,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -58,9 +59,9 @@ import optax
 from jaxbp import autodiff, checkpoint, data, manual, models
 
 __all__ = [
+    "TRACE_COUNTS",
     "GradientMismatchError",
     "NonFiniteLossError",
-    "TRACE_COUNTS",
     "TrainConfig",
     "TrainError",
     "TrainResult",
@@ -117,7 +118,7 @@ class TrainConfig:
     dtype: str = "float32"
     matmul_precision: str = "default"
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Return ``self`` or raise ``ValueError`` naming the bad field."""
         choices = {
             "grad": GRADS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": AUGMENTS,
@@ -198,7 +199,7 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTrans
     lr: Any = config.learning_rate
     if config.schedule == "cosine":
         lr = optax.cosine_decay_schedule(config.learning_rate, decay_steps=max(total_steps, 1))
-    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731 weights only
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
     if config.optimizer == "adam":
         if config.weight_decay > 0:
             return optax.adamw(lr, weight_decay=config.weight_decay, mask=decay_mask)
@@ -314,7 +315,12 @@ def _build(key: tuple, num_classes: int, total_steps: int, ops) -> tuple[models.
     optimizer = make_optimizer(config, total_steps)
     train_ops = None if config.grad == "autodiff" else ops
     eval_ops = autodiff if config.grad == "autodiff" else (ops or manual)
-    return model, make_train_step(model, optimizer, grad=config.grad, ops=train_ops), make_eval_step(model, ops=eval_ops), optimizer
+    return (
+        model,
+        make_train_step(model, optimizer, grad=config.grad, ops=train_ops),
+        make_eval_step(model, ops=eval_ops),
+        optimizer,
+    )
 
 
 _build_cached = functools.lru_cache(maxsize=8)(_build)
@@ -398,7 +404,7 @@ class _Logger:
     """metrics.jsonl plus the progress display: tqdm on a TTY, log lines otherwise, a callback, or nothing."""
 
     def __init__(self, path: Path, progress, total_steps: int, initial: int, desc: str):
-        self.file = open(path, "a", encoding="utf-8")
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
         self.callback = progress if callable(progress) else None
         show = progress is None or progress is True
         self.bar = None
@@ -453,7 +459,9 @@ def resume_config(run: str | os.PathLike, **overrides: Any) -> TrainConfig:
     (what ``jaxbp train --resume DIR`` uses, so the flags need not be repeated)."""
     path = checkpoint.latest(run)
     if path is None:
-        raise checkpoint.CheckpointError(f"{run}: no checkpoint to resume from (looked for {checkpoint.CHECKPOINT_NAME})")
+        raise checkpoint.CheckpointError(
+            f"{run}: no checkpoint to resume from (looked for {checkpoint.CHECKPOINT_NAME})"
+        )
     _, meta = checkpoint.load(path)
     stored = meta.get("config")
     if not isinstance(stored, dict):
@@ -572,14 +580,16 @@ def _fit(config: TrainConfig, progress, ops) -> TrainResult:
             "batch_index": batch_index, "history": history, "worst": worst, "epoch_sums": epoch_sums,
             "wall_time_s": wall_before + time.perf_counter() - t_start,
         }  # fmt: skip
-        saved.append(checkpoint.save(paths["checkpoint"], state, step=step, epoch=epoch, config=config.to_dict(), extra=ex))
+        saved.append(
+            checkpoint.save(paths["checkpoint"], state, step=step, epoch=epoch, config=config.to_dict(), extra=ex)
+        )
         return saved[-1]
 
     timing = {"compile_s": 0.0, "train_s": 0.0, "examples": 0}
     logger = _Logger(paths["metrics"], progress, total_steps, step, f"{config.model}/{config.grad}")
     # loss*n, correct, n, seconds, worst (rel, name, cos), loss_autodiff*n, n timed
     window = [0.0, 0, 0, 0.0, None, 0.0, 0]
-    status, error = "completed", None
+    status = "completed"
 
     def finish(status: str, error: str | None = None) -> dict[str, Any]:
         summary = _summary(
@@ -599,7 +609,9 @@ def _fit(config: TrainConfig, progress, ops) -> TrainResult:
                     drop_last=config.drop_last, start_batch=batch_index,
                 )  # fmt: skip
                 for xb, yb, n_valid in batches:
-                    xb = augment_batch(xb, config.augment, np.random.default_rng((config.seed, epoch, batch_index)), fill)
+                    xb = augment_batch(
+                        xb, config.augment, np.random.default_rng((config.seed, epoch, batch_index)), fill
+                    )
                     t0 = time.perf_counter()
                     new = train_step(
                         params, opt_state, model_state, jnp.asarray(xb, dtype), jnp.asarray(yb),
@@ -609,7 +621,11 @@ def _fit(config: TrainConfig, progress, ops) -> TrainResult:
                     dt = time.perf_counter() - t0
                     loss = float(m["loss"])
                     if not (math.isfinite(loss) and m["grads_finite"]):
-                        what = f"loss is {loss}" if not math.isfinite(loss) else f"gradients are not finite (loss {loss:.4g})"
+                        what = (
+                            f"loss is {loss}"
+                            if not math.isfinite(loss)
+                            else f"gradients are not finite (loss {loss:.4g})"
+                        )
                         raise NonFiniteLossError(
                             f"{what} at step {step + 1} (epoch {epoch + 1}, batch {batch_index + 1}); "
                             f"training stopped. The last good checkpoint is kept"
@@ -646,14 +662,21 @@ def _fit(config: TrainConfig, progress, ops) -> TrainResult:
                         }  # fmt: skip
                         if config.grad == "compare":
                             rel, name, cos = window[4]
-                            rec.update(loss_autodiff=window[5] / window[2], grad_max_rel_err=rel, grad_worst_param=name, grad_min_cos=cos)
+                            rec.update(
+                                loss_autodiff=window[5] / window[2],
+                                grad_max_rel_err=rel,
+                                grad_worst_param=name,
+                                grad_min_cos=cos,
+                            )
                         logger.record(rec)
                         logger.advance(0, rec)
                         window = [0.0, 0, 0, 0.0, None, 0.0, 0]
                     logger.advance(1)
                     if stop.signum is not None or (config.max_steps and step >= config.max_steps):
                         break
-                if stop.signum is not None or (config.max_steps and step >= config.max_steps and batch_index < steps_per_epoch):
+                if stop.signum is not None or (
+                    config.max_steps and step >= config.max_steps and batch_index < steps_per_epoch
+                ):
                     path = save_checkpoint(epoch, batch_index)
                     if stop.signum is None:
                         status = "stopped"
@@ -770,7 +793,12 @@ def _summary(config, ds, model, status, error, history, worst, step, epoch, timi
         "examples_per_s": timing["examples"] / timing["train_s"] if timing["train_s"] > 0 else 0.0,
         "worst_agreement": worst,
         "compare_rtol": config.compare_rtol if config.grad == "compare" else None,
-        "dataset": {"name": ds.name, "train": len(ds.x_train), "test": len(ds.x_test), "input_shape": list(ds.input_shape)},
+        "dataset": {
+            "name": ds.name,
+            "train": len(ds.x_train),
+            "test": len(ds.x_test),
+            "input_shape": list(ds.input_shape),
+        },
         "flops_per_example": models.flops(model, ds.input_shape),
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind),

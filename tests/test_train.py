@@ -26,7 +26,7 @@ STEPS_PER_EPOCH = 23
 
 
 def _records(path, kind="train"):
-    recs = [json.loads(line) for line in open(path / "metrics.jsonl")]
+    recs = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if "per_s" not in k and "time" not in k} for r in recs if r["kind"] == kind]
 
 
@@ -61,7 +61,9 @@ def test_masked_loss_is_the_mean_over_valid_rows_and_its_gradient(digits):
 
         out = {"want": jax.value_and_grad(valid_only)(logits)}
         for name, ops in (("manual", manual), ("autodiff", train.autodiff)):
-            out[name] = jax.value_and_grad(lambda z: train._masked_loss(ops, z, labels, jnp.int32(5))[0])(padded)
+            out[name] = jax.value_and_grad(lambda z, ops=ops: train._masked_loss(ops, z, labels, jnp.int32(5))[0])(
+                padded
+            )
         return out
 
     out = run(logits, padded)
@@ -131,13 +133,15 @@ def test_resume_after_sigint_mid_epoch_is_bitwise_uninterrupted(baseline, tmp_pa
 
     with pytest.raises(train.TrainingInterrupted, match=r"SIGINT.*step 30.*jaxbp train --resume") as info:
         train.fit(config, progress=interrupt_at_step_30)
-    state, meta = checkpoint.load(info.value.checkpoint_path)
+    _, meta = checkpoint.load(info.value.checkpoint_path)
     assert (meta["step"], meta["epoch"], meta["extra"]["batch_index"]) == (30, 1, 7)
     assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
     assert signal.getsignal(signal.SIGINT) is not None  # handlers restored
 
     resumed = train.fit(train.resume_config(out), progress=False)
-    for a, b in zip(jax.tree.leaves((resumed.params, resumed.model_state)), jax.tree.leaves((result.params, result.model_state))):
+    for a, b in zip(
+        jax.tree.leaves((resumed.params, resumed.model_state)), jax.tree.leaves((result.params, result.model_state))
+    ):
         np.testing.assert_array_equal(a, b)
     assert resumed.test_accuracy == result.test_accuracy
     assert _records(out) == _records(result.out_dir)
@@ -214,7 +218,9 @@ def _ops_with_wrong_relu_backward():
 
 def test_compare_mode_fails_on_a_wrong_backward(tmp_path):
     config = dataclasses.replace(BASE, model="mlp", dropout=0.0, grad="compare", max_steps=3, out=str(tmp_path))
-    with pytest.raises(train.GradientMismatchError, match=r"at step 1: parameter 'dense1\.(w|b)'.*> compare_rtol") as info:
+    with pytest.raises(
+        train.GradientMismatchError, match=r"at step 1: parameter 'dense1\.(w|b)'.*> compare_rtol"
+    ) as info:
         train.fit(config, progress=False, ops=_ops_with_wrong_relu_backward())
     assert "outside tolerance" in str(info.value) and "dense2.w" in str(info.value)
     summary = json.loads((tmp_path / "summary.json").read_text())
