@@ -20,9 +20,9 @@ from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
+import jax
 
-from jaxbp import registry, verify  # noqa: E402
+from jaxbp import registry, verify
 
 DTYPES = ("float64", "float32")
 
@@ -47,21 +47,29 @@ def main(argv=None) -> int:
     md = [
         "# Gradient agreement: manual VJP vs autodiff vs finite differences",
         "",
-        f"{len(reports)} configurations of {len(layers)} layers, {len(reports) - n_failed} pass; "
-        f"backend {jax.default_backend()}, jax {jax.__version__}, matmul precision highest, seed {args.seed}, "
-        f"{seconds:.0f} s. Regenerate with `python experiments/gradient_agreement.py` "
-        "(or `jaxbp check --json FILE`).",
+        (
+            f"{len(reports)} configurations of {len(layers)} layers, {len(reports) - n_failed} pass; "
+            f"backend {jax.default_backend()}, jax {jax.__version__}, matmul precision highest, seed {args.seed}, "
+            f"{seconds:.0f} s. Regenerate with `python experiments/gradient_agreement.py` "
+            "(or `jaxbp check --json FILE`)."
+        ),
         "",
-        "* **vs autodiff**: worst over arguments and 3 random cotangents of "
-        "`max|manual - autodiff| / max|autodiff|`; tolerance 1e-10 in float64, the layer's "
-        "`rtol_float32` (1e-5 unless the registry says otherwise) in float32.",
-        "* **vs FD**: the manual VJP along 2 random unit directions against float64 central differences "
-        "of the reference forward (at the inputs rounded to the dtype), relative to the typical size of a "
-        f"directional derivative; tolerance {verify.FD_TOLERANCE:.0e} (float32: its own tolerance). "
-        "`-` where the inputs sit on a kink on purpose (ties, ReLU at 0).",
-        "* **fwd** forward outputs equal, **jit** op by op and compiled, **vmap** per-example VJPs of a "
-        "batch vs a loop, **g(g)** grad-of-grad; **jvp** `n/a`: `jax.custom_vjp` has no forward mode "
-        "(a known limitation, not a failure).",
+        (
+            "* **vs autodiff**: worst over arguments and 3 random cotangents of "
+            "`max|manual - autodiff| / max|autodiff|`; tolerance 1e-10 in float64, the layer's "
+            "`rtol_float32` (1e-5 unless the registry says otherwise) in float32."
+        ),
+        (
+            "* **vs FD**: the manual VJP along 2 random unit directions against float64 central differences "
+            "of the reference forward (at the inputs rounded to the dtype), relative to the typical size of a "
+            f"directional derivative; tolerance {verify.FD_TOLERANCE:.0e} (float32: its own tolerance). "
+            "`-` where the inputs sit on a kink on purpose (ties, ReLU at 0)."
+        ),
+        (
+            "* **fwd** forward outputs equal, **jit** op by op and compiled, **vmap** per-example VJPs of a "
+            "batch vs a loop, **g(g)** grad-of-grad; **jvp** `n/a`: `jax.custom_vjp` has no forward mode "
+            "(a known limitation, not a failure)."
+        ),
         "",
         "## Per layer (the worst of its configurations)",
         "",

@@ -21,7 +21,7 @@ from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from jaxbp import plots  # noqa: E402
+from jaxbp import plots
 
 
 def main(argv=None) -> None:

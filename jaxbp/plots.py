@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -174,8 +175,15 @@ def plot_gradient_heatmaps(
         _cells(ax, diff.shape)
         if d == 0:
             ax.imshow(np.zeros_like(diff), cmap="Greys", vmin=0, vmax=1)
-            ax.text((diff.shape[1] - 1) / 2, (diff.shape[0] - 1) / 2, "identical\n(every entry\nexactly 0)",
-                    ha="center", va="center", fontsize=11, color="0.35")
+            ax.text(
+                (diff.shape[1] - 1) / 2,
+                (diff.shape[0] - 1) / 2,
+                "identical\n(every entry\nexactly 0)",
+                ha="center",
+                va="center",
+                fontsize=11,
+                color="0.35",
+            )
             ax.set_title(f"{label}: manual - autodiff", fontsize=10)
         else:
             im = ax.imshow(diff, cmap="PuOr_r", vmin=-d, vmax=d)
@@ -260,16 +268,25 @@ def plot_pool_routing(x, dy, dx, window: int, path: str | os.PathLike, *, title:
                     ax_x.text(c0 + j, r0 + i + 0.32, "first max", ha="center", va="center", fontsize=6.5)
     _annotate(ax_x, x, ".1f", fontsize=11)
     for (r, c), v in np.ndenumerate(dx):
-        ax_dx.text(c, r, f"{v:g}", ha="center", va="center", fontsize=12 if v else 9,
-                   weight="bold" if v else "normal", color="black" if v else "0.6")
+        ax_dx.text(
+            c,
+            r,
+            f"{v:g}",
+            ha="center",
+            va="center",
+            fontsize=12 if v else 9,
+            weight="bold" if v else "normal",
+            color="black" if v else "0.6",
+        )
     for ax, shape, every in ((ax_x, x.shape, (k, k)), (ax_dx, dx.shape, (k, k)), (ax_dy, dy.shape, (1, 1))):
         _grid(ax, shape, color="0.75", lw=0.5)
         _grid(ax, shape, every, color="black", lw=2.0)
         _cells(ax, shape)
     ax_x.set_title(f"input x, {k}x{k} windows (stride {k})\nthick outline: the window's maximum", fontsize=10)
     ax_dy.set_title("upstream gradient dy\n(one value per window)", fontsize=10)
-    ax_dx.set_title("dx: each window's dy lands on its first maximum\n(row-major order), every other cell gets 0",
-                    fontsize=10)
+    ax_dx.set_title(
+        "dx: each window's dy lands on its first maximum\n(row-major order), every other cell gets 0", fontsize=10
+    )
     if title:
         fig.suptitle(title, fontsize=12)
     return _save(fig, path)
@@ -299,19 +316,26 @@ def gradient_plots(directory: str | os.PathLike, *, seed: int = 0, dtype: str = 
     def grads(man, ref, args, argnums, dy):
         out = []
         for fn in (man, ref):
-            _, pull = jax.vjp(lambda *d: fn(*[d[argnums.index(i)] if i in argnums else a for i, a in enumerate(args)]),
-                              *[args[i] for i in argnums])
+
+            def f(*d, fn=fn):
+                return fn(*[d[argnums.index(i)] if i in argnums else a for i, a in enumerate(args)])
+
+            _, pull = jax.vjp(f, *[args[i] for i in argnums])
             out.append([np.asarray(g) for g in pull(dy)])
         return out
 
     paths = []
     with enable:
-        cast = lambda a: jax.numpy.asarray(a, dtype)  # noqa: E731
+
+        def cast(a):
+            return jax.numpy.asarray(a, dtype)
+
         # conv2d: x [1, 6, 6, 1], a non-symmetric 3x3 kernel, no bias
         x = cast(rng.standard_normal((1, 6, 6, 1)))
         w = cast(rng.standard_normal((3, 3, 1, 1)))
         rows = []
         for stride, padding in ((1, "VALID"), (2, "SAME")):
+
             def man(x_, w_, stride=stride, padding=padding):
                 return manual.conv2d(x_, w_, None, stride=stride, padding=padding)
 
@@ -342,7 +366,8 @@ def gradient_plots(directory: str | os.PathLike, *, seed: int = 0, dtype: str = 
                 )
         paths.append(
             plot_gradient_heatmaps(
-                rows, directory / "conv2d_gradients.png",
+                rows,
+                directory / "conv2d_gradients.png",
                 title=f"conv2d, x 6x6, 3x3 kernel, random dy ({dtype}, seed {seed})",
             )
         )
@@ -351,6 +376,7 @@ def gradient_plots(directory: str | os.PathLike, *, seed: int = 0, dtype: str = 
         xp = cast(np.round(rng.random((1, 6, 6, 1)) * 4) / 4)  # quarter steps: ties are likely
         rows = []
         for window, stride in ((2, 2), (3, 1)):
+
             def man(x_, window=window, stride=stride):
                 return manual.max_pool2d(x_, window=window, stride=stride)
 
@@ -371,7 +397,8 @@ def gradient_plots(directory: str | os.PathLike, *, seed: int = 0, dtype: str = 
             )
         paths.append(
             plot_gradient_heatmaps(
-                rows, directory / "max_pool2d_gradients.png",
+                rows,
+                directory / "max_pool2d_gradients.png",
                 title=f"max_pool2d, x 6x6 in quarter steps (ties), random dy ({dtype}, seed {seed})",
             )
         )
@@ -380,13 +407,20 @@ def gradient_plots(directory: str | os.PathLike, *, seed: int = 0, dtype: str = 
         xr = cast(ROUTING_INPUT[None, :, :, None])
         dyr = cast(np.arange(1, 10, dtype=np.float64).reshape(1, 3, 3, 1))
         (gm,), (gr,) = grads(
-            lambda a: manual.max_pool2d(a, window=2, stride=2), lambda a: autodiff.max_pool2d(a, window=2, stride=2),
-            (xr,), [0], dyr,
+            lambda a: manual.max_pool2d(a, window=2, stride=2),
+            lambda a: autodiff.max_pool2d(a, window=2, stride=2),
+            (xr,),
+            [0],
+            dyr,
         )
         same = bool(np.array_equal(gm, gr))
         paths.append(
             plot_pool_routing(
-                ROUTING_INPUT, np.asarray(dyr)[0, :, :, 0], gm[0, :, :, 0], 2, directory / "max_pool2d_routing.png",
+                ROUTING_INPUT,
+                np.asarray(dyr)[0, :, :, 0],
+                gm[0, :, :, 0],
+                2,
+                directory / "max_pool2d_routing.png",
                 title="max_pool2d backward: the gradient is routed to each window's first maximum "
                 f"(manual {'==' if same else '!='} autodiff)",
             )

@@ -30,6 +30,7 @@ summarise its reports one row per configuration.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -37,8 +38,9 @@ import json
 import math
 import re
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -200,8 +202,10 @@ class Report:
     def __str__(self) -> str:
         status = "PASS" if self.passed else "FAIL"
         lines = [
-            f"{self.name}: {status}  (backend {self.backend}, matmul precision {self.matmul_precision!r}, "
-            f"seed {self.seed})"
+            (
+                f"{self.name}: {status}  (backend {self.backend}, matmul precision {self.matmul_precision!r}, "
+                f"seed {self.seed})"
+            )
         ]
         if self.grads:
             w = max(4, *(len(g.arg) for g in self.grads))
@@ -429,7 +433,7 @@ def _finite_differences(pairing, diff, ct64, directions) -> list[list[float]]:
         for k, x in enumerate(diff):
             h = FD_STEP * max(1.0, float(np.max(np.abs(x))) if x.size else 1.0)
 
-            def s(xk):
+            def s(xk, k=k):
                 moved = list(diff)
                 moved[k] = xk
                 return float(pairing(tuple(moved), ct64))
@@ -467,11 +471,34 @@ def _first_line(e: BaseException) -> str:
     return text[0][:300] if text else ""
 
 
+@dataclass(frozen=True)
+class _Problem:
+    """What every dtype's checks share: the pair, the float64 inputs and the random probes."""
+
+    manual_fn: Callable
+    reference_fn: Callable
+    args64: tuple  # the example arguments, floating ones as float64
+    argnums: tuple[int, ...]
+    names: list[str]  # of the differentiated arguments
+    cts64: list  # cotangents: float64 NumPy trees shaped like the output
+    directions: list | None  # finite-difference directions per differentiated argument (None: no FD)
+    pairing: Callable | None  # (diff_args, ct) -> <reference_fn(args), ct>, for the finite differences
+    transforms: bool
+
+
 def _check_dtype(
-    manual_fn, reference_fn, args64, argnums, names, dtype, cts64, directions, pairing, tol, tol_src, fd_tol,
-    transforms, rng,
+    p: _Problem, dtype: str, tol: float, tol_src: str, fd_tol: float, rng: np.random.Generator
 ) -> tuple[list[GradCheck], list[TransformCheck]]:
-    args = tuple(_cast(a, dtype) for a in args64)
+    """Every check of one dtype: the gradients per argument, then the transforms."""
+    manual_fn, reference_fn, argnums, names, cts64, directions = (
+        p.manual_fn,
+        p.reference_fn,
+        p.argnums,
+        p.names,
+        p.cts64,
+        p.directions,
+    )
+    args = tuple(_cast(a, dtype) for a in p.args64)
     diff_args = tuple(args[i] for i in argnums)
     out_shape = jax.eval_shape(lambda *d: reference_fn(*_substitute(args, argnums, d)), *diff_args)
     cts = [_cotangent_like(c, out_shape) for c in cts64]
@@ -494,7 +521,7 @@ def _check_dtype(
 
     fd_values = None
     if directions is not None:
-        fd_values = _finite_differences(pairing, diff_args, cts64[0], directions)
+        fd_values = _finite_differences(p.pairing, diff_args, cts64[0], directions)
 
     grads: list[GradCheck] = []
     for k, name in enumerate(names):
@@ -510,7 +537,7 @@ def _check_dtype(
             g.fd_tolerance = fd_tol
         grads.append(g)
 
-    if transforms:
+    if p.transforms:
         ct, (jit_man, ref_grads) = cts[0], results[0]
         checks += [
             _guard(
@@ -547,9 +574,7 @@ def _check_forward(manual_fn, reference_fn, args, argnums, ct, eager, dtype, tol
     VJP in ``eager["grads"]`` for the jit check.
     """
     out_ref = reference_fn(*args)
-    out_fwd, eager["grads"] = _vjp_fn(manual_fn, args, argnums, with_output=True)(
-        tuple(args[i] for i in argnums), ct
-    )
+    out_fwd, eager["grads"] = _vjp_fn(manual_fn, args, argnums, with_output=True)(tuple(args[i] for i in argnums), ct)
     err = max(_tree_err(manual_fn(*args), out_ref), _tree_err(out_fwd, out_ref))
     return TransformCheck("forward", dtype, err, tol, err <= tol, "primal and fwd rule vs reference")
 
@@ -576,7 +601,7 @@ def _check_vmap(manual_fn, vjp_ref, args, argnums, out, dtype, rng, tol, batch: 
     cts = _cotangent_like(cts64, out)
 
     batched = jax.jit(jax.vmap(_vjp_fn(manual_fn, args, argnums)))(stacked, cts)
-    loop = [vjp_ref(tuple(s[b] for s in stacked), jax.tree.map(lambda c: c[b], cts))[1] for b in range(batch)]
+    loop = [vjp_ref(tuple(s[b] for s in stacked), jax.tree.map(lambda c, b=b: c[b], cts))[1] for b in range(batch)]
     loop = jax.tree.map(lambda *xs: jnp.stack(xs), *loop)
     err = _tree_err(batched, loop)
     return TransformCheck("vmap", dtype, err, tol, err <= tol, f"vmap over {batch} examples vs a loop")
@@ -702,7 +727,6 @@ def verify_vjp(
             report.errors.append(f"reference_fn raised {type(e).__name__}: {_first_line(e)}")
             return report
     # The same cotangents and finite-difference directions in every dtype.
-    pairing = _pairing_fn(reference_fn, args64, argnums) if fd else None
     cts64 = [jax.tree.map(lambda o: rng.standard_normal(o.shape), out) for _ in range(num_cotangents)]
     directions = None
     if fd:
@@ -710,32 +734,32 @@ def verify_vjp(
         for i in argnums:
             vs = [rng.standard_normal(np.shape(example_args[i])) for _ in range(FD_DIRECTIONS)]
             directions.append([v / (np.linalg.norm(v) or 1.0) for v in vs])
+    problem = _Problem(
+        manual_fn,
+        reference_fn,
+        args64,
+        argnums,
+        names,
+        cts64,
+        directions,
+        _pairing_fn(reference_fn, args64, argnums) if fd else None,
+        transforms,
+    )
 
     for dtype in dtypes:
         dtype = str(jnp.dtype(dtype))
         tol, src = _tolerance_for(dtype, rtol, precision)
         fd_tol = FD_TOLERANCE if dtype == "float64" else max(FD_TOLERANCE, tol)
-        context = jax.default_matmul_precision(matmul_precision) if matmul_precision else _nullcontext()
+        context = jax.default_matmul_precision(matmul_precision) if matmul_precision else contextlib.nullcontext()
         try:
             with jax.enable_x64(dtype == "float64"), context:
-                grads, checks = _check_dtype(
-                    manual_fn, reference_fn, args64, argnums, names, dtype, cts64, directions, pairing, tol, src,
-                    fd_tol, transforms, rng,
-                )
+                grads, checks = _check_dtype(problem, dtype, tol, src, fd_tol, rng)
         except Exception as e:  # noqa: BLE001 - report, do not crash
             report.errors.append(f"{dtype}: {type(e).__name__}: {_first_line(e)}")
             continue
         report.grads += grads
         report.transforms += checks
     return report
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ---------------------------------------------------------------- the registry
@@ -845,10 +869,12 @@ def summary_rows(reports: Sequence[Report], dtypes: Sequence[str] = ("float64", 
             row[f"{d}_tolerance"] = _worst(g.tolerance for g in gs)
         for name, _ in _TRANSFORM_COLUMNS:
             states = [t.passed for t in r.transforms if t.name == name]
-            row[name] = (
-                "FAIL" if False in states else "n/a" if states and all(s is None for s in states) else
-                "ok" if states else "-"
-            )
+            if not states:
+                row[name] = "-"
+            elif False in states:
+                row[name] = "FAIL"
+            else:
+                row[name] = "n/a" if all(s is None for s in states) else "ok"
         rows.append(row)
     return rows
 
@@ -882,11 +908,16 @@ def format_table(reports: Sequence[Report], dtypes: Sequence[str] = ("float64", 
     lines += [
         f"{len(reports) - len(failed)}/{len(reports)} configurations pass. Worst over arguments and cotangents.",
         "vs AD: max|manual - autodiff| / max|autodiff|, tolerance "
-        + ", ".join(f"{d} {t:.0e}" for d, t in tols) + " (float32: the layer's rtol_float32).",
-        f"vs FD: directional derivatives vs float64 central differences, tolerance {FD_TOLERANCE:.0e} "
-        "(or the dtype's, if looser); '-' where the inputs sit on a kink on purpose.",
-        "fwd/jit/vmap/g(g): forward equality, jit, vmap per example, grad-of-grad; "
-        "jvp n/a: jax.custom_vjp has no forward mode (a known limitation).",
+        + ", ".join(f"{d} {t:.0e}" for d, t in tols)
+        + " (float32: the layer's rtol_float32).",
+        (
+            f"vs FD: directional derivatives vs float64 central differences, tolerance {FD_TOLERANCE:.0e} "
+            "(or the dtype's, if looser); '-' where the inputs sit on a kink on purpose."
+        ),
+        (
+            "fwd/jit/vmap/g(g): forward equality, jit, vmap per example, grad-of-grad; "
+            "jvp n/a: jax.custom_vjp has no forward mode (a known limitation)."
+        ),
     ]
     for r in failed:
         lines += ["", str(r)]
@@ -985,9 +1016,10 @@ def load_function(spec: str, *, search_cwd: bool = True) -> Callable:
     try:
         obj: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        raise TargetError(f"{spec!r}: cannot import module {module_name!r} ({e}); sys.path starts with "
-                          f"{sys.path[:3]}") from e
-    except Exception as e:  # noqa: BLE001 - a user's module may raise anything on import
+        raise TargetError(
+            f"{spec!r}: cannot import module {module_name!r} ({e}); sys.path starts with {sys.path[:3]}"
+        ) from e
+    except Exception as e:  # a user's module may raise anything on import
         raise TargetError(f"{spec!r}: importing {module_name!r} raised {type(e).__name__}: {_first_line(e)}") from e
     for part in attr_path.split("."):
         if not hasattr(obj, part):

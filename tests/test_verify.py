@@ -343,8 +343,19 @@ def test_report_json_round_trips_and_is_strict_json():
     assert data["passed"] is False and data["matmul_precision"] == "highest"
     row = data["grads"][0]
     for key in (
-        "arg", "dtype", "max_abs_err", "max_rel_err", "worst_index", "manual_value", "reference_value",
-        "tolerance", "tolerance_source", "fd_rel_err", "fd_tolerance", "ratio", "passed",
+        "arg",
+        "dtype",
+        "max_abs_err",
+        "max_rel_err",
+        "worst_index",
+        "manual_value",
+        "reference_value",
+        "tolerance",
+        "tolerance_source",
+        "fd_rel_err",
+        "fd_tolerance",
+        "ratio",
+        "passed",
     ):
         assert key in row
     assert row["arg"] == "logits" and row["passed"] is False and row["ratio"] > 1
