@@ -162,24 +162,44 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
         "its plain-JAX twin and with central finite differences, in float64 and float32, and under jit, vmap "
         "and grad-of-grad. Prints one row per layer and configuration; exits 1 if any check fails.",
     )
-    p.add_argument("--layer", action="append", metavar="NAME",
-                   help="check only this registered layer (repeatable; default: every layer)")
-    p.add_argument("--dtype", action="append", choices=_CHECK_DTYPES,
-                   help="check in this dtype (repeatable; default: float64 and float32)")
+    p.add_argument(
+        "--layer",
+        action="append",
+        metavar="NAME",
+        help="check only this registered layer (repeatable; default: every layer)",
+    )
+    p.add_argument(
+        "--dtype",
+        action="append",
+        choices=_CHECK_DTYPES,
+        help="check in this dtype (repeatable; default: float64 and float32)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seeds inputs, cotangents and probes (default: 0)")
-    p.add_argument("--matmul-precision", default="highest", choices=_MATMUL_PRECISIONS,
-                   help="jax.default_matmul_precision during the checks; the tolerance follows it (default: highest)")
+    p.add_argument(
+        "--matmul-precision",
+        default="highest",
+        choices=_MATMUL_PRECISIONS,
+        help="jax.default_matmul_precision during the checks; the tolerance follows it (default: highest)",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the full report (every argument and check) as JSON")
-    p.add_argument("--plot", metavar="DIR",
-                   help="also draw conv2d and max_pool2d gradient heat maps and the max-pool routing into DIR")
+    p.add_argument(
+        "--plot",
+        metavar="DIR",
+        help="also draw conv2d and max_pool2d gradient heat maps and the max-pool routing into DIR",
+    )
     own = p.add_argument_group("your own function (instead of the registry)")
     own.add_argument("--target", metavar="MODULE:FUNCTION", help="the function with a hand-derived VJP")
     own.add_argument("--reference", metavar="MODULE:FUNCTION", help="its plain-JAX twin, differentiated by jax.grad")
-    own.add_argument("--shapes", nargs="+", metavar="SHAPE",
-                     help='the shape of each positional argument, e.g. --shapes "3,4" "4,2" (random float64 inputs)')
-    own.add_argument("--argnums", nargs="+", type=int, metavar="I",
-                     help="the positions to differentiate (default: every argument)")
-    p.set_defaults(run=_run_check, check_parser=p)  # fmt: skip
+    own.add_argument(
+        "--shapes",
+        nargs="+",
+        metavar="SHAPE",
+        help='the shape of each positional argument, e.g. --shapes "3,4" "4,2" (random float64 inputs)',
+    )
+    own.add_argument(
+        "--argnums", nargs="+", type=int, metavar="I", help="the positions to differentiate (default: every argument)"
+    )
+    p.set_defaults(run=_run_check, check_parser=p)
 
 
 def _run_check(args: argparse.Namespace) -> int:
