@@ -658,7 +658,7 @@ def verify_vjp(
     dtypes: Sequence[str] = ("float64", "float32"),
     seed: int = 0,
     num_cotangents: int = 3,
-    rtol: float | dict[str, float] | None = None,
+    rtol: float | dict[str, float | tuple[float, str]] | None = None,
     fd: bool = True,
     transforms: bool = True,
     matmul_precision: str | None = "highest",
@@ -678,7 +678,8 @@ def verify_vjp(
       seed: seeds the cotangents, finite-difference directions, vmap batch and
         second-order probes, so a report is reproducible.
       num_cotangents: random cotangents per dtype; the worst is reported.
-      rtol: a tolerance for every dtype, or a ``{dtype: tol}`` dict; default :func:`default_tolerance`.
+      rtol: a tolerance for every dtype, or a ``{dtype: tol}`` dict (``tol`` may be a
+        ``(tol, where_it_comes_from)`` pair); default :func:`default_tolerance`.
       fd: also check against central finite differences (turn off where the inputs
         sit on a kink on purpose: ties of a max, ReLU at 0).
       transforms: also check jit, vmap, grad-of-grad and forward mode.
@@ -722,7 +723,9 @@ def verify_vjp(
     with jax.enable_x64(True):
         args64 = tuple(_cast(a, "float64") for a in example_args)
         try:
-            out = jax.eval_shape(reference_fn, *args64)
+            out = jax.eval_shape(
+                lambda *d: reference_fn(*_substitute(args64, argnums, d)), *(args64[i] for i in argnums)
+            )
         except Exception as e:  # noqa: BLE001 - report, do not crash
             report.errors.append(f"reference_fn raised {type(e).__name__}: {_first_line(e)}")
             return report

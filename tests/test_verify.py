@@ -384,6 +384,14 @@ def test_backward_of_the_wrong_shape_is_reported_not_raised():
     assert "ERROR" in str(report)
 
 
+def test_static_python_arguments_pass_through_untraced():
+    """leaky_relu rejects a traced slope: a positional Python float must reach it as a float."""
+    from jaxbp import autodiff, manual
+
+    report = verify_vjp(manual.leaky_relu, autodiff.leaky_relu, np.linspace(-1, 1, 6) + 0.05, 0.2, **FAST)
+    assert report.passed and not report.errors and [g.arg for g in report.grads] == ["x"]
+
+
 def test_argnums_and_names():
     report = verify_vjp(make_bn(True), bn_reference, *bn_inputs(), argnums=1, **FAST)
     assert [g.arg for g in report.grads] == ["gamma"]
