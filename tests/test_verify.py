@@ -472,3 +472,23 @@ def test_equation_lines():
     module = "Two layers.\n\n    relu:  y = max(x, 0)   dx = dy [x > 0]\n    tanh:  y = tanh(x)     dx = dy (1 - y^2)\n"
     assert [ln.split()[0] for ln in verify.equation_lines(module, "x", "tanh")] == ["tanh:"]
     assert len(verify.equation_lines(module, "x")) == 2  # no layer named: every line with dx
+
+
+def test_table_of_a_failing_layer_explains_the_failure():
+    """What `jaxbp check` prints for a broken layer: a FAIL row, then the worst element and the layer's equations."""
+    from jaxbp import registry
+
+    @jax.custom_vjp
+    def bad_relu(x):
+        return jnp.maximum(x, 0.0)
+
+    bad_relu.defvjp(lambda x: (bad_relu(x), None), lambda _, dy: (dy,))  # dy passed through unmasked
+    relu = registry.get("relu")
+    spec = registry.LayerSpec("relu", bad_relu, relu.reference, relu.cases[:1])
+    report = verify.verify_layer(spec, spec.cases[0], dtypes=("float64",), transforms=False)
+    table = verify.format_table([report], ("float64",))
+    assert table.splitlines()[2].startswith("relu") and table.splitlines()[2].endswith("FAIL")
+    assert "0/1 configurations pass" in table
+    assert "FAIL dx (float64" in table and "worst element x[" in table
+    equations = table.split("the equations for dx:")[1].split("derivation to check:")[0]
+    assert "relu:" in equations and "sigmoid:" not in equations  # only the failing layer's line
