@@ -14,8 +14,9 @@ Shapes: ``x`` [N, H, W, Cin], ``w`` [KH, KW, Cin/G, Cout], ``b`` [Cout], ``y`` [
                    in/out feature axes swapped inside each group
                dw[i,j,k,c] = sum_{n,o,p} xp[n, s o + d i, s p + d j, g(c) Cin/G + k] dy[n,o,p,c]
                    the correlation of the input with dy: im2col patches^T dy, one matmul per
-                   group, for narrow inputs (Cin/G <= 8); the same sum as one convolution
-                   (channels as the batch, N as the contracted feature axis) for wider ones
+                   group and block of images, for inputs up to 32 channels per group; the same
+                   sum as one convolution (channels as the batch, N as the contracted feature
+                   axis) for wider ones
                db[c] = sum_{n,o,p} dy[n,o,p,c]
 
 The forward saves ``x`` and ``w``; whether a ``db`` is owed is static.
@@ -68,11 +69,22 @@ def padding_pairs(layer: str, padding, in_hw, window, stride, context: str = "")
     return pads
 
 
-# dw goes through im2col and a matmul when the input has at most this many channels per group,
-# through one convolution otherwise. On the 2-core CPU this was tuned on, XLA's convolution for
-# dw is 1.4-6x slower than im2col at Cin/G = 1..8 and ~1.5x faster at Cin/G = 32, with 16 a
-# toss-up (experiments/layer_timing.py). Both routes are exact; the tests run both.
-IM2COL_MAX_CHANNELS = 8
+# dw goes through im2col and matmuls when the input has at most this many channels per group,
+# through one convolution otherwise; im2col works through the batch in blocks of images whose
+# patches take about IM2COL_BLOCK_BYTES, so each block's patches stay in cache between being
+# written and being multiplied. On the 2-core CPU this was tuned on (batch 128, float32), the
+# blocked im2col beats XLA's convolution for dw by 1.4-6x at Cin/G = 1..32 and is a toss-up at
+# 64; one unblocked im2col over the whole batch loses to the convolution from Cin/G = 16 on
+# (experiments/layer_timing.py). Both routes are exact; the tests run both.
+IM2COL_MAX_CHANNELS = 32
+IM2COL_BLOCK_BYTES = 2**20
+
+
+def _im2col_block(n, out_hw, patch_size, itemsize) -> int:
+    """Images per im2col block: as many as fit IM2COL_BLOCK_BYTES, spread evenly over the blocks."""
+    per_image = max(1, out_hw[0] * out_hw[1] * patch_size * itemsize)
+    blocks = -(-n // max(1, IM2COL_BLOCK_BYTES // per_image))
+    return max(1, -(-n // max(1, blocks)))
 
 
 class _Conv(NamedTuple):
@@ -83,7 +95,7 @@ class _Conv(NamedTuple):
     dilation: tuple[int, int]
     groups: int
     has_bias: bool
-    im2col: bool  # dw by im2col and a matmul (narrow inputs) or by a convolution (wide ones)
+    im2col_block: int  # dw by im2col in blocks of this many images (narrow inputs); 0: by a convolution
 
 
 def _check_conv(x, w, b, stride, padding, dilation, groups) -> _Conv:
@@ -115,7 +127,11 @@ def _check_conv(x, w, b, stride, padding, dilation, groups) -> _Conv:
             )
     if b is not None and tuple(jnp.shape(b)) != (cout,):
         _checks.fail("conv2d", f"b must have shape ({cout},), got {tuple(jnp.shape(b))}{shapes}")
-    return _Conv(stride, pads, dilation, groups, b is not None, cin_g <= IM2COL_MAX_CHANNELS)
+    block = 0
+    if cin_g <= IM2COL_MAX_CHANNELS:
+        out_hw = [(n + lo + hi - e) // s + 1 for n, (lo, hi), e, s in zip((h, wd), pads, extent, stride)]
+        block = _im2col_block(jnp.shape(x)[0], out_hw, kh * kw * cin, jnp.dtype(jnp.result_type(x)).itemsize)
+    return _Conv(stride, pads, dilation, groups, b is not None, block)
 
 
 def conv2d_reference(
@@ -160,7 +176,7 @@ def conv2d(
 
     Backward: ``dx`` = the stride-dilated ``dy`` convolved with the rotated, in/out-swapped
     kernel; ``dw`` = im2col patches of ``x`` times ``dy`` (or that correlation as a
-    convolution, for inputs wider than 8 channels per group); ``db = sum(dy)`` over N, H, W.
+    convolution, for inputs wider than 32 channels per group); ``db = sum(dy)`` over N, H, W.
     """
     return _conv2d(x, w, b, _check_conv(x, w, b, stride, padding, dilation, groups))
 
@@ -178,7 +194,7 @@ def _conv2d_fwd(x, w, b, cfg):
 def _conv2d_bwd(cfg, res, dy):
     x, w = res
     dx = _conv2d_dx(dy, w, x.shape, cfg)  # dx = conv(dilate_s(dy), rot180(w)^T)
-    dw = (_conv2d_dw_im2col if cfg.im2col else _conv2d_dw_conv)(x, dy, w.shape, cfg)  # dw = x correlated with dy
+    dw = (_conv2d_dw_im2col if cfg.im2col_block else _conv2d_dw_conv)(x, dy, w.shape, cfg)  # dw = x correlated with dy
     db = jnp.sum(dy, axis=(0, 1, 2)) if cfg.has_bias else None  # db = sum_{n,o,p} dy
     return dx, dw, db
 
@@ -249,16 +265,31 @@ def _conv2d_dx(dy, w, x_shape, cfg):
 
 
 def _conv2d_dw_im2col(x, dy, w_shape, cfg):
-    """dw[i,j,k,c] = sum_{n,o,p} xp[n, s o + d i, s p + d j, k] dy[n,o,p,c]: im2col, then a matmul per group."""
+    """dw[i,j,k,c] = sum_{n,o,p} xp[n, s o + d i, s p + d j, k] dy[n,o,p,c]: im2col, then a matmul per group,
+    summed over blocks of images (zero images pad the last block: they add nothing)."""
     kh, kw, cin_g, cout = w_shape
-    g = cfg.groups
+    g, block = cfg.groups, cfg.im2col_block
     n, ho, wo, _ = dy.shape
-    xp = jnp.pad(x, ((0, 0), *cfg.padding, (0, 0)))
-    # The (i, j) column block of im2col: the input cells that kernel tap (i, j) met, one per output position.
-    cols = [window_tap(xp, i, j, (ho, wo), cfg.stride, cfg.dilation) for i in range(kh) for j in range(kw)]
-    patches = jnp.stack(cols, axis=3).reshape(n * ho * wo, kh, kw, g, cin_g)  # [M, KH, KW, G, Cin/G]
-    dy_g = dy.reshape(n * ho * wo, g, cout // g)  # [M, G, Cout/G]
-    dw = jnp.einsum("mijgk,mgc->ijkgc", patches, dy_g)  # patches^T dy, contracted over M = N Ho Wo
+    blocks = -(-n // block)
+    extra = blocks * block - n
+    xp = jnp.pad(x, ((0, extra), *cfg.padding, (0, 0)))
+    xp = xp.reshape(blocks, block, *xp.shape[1:])
+    dy_b = jnp.pad(dy, ((0, extra), (0, 0), (0, 0), (0, 0))).reshape(blocks, block * ho * wo, g, cout // g)
+
+    def add_block(dw, block_args):
+        xb, dyb = block_args
+        # The (i, j) column block of im2col: the input cells that tap (i, j) met, one per output position.
+        cols = [window_tap(xb, i, j, (ho, wo), cfg.stride, cfg.dilation) for i in range(kh) for j in range(kw)]
+        patches = jnp.stack(cols, axis=3).reshape(block * ho * wo, kh, kw, g, cin_g)  # [M, KH, KW, G, Cin/G]
+        if g == 1 and kh * kw * cin_g <= cout:
+            # patches^T dy with the patches read transposed: cheaper than the copy of dy that the
+            # einsum below makes to multiply in the natural order, when patch rows are narrower than dy's
+            step = jnp.matmul(patches.reshape(block * ho * wo, -1).T, dyb.reshape(block * ho * wo, -1))
+            return dw + step.reshape(dw.shape), None
+        return dw + jnp.einsum("mijgk,mgc->ijkgc", patches, dyb), None  # patches^T dy per group, over M
+
+    zero = jnp.zeros((kh, kw, cin_g, g, cout // g), jnp.result_type(x, dy))
+    dw, _ = lax.scan(add_block, zero, (xp, dy_b))
     return dw.reshape(kh, kw, cin_g, cout)
 
 
