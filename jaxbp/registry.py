@@ -204,8 +204,9 @@ _CONV = (
         (
             _conv_case("3x3-valid", (2, 6, 6, 3), (3, 3, 3, 4)),
             _conv_case("3x3-same-stride2-odd", (2, 7, 7, 2), (3, 3, 2, 4), stride=2, padding="SAME"),
-            # stride 2 over 8 rows: the last row/col is never read and gets 0; no bias
-            _conv_case("stride2-unread-row-no-bias", (1, 8, 8, 2), (3, 3, 2, 3), bias=False, stride=2),
+            # a 2x2 kernel at stride 2 over 7 rows: the last row/col is never read and gets 0; no bias;
+            # patch rows (2 2 1) no wider than Cout (4), so dw multiplies the patches transposed
+            _conv_case("stride2-unread-row-no-bias", (1, 7, 7, 1), (2, 2, 1, 4), bias=False, stride=2),
             _conv_case(
                 "rect-kernel-stride-dilation-asym-padding",
                 (1, 8, 7, 2),

@@ -95,13 +95,13 @@ def _size(draw, extent, pads, axis):
 def conv_configs(draw):
     groups = draw(st.sampled_from([1, 1, 2, 3]))
     cin_g = 1 if draw(st.booleans()) else 2  # cin_g == 1 with groups > 1: depthwise
-    cout = groups * draw(st.integers(1, 2))
+    cout = groups * draw(st.integers(1, 3))
     kernel = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     stride, dilation = _pair(draw, 1, 3), _pair(draw, 1, 2)
     padding, pads = _padding(draw, (3, 3))
     extent = [d * (k - 1) + 1 for d, k in zip(_as_pair(dilation), kernel)]
     h, w = _size(draw, extent[0], pads, 0), _size(draw, extent[1], pads, 1)
-    x_shape = (draw(st.integers(1, 2)), h, w, groups * cin_g)
+    x_shape = (draw(st.integers(1, 3)), h, w, groups * cin_g)
     w_shape = (*kernel, cin_g, cout)
     kwargs = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
     return x_shape, w_shape, draw(st.booleans()), kwargs, draw(st.integers(0, 2**16))
@@ -133,10 +133,10 @@ def _values(kind, shape, seed):
 # ---------------------------------------------------------------- properties
 
 
-@pytest.mark.parametrize("im2col", [True, False], ids=["dw-im2col", "dw-conv"])
-@SETTINGS
+@pytest.mark.parametrize("route", ["im2col", "im2col-blocks-of-2", "conv"])
+@settings(SETTINGS, max_examples=15)
 @given(config=conv_configs())
-def test_conv2d_vjp_matches_autodiff(im2col, config):
+def test_conv2d_vjp_matches_autodiff(route, config):
     x_shape, w_shape, bias, kwargs, seed = config
     rng = np.random.default_rng(seed)
     args = [
@@ -144,15 +144,38 @@ def test_conv2d_vjp_matches_autodiff(im2col, config):
         rng.standard_normal(w_shape),
         rng.standard_normal(w_shape[3]) if bias else None,
     ]
-    with pytest.MonkeyPatch.context() as mp:  # both dw routes, whatever the channel count
-        mp.setattr(conv_module, "IM2COL_MAX_CHANNELS", 10**6 if im2col else 0)
-        assert conv_module._check_conv(*args, **kwargs).im2col is im2col
+    with pytest.MonkeyPatch.context() as mp:  # every dw route, whatever the channel count
+        mp.setattr(conv_module, "IM2COL_MAX_CHANNELS", 0 if route == "conv" else 10**6)
+        if route == "im2col-blocks-of-2":  # the budget of two images' patches: several blocks, the last one padded
+            ho, wo = jax.eval_shape(lambda *a: autodiff.conv2d(*a, **kwargs), *args).shape[1:3]
+            mp.setattr(conv_module, "IM2COL_BLOCK_BYTES", 2 * ho * wo * w_shape[0] * w_shape[1] * x_shape[3] * 8)
+        else:
+            mp.setattr(conv_module, "IM2COL_BLOCK_BYTES", 2**40)
+        expected_block = {"im2col": x_shape[0], "im2col-blocks-of-2": min(2, x_shape[0]), "conv": 0}[route]
+        with jax.enable_x64(True):
+            assert conv_module._check_conv(*map(jnp.asarray, args[:2]), None, **kwargs).im2col_block == expected_block
         assert_vjp_matches(
             lambda x, w, b: manual.conv2d(x, w, b, **kwargs),
             lambda x, w, b: autodiff.conv2d(x, w, b, **kwargs),
             args,
             seed,
         )
+
+
+@pytest.mark.parametrize(
+    ("n", "per_image", "budget", "block"),
+    [
+        (128, 226 * 1024, 2**20, 4),
+        (128, 28 * 1024, 2**20, 32),
+        (5, 100, 200, 2),
+        (3, 10**9, 2**20, 1),
+        (2, 1, 2**20, 2),
+    ],
+)
+def test_im2col_blocks_fit_the_budget_and_spread_evenly(n, per_image, budget, block):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(conv_module, "IM2COL_BLOCK_BYTES", budget)
+        assert conv_module._im2col_block(n, (1, 1), per_image, 1) == block
 
 
 @SETTINGS
