@@ -1,0 +1,104 @@
+"""Manual vs autodiff backward of conv2d and max_pool2d at the ``cnn`` model's shapes (batch 128, float32).
+
+For each layer: ``jax.vjp`` of the manual function and of its plain-JAX twin, then
+
+* ``bwd``: the pullback alone, jit-compiled, residuals precomputed (the hand-derived rule
+  against the transpose that autodiff derives);
+* ``fwd+bwd``: ``jax.vjp`` and the pullback in one jit-compiled function (what a train step pays).
+
+All variants run in one process, interleaved round by round (so a noisy neighbour slows
+both alike), after a warm-up; the table reports medians (and minima) over the rounds and the
+ratio autodiff / manual (above 1: the manual backward is faster).
+
+    python experiments/layer_timing.py [--repeats 30] [--batch 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from functools import partial
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxbp import autodiff, manual
+
+
+def _configs(batch: int):
+    """(name, layer, argument shapes, kwargs): the cnn model's conv and pool layers."""
+    return [
+        ("conv1 3x3 1->32 SAME", "conv2d", [(batch, 28, 28, 1), (3, 3, 1, 32), (32,)], {"padding": "SAME"}),
+        ("conv1 3x3 1->32 VALID", "conv2d", [(batch, 28, 28, 1), (3, 3, 1, 32), (32,)], {"padding": "VALID"}),
+        ("conv2 3x3 32->64 SAME", "conv2d", [(batch, 14, 14, 32), (3, 3, 32, 64), (64,)], {"padding": "SAME"}),
+        ("conv2 3x3 32->64 VALID 13x13", "conv2d", [(batch, 13, 13, 32), (3, 3, 32, 64), (64,)], {"padding": "VALID"}),
+        ("max_pool 2x2/2 28x28x32", "max_pool2d", [(batch, 28, 28, 32)], {"window": 2}),
+        ("max_pool 2x2/2 14x14x64", "max_pool2d", [(batch, 14, 14, 64)], {"window": 2}),
+        # not in the cnn: the other backward routes, for reference
+        ("max_pool 3x3/2 overlap 28x28x32", "max_pool2d", [(batch, 28, 28, 32)], {"window": 3, "stride": 2}),
+        ("avg_pool 2x2/2 28x28x32", "avg_pool2d", [(batch, 28, 28, 32)], {"window": 2}),
+        ("avg_pool 3x3/2 overlap 28x28x32", "avg_pool2d", [(batch, 28, 28, 32)], {"window": 3, "stride": 2}),
+    ]
+
+
+def _timed(fn, *args) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - start
+
+
+def _candidates(layer: str, shapes, kwargs, rng):
+    args = [jnp.asarray(rng.standard_normal(s), jnp.float32) for s in shapes]
+    y_shape = jax.eval_shape(partial(getattr(autodiff, layer), **kwargs), *args).shape
+    dy = jnp.asarray(rng.standard_normal(y_shape), jnp.float32)
+    out = {}
+    for label, fn in (("manual", getattr(manual, layer)), ("autodiff", getattr(autodiff, layer))):
+        f = partial(fn, **kwargs)
+        _, pullback = jax.vjp(f, *args)
+        bwd = jax.jit(lambda pb, ct: pb(ct))  # the residuals travel in the pullback's pytree
+        step = jax.jit(lambda a, ct, f=f: jax.vjp(f, *a)[1](ct))
+        out[label] = {"bwd": (bwd, (pullback, dy)), "fwd+bwd": (step, (args, dy))}
+    # Same gradients (float32, summation order differs): a guard against timing a wrong rule.
+    g_man = out["manual"]["bwd"][0](*out["manual"]["bwd"][1])
+    g_ref = out["autodiff"]["bwd"][0](*out["autodiff"]["bwd"][1])
+    err = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in zip(g_man, g_ref))
+    return out, err
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--only", default="", help="run the configurations whose name contains this")
+    opts = parser.parse_args(argv)
+    rng = np.random.default_rng(0)
+    print(f"jax {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} CPUs, repeats {opts.repeats}")
+    header = f"{'configuration':<32} {'what':<8} {'manual ms':>16} {'autodiff ms':>16} {'ratio':>6}  rel err"
+    print(header + "\n" + "-" * len(header))
+    for name, layer, shapes, kwargs in _configs(opts.batch):
+        if opts.only not in name:
+            continue
+        fns, err = _candidates(layer, shapes, kwargs, rng)
+        for what in ("bwd", "fwd+bwd"):
+            pairs = {label: fns[label][what] for label in ("manual", "autodiff")}
+            for _ in range(opts.warmup):
+                for fn, args in pairs.values():
+                    _timed(fn, *args)
+            times = {label: [] for label in pairs}
+            for _ in range(opts.repeats):  # interleaved: manual, autodiff, manual, ...
+                for label, (fn, args) in pairs.items():
+                    times[label].append(_timed(fn, *args))
+            med = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+            low = {k: 1e3 * float(np.min(v)) for k, v in times.items()}
+            cells = [f"{med[k]:7.2f} ({low[k]:6.2f})" for k in ("manual", "autodiff")]
+            ratio = med["autodiff"] / med["manual"]
+            print(f"{name:<32} {what:<8} {cells[0]:>16} {cells[1]:>16} {ratio:6.2f}  {err:.1e}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
