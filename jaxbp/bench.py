@@ -118,13 +118,16 @@ def bench_train_step(
     repeats: int = 20,
     warmup: int = 2,
     seed: int = 0,
+    extra_calls: dict[str, Callable[[], Any]] | None = None,
 ) -> dict[str, Any]:
     """Time the jitted train step with manual and with autodiff gradients, interleaved.
 
     Returns per mode: the :class:`Timing`, compile seconds, compiled temp/argument/output
     bytes, examples/s and achieved GFLOP/s (a train step counted as 3x the forward
     FLOPs: forward, input gradient, weight gradient); plus ``speedup`` =
-    autodiff median / manual median.
+    autodiff median / manual median. ``extra_calls`` (for example a PyTorch step of the
+    same architecture) are interleaved with the two and reported under ``"extra"``
+    with their ratio to the manual step.
     """
     from jaxbp import train
 
@@ -137,9 +140,8 @@ def bench_train_step(
     args = (params, opt_state, state, x, y, jnp.asarray(batch_size, jnp.int32), jax.random.key(seed))
 
     compiled = {g: compile_ahead(train.make_train_step(model, optimizer, grad=g), *args) for g in ("manual", "autodiff")}
-    timings = time_interleaved(
-        {g: (lambda c=c: c.executable(*args)) for g, c in compiled.items()}, repeats=repeats, warmup=warmup
-    )
+    calls = {g: (lambda c=c: c.executable(*args)) for g, c in compiled.items()}
+    timings = time_interleaved({**calls, **(extra_calls or {})}, repeats=repeats, warmup=warmup)
     step_flops = 3 * models.flops(model, input_shape) * batch_size
     result: dict[str, Any] = {
         "model": model_name,
@@ -163,6 +165,16 @@ def bench_train_step(
             "gflops_per_s": step_flops / t.median / 1e9,
         }
     result["speedup"] = timings["autodiff"].median / timings["manual"].median
+    result["extra"] = {
+        name: {
+            "timing": asdict(timings[name]),
+            "median_ms": 1e3 * timings[name].median,
+            "spread": timings[name].spread,
+            "examples_per_s": batch_size / timings[name].median,
+            "ratio_to_manual": timings[name].median / timings["manual"].median,
+        }
+        for name in extra_calls or {}
+    }
     return result
 
 
@@ -274,7 +286,11 @@ def format_train_step(result: dict[str, Any]) -> str:
             f"  {g:<9} {r['median_ms']:10.2f} {100 * r['spread']:6.1f} {r['compile_s']:10.2f} {temp:>9} "
             f"{r['examples_per_s']:8.0f} {r['gflops_per_s']:8.1f}"
         )
+    for name, r in result.get("extra", {}).items():
+        lines.append(f"  {name:<9} {r['median_ms']:10.2f} {100 * r['spread']:6.1f} {'-':>10} {'-':>9} {r['examples_per_s']:8.0f}")
     lines.append(f"  speedup (autodiff median / manual median): {result['speedup']:.2f}x")
+    for name, r in result.get("extra", {}).items():
+        lines.append(f"  {name} median / manual median: {r['ratio_to_manual']:.2f}x")
     return "\n".join(lines)
 
 
