@@ -719,7 +719,9 @@ def verify_vjp(
         seed=seed,
     )
 
-    rng = np.random.default_rng(seed)
+    # A stream of its own: the registry draws the example inputs from default_rng(seed), and a
+    # cotangent equal to an input (dy = x) makes some gradients vanish (batch norm's dx).
+    rng = np.random.default_rng([seed, 1])
     with jax.enable_x64(True):
         args64 = tuple(_cast(a, "float64") for a in example_args)
         try:
