@@ -139,7 +139,9 @@ def bench_train_step(
     x, y = _inputs(batch_size, input_shape, num_classes, dtype, seed)
     args = (params, opt_state, state, x, y, jnp.asarray(batch_size, jnp.int32), jax.random.key(seed))
 
-    compiled = {g: compile_ahead(train.make_train_step(model, optimizer, grad=g), *args) for g in ("manual", "autodiff")}
+    compiled = {
+        g: compile_ahead(train.make_train_step(model, optimizer, grad=g), *args) for g in ("manual", "autodiff")
+    }
     calls = {g: (lambda c=c: c.executable(*args)) for g, c in compiled.items()}
     timings = time_interleaved({**calls, **(extra_calls or {})}, repeats=repeats, warmup=warmup)
     step_flops = 3 * models.flops(model, input_shape) * batch_size
@@ -287,7 +289,9 @@ def format_train_step(result: dict[str, Any]) -> str:
             f"{r['examples_per_s']:8.0f} {r['gflops_per_s']:8.1f}"
         )
     for name, r in result.get("extra", {}).items():
-        lines.append(f"  {name:<9} {r['median_ms']:10.2f} {100 * r['spread']:6.1f} {'-':>10} {'-':>9} {r['examples_per_s']:8.0f}")
+        lines.append(
+            f"  {name:<9} {r['median_ms']:10.2f} {100 * r['spread']:6.1f} {'-':>10} {'-':>9} {r['examples_per_s']:8.0f}"
+        )
     lines.append(f"  speedup (autodiff median / manual median): {result['speedup']:.2f}x")
     for name, r in result.get("extra", {}).items():
         lines.append(f"  {name} median / manual median: {r['ratio_to_manual']:.2f}x")

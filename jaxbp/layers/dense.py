@@ -14,7 +14,6 @@ reshaped back; nothing is saved but the (static) input shape.
 from __future__ import annotations
 
 from functools import partial
-from math import prod
 
 import jax
 import jax.numpy as jnp
