@@ -38,7 +38,7 @@ class DistributedConfig:
     process_id: int | None = None
 
     @classmethod
-    def from_env(cls) -> "DistributedConfig":
+    def from_env(cls) -> DistributedConfig:
         """Read ``JAXBP_COORDINATOR``, ``JAXBP_NUM_PROCESSES`` and ``JAXBP_PROCESS_ID``.
 
         Cluster environments that ``jax.distributed.initialize`` detects by itself
@@ -64,7 +64,9 @@ def initialize(config: DistributedConfig, *, auto: bool = False) -> None:
     if config.enabled:
         missing = [k for k in ("coordinator", "num_processes", "process_id") if getattr(config, k) is None]
         if missing:
-            raise ValueError(f"a multi-process run needs --coordinator, --num-processes and --process-id; missing {missing}")
+            raise ValueError(
+                f"a multi-process run needs --coordinator, --num-processes and --process-id; missing {missing}"
+            )
         if not 0 <= config.process_id < config.num_processes:
             raise ValueError(f"--process-id {config.process_id} must be in [0, {config.num_processes})")
     if _platforms_include_cpu():
@@ -137,10 +139,19 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     sharding = replicated(mesh)
     if jax.process_count() == 1:
         return jax.device_put(tree, sharding)
+
     # Every process holds the same host values; assemble the global replicated array from them.
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x)), tree
-    )
+    def place(x):
+        if _is_key(x):  # typed PRNG keys travel as their raw key data
+            data = place(jax.random.key_data(x))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x))
+
+    return jax.tree.map(place, tree)
+
+
+def _is_key(x: Any) -> bool:
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def process_slice(global_batch_size: int) -> slice:
@@ -174,6 +185,9 @@ def to_host(tree: Any) -> Any:
         return jax.device_get(tree)
 
     def fetch(x):
+        if _is_key(x):  # a PRNG key stays a key (the checkpoint stores its key data)
+            local = x.addressable_data(0) if not x.is_fully_addressable else x
+            return jax.random.wrap_key_data(fetch(jax.random.key_data(local)), impl=jax.random.key_impl(x))
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
             if x.is_fully_replicated:
                 return np.asarray(x.addressable_data(0))

@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxbp import autodiff, checkpoint, data, manual, models
+from jaxbp import autodiff, checkpoint, data, manual, models, parallel
 
 __all__ = [
     "TRACE_COUNTS",
@@ -117,6 +117,9 @@ class TrainConfig:
     log_every: int = 10
     dtype: str = "float32"
     matmul_precision: str = "default"
+    # Data parallel over this many devices ("all" or a count, as a string); None: one device
+    # (all devices of a multi-process run). The batch size is global and must divide evenly.
+    devices: str | None = None
 
     def validate(self) -> TrainConfig:
         """Return ``self`` or raise ``ValueError`` naming the bad field."""
@@ -137,6 +140,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if self.weight_decay < 0 or self.compare_rtol <= 0 or self.max_steps < 0:
             raise ValueError("TrainConfig: weight_decay and max_steps must be >= 0, compare_rtol > 0")
+        if self.devices is not None and not (
+            str(self.devices) == "all" or (str(self.devices).isdigit() and int(self.devices) >= 1)
+        ):
+            raise ValueError(f"TrainConfig.devices must be 'all' or a count >= 1, got {self.devices!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -401,10 +408,11 @@ class _StopSignal:
 
 
 class _Logger:
-    """metrics.jsonl plus the progress display: tqdm on a TTY, log lines otherwise, a callback, or nothing."""
+    """metrics.jsonl plus the progress display: tqdm on a TTY, log lines otherwise, a callback, or nothing.
+    ``path`` None (the processes other than 0 of a multi-process run) writes no file."""
 
-    def __init__(self, path: Path, progress, total_steps: int, initial: int, desc: str):
-        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
+    def __init__(self, path: Path | None, progress, total_steps: int, initial: int, desc: str):
+        self.file = None if path is None else open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
         self.callback = progress if callable(progress) else None
         show = progress is None or progress is True
         self.bar = None
@@ -417,8 +425,9 @@ class _Logger:
             self.lines = True
 
     def record(self, rec: dict[str, Any]) -> None:
-        self.file.write(json.dumps(rec) + "\n")
-        self.file.flush()
+        if self.file is not None:
+            self.file.write(json.dumps(rec) + "\n")
+            self.file.flush()
         if self.callback:
             self.callback(rec)
         if self.lines:
@@ -433,7 +442,8 @@ class _Logger:
                 self.bar.set_postfix(loss=f"{rec['loss']:.4f}", acc=f"{rec['accuracy']:.3f}")
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.bar is not None:
             self.bar.close()
 
@@ -516,6 +526,11 @@ def fit(config: TrainConfig, *, progress: Any = None, ops=None) -> TrainResult:
 def _fit(config: TrainConfig, progress, ops) -> TrainResult:
     t_start = time.perf_counter()
     dtype = jnp.dtype(config.dtype)
+    # One data-parallel mesh (one device unless config.devices or several processes say more):
+    # parameters replicated, every batch split by rows; the same jitted step runs over it.
+    mesh = parallel.make_mesh(config.devices)
+    parallel.check_batch_size(config.batch_size, mesh)
+    primary = parallel.is_primary()  # only process 0 writes files and shows progress
     ds = data.load(config.dataset, config.data_dir, seed=config.seed)
 
     # ---- where the run lives and what it resumes
@@ -532,7 +547,8 @@ def _fit(config: TrainConfig, progress, ops) -> TrainResult:
         out = resume_path.parent
     else:
         out = Path("runs") / f"{ds.name}-{config.model}-{config.grad}"
-    out.mkdir(parents=True, exist_ok=True)
+    if primary:
+        out.mkdir(parents=True, exist_ok=True)
     paths = {
         "config": out / "config.json",
         "metrics": out / "metrics.jsonl",
@@ -552,18 +568,20 @@ def _fit(config: TrainConfig, progress, ops) -> TrainResult:
     state = _init_state(model, optimizer, ds.input_shape, config.dtype, config.seed)
     step = epoch = batch_index = 0
     extra: dict[str, Any] = {"history": [], "worst": None, "epoch_sums": [0.0, 0, 0], "wall_time_s": 0.0}
-    if resume_path is not None:
+    if resume_path is not None:  # every process reads the checkpoint on the host
         _, meta = checkpoint.load(resume_path)
         _check_resumable(config, resume_path, meta)
         state, meta = checkpoint.load(resume_path, like=state)
-        state = jax.tree.map(jnp.asarray, state)
         step, epoch = int(meta["step"]), int(meta["epoch"])
         extra.update(meta.get("extra") or {})
         batch_index = int(extra.get("batch_index", 0))
-        _restore_metrics(paths["metrics"], Path(resume_path).parent / "metrics.jsonl", step)
-    else:
+        if primary:
+            _restore_metrics(paths["metrics"], Path(resume_path).parent / "metrics.jsonl", step)
+    elif primary:
         paths["metrics"].write_text("")
-    paths["config"].write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    if primary:
+        paths["config"].write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    state = parallel.replicate(state, mesh)
 
     params, opt_state, model_state, run_key = state["params"], state["opt_state"], state["model_state"], state["rng"]
     history: list[dict[str, Any]] = list(extra["history"])
@@ -575,18 +593,25 @@ def _fit(config: TrainConfig, progress, ops) -> TrainResult:
     saved = [resume_path] if resume_path is not None else []  # this run's good checkpoints
 
     def save_checkpoint(epoch: int, batch_index: int) -> Path:
-        state = {"params": params, "opt_state": opt_state, "model_state": model_state, "rng": run_key}
+        # Every process fetches (a collective where a leaf is not replicated); process 0 writes.
+        state = parallel.to_host({"params": params, "opt_state": opt_state, "model_state": model_state, "rng": run_key})
         ex = {
             "batch_index": batch_index, "history": history, "worst": worst, "epoch_sums": epoch_sums,
             "wall_time_s": wall_before + time.perf_counter() - t_start,
         }  # fmt: skip
+        if not primary:
+            saved.append(paths["checkpoint"])
+            return saved[-1]
         saved.append(
             checkpoint.save(paths["checkpoint"], state, step=step, epoch=epoch, config=config.to_dict(), extra=ex)
         )
         return saved[-1]
 
     timing = {"compile_s": 0.0, "train_s": 0.0, "examples": 0}
-    logger = _Logger(paths["metrics"], progress, total_steps, step, f"{config.model}/{config.grad}")
+    logger = _Logger(
+        paths["metrics"] if primary else None, progress if primary else False, total_steps, step,
+        f"{config.model}/{config.grad}",
+    )  # fmt: skip
     # loss*n, correct, n, seconds, worst (rel, name, cos), loss_autodiff*n, n timed
     window = [0.0, 0, 0, 0.0, None, 0.0, 0]
     status = "completed"
@@ -594,9 +619,10 @@ def _fit(config: TrainConfig, progress, ops) -> TrainResult:
     def finish(status: str, error: str | None = None) -> dict[str, Any]:
         summary = _summary(
             config, ds, model, status, error, history, worst, step, epoch, timing,
-            wall_before + time.perf_counter() - t_start, paths,
+            wall_before + time.perf_counter() - t_start, paths, mesh,
         )  # fmt: skip
-        paths["summary"].write_text(json.dumps(summary, indent=2) + "\n")
+        if primary:
+            paths["summary"].write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
     try:
@@ -613,11 +639,12 @@ def _fit(config: TrainConfig, progress, ops) -> TrainResult:
                         xb, config.augment, np.random.default_rng((config.seed, epoch, batch_index)), fill
                     )
                     t0 = time.perf_counter()
+                    # Host numpy for the scalars: jit replicates them over the mesh on every process.
                     new = train_step(
-                        params, opt_state, model_state, jnp.asarray(xb, dtype), jnp.asarray(yb),
-                        jnp.int32(n_valid), jax.random.fold_in(run_key, step),
+                        params, opt_state, model_state, *parallel.global_batch(mesh, np.asarray(xb, dtype), yb),
+                        np.int32(n_valid), jax.random.fold_in(run_key, step),
                     )  # fmt: skip
-                    m = jax.device_get(new[3])
+                    m = parallel.to_host(new[3])
                     dt = time.perf_counter() - t0
                     loss = float(m["loss"])
                     if not (math.isfinite(loss) and m["grads_finite"]):
@@ -689,7 +716,7 @@ def _fit(config: TrainConfig, progress, ops) -> TrainResult:
                         path,
                     )
                 # ---- end of epoch: evaluate, record, checkpoint
-                test_loss, test_acc = _evaluate(eval_step, params, model_state, ds, dtype)
+                test_loss, test_acc = _evaluate(eval_step, params, model_state, ds, dtype, mesh)
                 n = max(epoch_sums[2], 1)
                 rec = {
                     "kind": "eval", "step": step, "epoch": epoch + 1,
@@ -711,7 +738,8 @@ def _fit(config: TrainConfig, progress, ops) -> TrainResult:
     finally:
         logger.close()
     summary = finish(status)
-    _plot(config, paths)
+    if primary:
+        _plot(config, paths)
     return TrainResult(
         config=config,
         test_accuracy=summary["test_accuracy"] if history else float("nan"),
@@ -758,12 +786,14 @@ def _check_agreement(config, m, step, worst, window_worst):
     return worst, window_worst
 
 
-def _evaluate(eval_step, params, model_state, ds, dtype) -> tuple[float, float]:
+def _evaluate(eval_step, params, model_state, ds, dtype, mesh) -> tuple[float, float]:
     n = len(ds.x_test)
-    bs = min(1000, n)
+    d = mesh.devices.size
+    bs = -(-min(1000, n) // d) * d  # a multiple of the device count (padded rows are masked)
     loss_sum, correct = 0.0, 0
     for xb, yb, n_valid in data.batches(ds.x_test, ds.y_test, bs, seed=0, epoch=0, shuffle=False):
-        ls, c = eval_step(params, model_state, jnp.asarray(xb, dtype), jnp.asarray(yb), jnp.int32(n_valid))
+        xb, yb = parallel.global_batch(mesh, np.asarray(xb, dtype), yb)
+        ls, c = parallel.to_host(eval_step(params, model_state, xb, yb, np.int32(n_valid)))
         loss_sum += float(ls)
         correct += int(c)
     return loss_sum / n, correct / n
@@ -779,7 +809,9 @@ def _restore_metrics(dest: Path, source: Path, step: int) -> None:
     dest.write_text("".join(lines), encoding="utf-8")
 
 
-def _summary(config, ds, model, status, error, history, worst, step, epoch, timing, wall, paths) -> dict[str, Any]:
+def _summary(
+    config, ds, model, status, error, history, worst, step, epoch, timing, wall, paths, mesh
+) -> dict[str, Any]:
     last = history[-1] if history else {}
     return {
         "status": status,
@@ -802,6 +834,8 @@ def _summary(config, ds, model, status, error, history, worst, step, epoch, timi
         "flops_per_example": models.flops(model, ds.input_shape),
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind),
+        "num_devices": int(mesh.devices.size),
+        "num_processes": jax.process_count(),
         "jax_version": jax.__version__,
         "history": history,
         "config": config.to_dict(),
