@@ -40,6 +40,7 @@ _TRAIN_FLAGS = {
     "--log-every": ("log_every", int, "log the train metrics every this many steps"),
     "--dtype": ("dtype", str, "float32 or float64"),
     "--matmul-precision": ("matmul_precision", str, "default, high or highest"),
+    "--devices": ("devices", str, "data parallel over N devices or all (default: one; all if several processes)"),
 }
 
 
@@ -65,11 +66,38 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--drop-last", dest="drop_last", action=argparse.BooleanOptionalAction, default=None,
                    help=f"drop the last partial batch instead of padding it (default: {defaults.drop_last})")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    dist = p.add_argument_group(
+        "several processes (hosts)",
+        "jax.distributed: every process runs the same command with its own --process-id; process 0 writes the "
+        "outputs. The flags default to JAXBP_COORDINATOR, JAXBP_NUM_PROCESSES and JAXBP_PROCESS_ID.",
+    )
+    dist.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
+    dist.add_argument("--num-processes", type=_positive_int, metavar="N", help="number of processes")
+    dist.add_argument("--process-id", type=int, metavar="I", help="this process, 0 to N-1")
+    dist.add_argument("--cluster", action="store_true",
+                      help="let jax.distributed detect the processes (SLURM, Open MPI, Cloud TPU pods)")  # fmt: skip
     p.set_defaults(run=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from jaxbp import checkpoint, data, train
+    import dataclasses
+
+    from jaxbp import checkpoint, data, parallel, train
+
+    # Join the other processes before anything touches a JAX device.
+    env = parallel.DistributedConfig.from_env()
+    dist = dataclasses.replace(
+        env, **{k: v for k in ("coordinator", "num_processes", "process_id") if (v := getattr(args, k)) is not None}
+    )
+    try:
+        parallel.initialize(dist, auto=args.cluster)
+    except ValueError as err:
+        print(f"jaxbp train: error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # the coordinator is unreachable, or JAX was initialised already
+        print(f"jaxbp train: error: could not join the distributed run ({dist}): {err}", file=sys.stderr)
+        return 1
+    primary = parallel.is_primary()
 
     given = {name: getattr(args, name) for name, *_ in _TRAIN_FLAGS.values()}
     given["drop_last"] = args.drop_last
@@ -80,7 +108,7 @@ def _run_train(args: argparse.Namespace) -> int:
         else:
             config = train.TrainConfig(**given)
         config.validate()
-        result = train.fit(config, progress=False if args.quiet else None)
+        result = train.fit(config, progress=False if args.quiet or not primary else None)
     except (data.DataError, checkpoint.CheckpointError, ValueError) as err:
         print(f"jaxbp train: error: {err}", file=sys.stderr)
         return 2
@@ -90,6 +118,8 @@ def _run_train(args: argparse.Namespace) -> int:
     except train.TrainingInterrupted as err:
         print(f"jaxbp train: {err}", file=sys.stderr)
         return 130
+    if not primary:  # process 0 reports; the others only computed
+        return 0
     if result.status == "stopped":
         print(f"stopped after --max-steps {config.max_steps} (epoch {result.epochs_completed + 1}); "
               f"continue with: jaxbp train --resume {result.out_dir}")  # fmt: skip
