@@ -109,8 +109,9 @@ def labels(n: int, classes: int) -> Callable[[np.random.Generator], np.ndarray]:
     return lambda rng: rng.integers(0, classes, size=(n,)).astype(np.int32)
 
 
-def key(seed: int) -> Callable[[np.random.Generator], jax.Array]:
-    return lambda rng: jax.random.key(seed)
+def key(seed: int, impl: str | None = None) -> Callable[[np.random.Generator], jax.Array]:
+    """A typed PRNG key. ``impl="rbg"`` compiles in a fraction of threefry's time (the suite's budget)."""
+    return lambda rng: jax.random.key(seed, impl=impl)
 
 
 # ------------------------------------------------------------------ activations
@@ -478,7 +479,7 @@ _DROPOUT: tuple[LayerSpec, ...] = (
         autodiff.dropout,
         (
             Case("rate-0", args_of(normal(2, 3, 3, 4), key(0)), {"rate": 0.0}),
-            Case("rate-0.5", args_of(normal(2, 3, 3, 4), key(1)), {"rate": 0.5}),
+            Case("rate-0.5-rbg-key", args_of(normal(2, 3, 3, 4), key(1, "rbg")), {"rate": 0.5}),
             Case("rate-0.25-raw-key", args_of(normal(2, 3, 3, 4), lambda rng: jax.random.PRNGKey(2)), {"rate": 0.25}),
         ),
         # Observed error 0: dx is the very multiply-and-select autodiff derives. The default is kept
