@@ -44,7 +44,7 @@ CONFIG = train.TrainConfig(
     epochs=15,
     batch_size=128,
     dropout=0.3,
-    augment="crop-flip",
+    augment="flip",
     seed=0,
     log_every=50,
 )
