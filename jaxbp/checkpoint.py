@@ -197,7 +197,8 @@ def _digest(named_arrays: list[tuple[str, np.ndarray]]) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (a no-op on Windows, where folders cannot be fsynced)."""
     if os.name == "nt":
         return
     fd = os.open(folder, os.O_RDONLY)
@@ -280,7 +281,7 @@ def save(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 

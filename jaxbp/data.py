@@ -45,6 +45,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from jaxbp.checkpoint import fsync_dir
+
 __all__ = [
     "DATASETS",
     "DataError",
@@ -522,16 +524,6 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(folder: Path) -> None:
-    if os.name == "nt":  # directories cannot be opened for fsync on Windows
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _download(url: str, dest: Path, expected: str, progress: bool) -> None:
     """Stream ``url`` into a temp file next to ``dest``, verify, fsync, os.replace."""
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
@@ -579,7 +571,7 @@ def _download(url: str, dest: Path, expected: str, progress: bool) -> None:
                 f"the download was discarded"
             )
         os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
