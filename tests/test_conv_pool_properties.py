@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from jaxbp import autodiff, manual
 from jaxbp.layers import conv as conv_module
 
-SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # ---------------------------------------------------------------- the comparison
 
@@ -134,7 +134,7 @@ def _values(kind, shape, seed):
 
 
 @pytest.mark.parametrize("route", ["im2col", "im2col-blocks-of-2", "conv"])
-@settings(SETTINGS, max_examples=15)
+@settings(SETTINGS, max_examples=8)
 @given(config=conv_configs())
 def test_conv2d_vjp_matches_autodiff(route, config):
     x_shape, w_shape, bias, kwargs, seed = config
