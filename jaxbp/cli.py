@@ -31,6 +31,7 @@ _TRAIN_FLAGS = {
     "--batch-size": ("batch_size", int, "batch size"),
     "--seed": ("seed", int, "seed of initialisation, shuffling, augmentation and dropout"),
     "--dropout": ("dropout", float, "dropout rate before the last dense layer"),
+    "--label-smoothing": ("label_smoothing", float, "label smoothing of the train targets"),
     "--augment": ("augment", str, "none, crop, flip or crop-flip"),
     "--data-dir": ("data_dir", str, "where to look for the data set first"),
     "--out": ("out", str, "output folder (default runs/<dataset>-<model>-<grad>)"),

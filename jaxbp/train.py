@@ -83,7 +83,7 @@ PRECISIONS = ("default", "high", "highest")
 # Fields a resumed run must share with its checkpoint: they decide the trajectory.
 TRAJECTORY_FIELDS = (
     "dataset", "model", "dropout", "optimizer", "learning_rate", "momentum", "schedule",
-    "weight_decay", "epochs", "batch_size", "seed", "drop_last", "augment", "dtype",
+    "weight_decay", "epochs", "batch_size", "seed", "drop_last", "augment", "dtype", "label_smoothing",
 )  # fmt: skip
 
 # How often each step function was traced (a Python side effect that runs only while
@@ -108,6 +108,7 @@ class TrainConfig:
     seed: int = 0
     drop_last: bool = False
     dropout: float = 0.0  # before the last dense layer
+    label_smoothing: float = 0.0  # train targets (1 - e) onehot + e / K; the test loss stays plain
     augment: str = "none"  # none | crop | flip | crop-flip (random 2-pixel shifts, horizontal flips)
     data_dir: str | None = None
     out: str | None = None  # default: runs/<dataset>-<model>-<grad>, or the resumed run's folder
@@ -138,6 +139,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.learning_rate must be > 0, got {self.learning_rate!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"TrainConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if self.weight_decay < 0 or self.compare_rtol <= 0 or self.max_steps < 0:
             raise ValueError("TrainConfig: weight_decay and max_steps must be >= 0, compare_rtol > 0")
         if self.devices is not None and not (
@@ -218,11 +221,15 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTrans
     return sgd
 
 
-def _masked_loss(ops, logits, labels, n_valid):
-    """Mean cross-entropy over the first ``n_valid`` rows, through ``ops.softmax_cross_entropy``."""
+def _masked_loss(ops, logits, labels, n_valid, label_smoothing: float = 0.0):
+    """Mean cross-entropy over the first ``n_valid`` rows, through ``ops.softmax_cross_entropy``;
+    with ``label_smoothing`` e the targets are ``(1 - e) onehot + e / K`` (still summing to 1)."""
     n, k = logits.shape
     valid = jnp.arange(n) < n_valid
-    targets = jax.nn.one_hot(labels, k, dtype=logits.dtype) * valid[:, None].astype(logits.dtype)
+    targets = jax.nn.one_hot(labels, k, dtype=logits.dtype)
+    if label_smoothing:
+        targets = targets * (1.0 - label_smoothing) + label_smoothing / k
+    targets = targets * valid[:, None].astype(logits.dtype)
     loss = ops.softmax_cross_entropy(logits, targets) * (n / n_valid.astype(logits.dtype))
     correct = jnp.sum(jnp.where(valid, jnp.argmax(logits, axis=-1) == labels, False))
     return loss, correct, valid
@@ -254,7 +261,12 @@ def _agreement(g_manual, g_autodiff):
 
 
 def make_train_step(
-    model: models.Model, optimizer: optax.GradientTransformation, *, grad: str = "manual", ops=None
+    model: models.Model,
+    optimizer: optax.GradientTransformation,
+    *,
+    grad: str = "manual",
+    ops=None,
+    label_smoothing: float = 0.0,
 ) -> Callable:
     """One jitted step ``(params, opt_state, model_state, xb, yb, n_valid, key) ->
     (params, opt_state, model_state, metrics)``.
@@ -271,7 +283,7 @@ def make_train_step(
     def loss_fn(params, model_state, xb, yb, n_valid, key, ops):
         valid = jnp.arange(xb.shape[0]) < n_valid
         logits, new_state = model.apply(params, xb, ops=ops, train=True, rng=key, state=model_state, mask=valid)
-        loss, correct, _ = _masked_loss(ops, logits, yb, n_valid)
+        loss, correct, _ = _masked_loss(ops, logits, yb, n_valid, label_smoothing)
         return loss, (new_state, correct)
 
     def step(params, opt_state, model_state, xb, yb, n_valid, key):
@@ -324,7 +336,7 @@ def _build(key: tuple, num_classes: int, total_steps: int, ops) -> tuple[models.
     eval_ops = autodiff if config.grad == "autodiff" else (ops or manual)
     return (
         model,
-        make_train_step(model, optimizer, grad=config.grad, ops=train_ops),
+        make_train_step(model, optimizer, grad=config.grad, ops=train_ops, label_smoothing=config.label_smoothing),
         make_eval_step(model, ops=eval_ops),
         optimizer,
     )
@@ -350,6 +362,7 @@ def _jitted_opt_init(optimizer) -> Callable:
 def _step_key(config: TrainConfig) -> tuple:
     """The config fields the compiled steps depend on."""
     fields = ("model", "dropout", "grad", "optimizer", "learning_rate", "momentum", "schedule", "weight_decay")
+    fields += ("label_smoothing",)
     return tuple((f, getattr(config, f)) for f in fields)
 
 
@@ -485,10 +498,11 @@ def resume_config(run: str | os.PathLike, **overrides: Any) -> TrainConfig:
 
 def _check_resumable(config: TrainConfig, path: Path, meta: dict[str, Any]) -> None:
     stored = meta.get("config") or {}
+    defaults = TrainConfig()  # a field newer than the checkpoint had its default value
     diffs = [
-        f"{f}: checkpoint {stored.get(f)!r}, this run {getattr(config, f)!r}"
+        f"{f}: checkpoint {stored.get(f, getattr(defaults, f))!r}, this run {getattr(config, f)!r}"
         for f in TRAJECTORY_FIELDS
-        if stored.get(f) != getattr(config, f)
+        if stored.get(f, getattr(defaults, f)) != getattr(config, f)
     ]
     if diffs:
         raise checkpoint.CheckpointError(

@@ -59,7 +59,15 @@ def test_masked_loss_is_the_mean_over_valid_rows_and_its_gradient(digits):
         def valid_only(z):
             return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(z[:5]), labels[:5, None], axis=1))
 
+        def smoothed_valid_only(z):  # label smoothing 0.1 over K = 10 classes
+            t = jax.nn.one_hot(labels[:5], 10) * 0.9 + 0.01
+            return -jnp.mean(jnp.sum(t * jax.nn.log_softmax(z[:5]), axis=1))
+
         out = {"want": jax.value_and_grad(valid_only)(logits)}
+        out["smoothed_want"] = jax.value_and_grad(smoothed_valid_only)(logits)
+        out["smoothed"] = jax.value_and_grad(lambda z: train._masked_loss(manual, z, labels, jnp.int32(5), 0.1)[0])(
+            padded
+        )
         for name, ops in (("manual", manual), ("autodiff", train.autodiff)):
             out[name] = jax.value_and_grad(lambda z, ops=ops: train._masked_loss(ops, z, labels, jnp.int32(5))[0])(
                 padded
@@ -73,6 +81,9 @@ def test_masked_loss_is_the_mean_over_valid_rows_and_its_gradient(digits):
         np.testing.assert_allclose(got, want, rtol=1e-6)
         np.testing.assert_allclose(grad[:5], want_grad[:5], rtol=1e-5, atol=1e-7)
         assert not np.any(grad[5:])  # padded rows get exactly zero gradient
+    np.testing.assert_allclose(out["smoothed"][0], out["smoothed_want"][0], rtol=1e-6)
+    np.testing.assert_allclose(out["smoothed"][1][:5], out["smoothed_want"][1][:5], rtol=1e-5, atol=1e-7)
+    assert not np.any(out["smoothed"][1][5:])
 
 
 # ------------------------------------------------------------------ fit
