@@ -238,7 +238,7 @@ def save(
     # Our walk must agree with jax's flattening, which is what `like=` uses on load.
     jax_leaves = tree_flatten_with_path(state)[0]
     if len(jax_leaves) != len(named_leaves) or any(
-        keystr(p) != n or l is not m for (p, l), (n, m) in zip(jax_leaves, named_leaves)
+        keystr(p) != n or leaf is not m for (p, leaf), (n, m) in zip(jax_leaves, named_leaves)
     ):
         raise TypeError(
             "checkpoint.save: state holds a container type checkpoints do not know (custom pytree "
@@ -321,9 +321,7 @@ def _read_meta(path: Path, npz: Any) -> dict[str, Any]:
         raise _fail(path, f"metadata does not describe a {FORMAT} file")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
-        raise _fail(
-            path, f"format version {version!r} is not supported; this jaxbp reads version {FORMAT_VERSION}"
-        )
+        raise _fail(path, f"format version {version!r} is not supported; this jaxbp reads version {FORMAT_VERSION}")
     missing = [k for k in ("step", "epoch", "config", "extra", "tree", "leaves", "sha256") if k not in meta]
     if missing:
         raise _fail(path, f"metadata lacks {', '.join(missing)}")

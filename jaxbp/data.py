@@ -373,9 +373,7 @@ def _read_split(name: str, split: str, files: dict[str, Path]) -> tuple[np.ndarr
         raise DataError(f"{name}: {img_path} holds no images")
     if labels.max() >= NUM_CLASSES:
         bad = int(np.argmax(labels >= NUM_CLASSES))
-        raise DataError(
-            f"{lbl_path}: label {int(labels[bad])} at index {bad} is out of range 0..{NUM_CLASSES - 1}"
-        )
+        raise DataError(f"{lbl_path}: label {int(labels[bad])} at index {bad} is out of range 0..{NUM_CLASSES - 1}")
     return images, labels
 
 
@@ -501,7 +499,9 @@ def format_info(infos: list[dict[str, Any]]) -> str:
         for split in ("train", "test"):
             if split in item:
                 shape = "x".join(str(d) for d in item[split]["image_shape"])
-                lines.append(f"  {split + ':':6} {item[split]['count']:>6} images {shape}, {item['num_classes']} classes")
+                lines.append(
+                    f"  {split + ':':6} {item[split]['count']:>6} images {shape}, {item['num_classes']} classes"
+                )
         if status == "invalid":
             lines.append(f"  error: {item['error']}")
         if status in ("not found", "invalid"):
@@ -545,7 +545,11 @@ def _download(url: str, dest: Path, expected: str, progress: bool) -> None:
 
                     bar = tqdm(
                         total=int(total) if total and total.isdigit() else None,
-                        unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name, leave=False,
+                        unit="B",
+                        unit_scale=True,
+                        unit_divisor=1024,
+                        desc=dest.name,
+                        leave=False,
                     )
                 try:
                     while True:
@@ -598,7 +602,9 @@ def fetch(
     """
     name = canonical_name(name)
     if name not in IDX_DATASETS:
-        raise DataError(f"{name!r} ships with scikit-learn and needs no download; fetch one of: {', '.join(IDX_DATASETS)}")
+        raise DataError(
+            f"{name!r} ships with scikit-learn and needs no download; fetch one of: {', '.join(IDX_DATASETS)}"
+        )
     base = base_url or BASE_URLS[name]
     scheme = urllib.parse.urlsplit(base).scheme
     if scheme not in ("http", "https"):

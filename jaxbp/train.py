@@ -209,7 +209,10 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTrans
     lr: Any = config.learning_rate
     if config.schedule == "cosine":
         lr = optax.cosine_decay_schedule(config.learning_rate, decay_steps=max(total_steps, 1))
-    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+
+    def decay_mask(params):
+        return jax.tree.map(lambda p: p.ndim > 1, params)
+
     if config.optimizer == "adam":
         if config.weight_decay > 0:
             return optax.adamw(lr, weight_decay=config.weight_decay, mask=decay_mask)

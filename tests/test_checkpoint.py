@@ -112,7 +112,9 @@ def test_mismatched_like_names_the_leaf(saved):
         ck.load(path, like=wrong_dtype)
     extra_leaf = make_state()
     extra_leaf["params"][0]["gamma"] = np.ones(4, np.float32)
-    with pytest.raises(ck.CheckpointError, match=r"state\['params'\]\[0\]\['gamma'\] of `like` is not in the checkpoint"):
+    with pytest.raises(
+        ck.CheckpointError, match=r"state\['params'\]\[0\]\['gamma'\] of `like` is not in the checkpoint"
+    ):
         ck.load(path, like=extra_leaf)
     fewer = make_state()
     del fewer["tag"]

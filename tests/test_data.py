@@ -171,8 +171,15 @@ def _label_out_of_range(arrs):
 
 
 CORRUPTIONS = [
-    _bad_magic, _wrong_dtype, _labels_as_images, _truncated, _truncated_raw,
-    _trailing, _trailing_raw, _short_header, _label_out_of_range,
+    _bad_magic,
+    _wrong_dtype,
+    _labels_as_images,
+    _truncated,
+    _truncated_raw,
+    _trailing,
+    _trailing_raw,
+    _short_header,
+    _label_out_of_range,
 ]
 
 

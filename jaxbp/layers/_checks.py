@@ -35,8 +35,10 @@ def int_pair(layer: str, name: str, value: Any, *, minimum: int = 1) -> tuple[in
     """Normalise an int or a pair of ints to a pair, each at least ``minimum``."""
     if isinstance(value, (int,)) and not isinstance(value, bool):
         pair = (value, value)
-    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
+    elif (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     ):
         pair = (int(value[0]), int(value[1]))
     else:
