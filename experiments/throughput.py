@@ -7,8 +7,11 @@ the same architecture (SGD with momentum, float32, NCHW, the same thread count).
 PyTorch is not a dependency of jaxbp.
 
 XLA's CPU flags change convolution timings a lot, and they can only be set before
-JAX starts, so ``--xla-sweep`` re-runs the JAX part in a subprocess per flag set and
-records the ratio and medians of each (ratios within a process, never across).
+JAX starts. This process runs under the flags the ``jaxbp`` command sets when XLA_FLAGS
+is unset (:data:`jaxbp.cli.CPU_XLA_FLAGS`); a second process repeats the train-step
+table, PyTorch included, under XLA's own defaults (``XLA_FLAGS=""``), and
+``--xla-sweep`` re-runs the JAX part in a subprocess per flag set. Every ratio is
+taken within one process, never across.
 
     python experiments/throughput.py                      # writes experiments/results/throughput.json
     python experiments/throughput.py --xla-sweep          # also the XLA flag sweep
@@ -112,32 +115,45 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    if args.child:  # one flag set of the sweep: JSON on stdout's last line
-        args.no_layers, args.no_torch = True, True
+    if args.child:  # one flag set: JSON on stdout's last line
+        args.no_layers = True
         print(json.dumps(measure(args)))
         return
 
+    from jaxbp import bench, cli
+
+    cli.set_default_xla_flags()  # what `jaxbp bench` runs under, before JAX starts
     result = measure(args)
+
+    def child(flags: str, torch: bool) -> dict:
+        cmd = [sys.executable, __file__, "--child", "--model", args.model, "--batch-size", str(args.batch_size),
+               "--repeats", str(args.repeats), "--warmup", str(args.warmup)] + ([] if torch else ["--no-torch"])  # fmt: skip
+        proc = subprocess.run(cmd, check=False, env={**os.environ, "XLA_FLAGS": flags}, capture_output=True, text=True)
+        if proc.returncode != 0:
+            return {"flags": flags, "error": proc.stderr.strip().splitlines()[-1:]}
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    print("\nthe same under XLA's default flags (XLA_FLAGS=''), in a second process:", flush=True)
+    default = child("", torch=not args.no_torch)
+    result["xla_default_flags"] = default
+    print(bench.format_train_step(default["train_step"]) if "error" not in default else default["error"], flush=True)
     if args.xla_sweep:
         result["xla_sweep"] = {}
         for name, flags in XLA_FLAG_SETS.items():
-            env = {**os.environ, "XLA_FLAGS": flags}
-            cmd = [sys.executable, __file__, "--child", "--model", args.model, "--batch-size", str(args.batch_size),
-                   "--repeats", str(args.repeats)]  # fmt: skip
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            if proc.returncode != 0:
-                result["xla_sweep"][name] = {"flags": flags, "error": proc.stderr.strip().splitlines()[-1:]}
-                print(f"XLA flags {name!r}: failed: {proc.stderr.strip().splitlines()[-1:]}")
+            out = child(flags, torch=False)
+            if "error" in out:
+                result["xla_sweep"][name] = out
+                print(f"XLA flags {name!r}: failed: {out['error']}")
                 continue
-            child = json.loads(proc.stdout.strip().splitlines()[-1])["train_step"]
+            child_step = out["train_step"]
             result["xla_sweep"][name] = {
                 "flags": flags,
-                "manual_ms": child["manual"]["median_ms"],
-                "autodiff_ms": child["autodiff"]["median_ms"],
-                "speedup": child["speedup"],
+                "manual_ms": child_step["manual"]["median_ms"],
+                "autodiff_ms": child_step["autodiff"]["median_ms"],
+                "speedup": child_step["speedup"],
             }
-            print(f"XLA flags {name!r} ({flags or 'none'}): manual {child['manual']['median_ms']:.1f} ms, "
-                  f"autodiff {child['autodiff']['median_ms']:.1f} ms, speedup {child['speedup']:.2f}x")  # fmt: skip
+            print(f"XLA flags {name!r} ({flags or 'none'}): manual {child_step['manual']['median_ms']:.1f} ms, "
+                  f"autodiff {child_step['autodiff']['median_ms']:.1f} ms, speedup {child_step['speedup']:.2f}x")  # fmt: skip
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.json}")

@@ -17,6 +17,7 @@ to the executable.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -152,6 +153,8 @@ def bench_train_step(
         "input_shape": list(input_shape),
         "forward_flops_per_example": models.flops(model, input_shape),
         "repeats": repeats,
+        "backend": jax.default_backend(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
     for g in ("manual", "autodiff"):
         c, t = compiled[g], timings[g]
@@ -278,7 +281,8 @@ def format_train_step(result: dict[str, Any]) -> str:
     """A small table of :func:`bench_train_step`'s result."""
     lines = [
         f"train step: model {result['model']}, batch {result['batch_size']}, {result['dtype']}, "
-        f"{result['repeats']} interleaved rounds, backend {jax.default_backend()}",
+        f"{result['repeats']} interleaved rounds, backend {result.get('backend', jax.default_backend())}",
+        f"  XLA_FLAGS: {result.get('xla_flags') or '(none)'}",
         f"  {'grad':<9} {'median ms':>10} {'IQR %':>6} {'compile s':>10} {'temp MiB':>9} {'ex/s':>8} {'GFLOP/s':>8}",
     ]
     for g in ("manual", "autodiff"):

@@ -280,6 +280,17 @@ def test_help_works_for_every_command(capsys):
         assert "usage:" in capsys.readouterr().out
 
 
+def test_default_xla_flags_only_where_unset_and_measured():
+    env = {}
+    assert cli.set_default_xla_flags(env, jaxlib="0.10.2") == cli.CPU_XLA_FLAGS
+    assert env == {"XLA_FLAGS": cli.CPU_XLA_FLAGS}
+    for user in ("", "--xla_force_host_platform_device_count=8"):  # the user's flags, even none, win
+        env = {"XLA_FLAGS": user}
+        assert cli.set_default_xla_flags(env, jaxlib="0.10.2") is None and env == {"XLA_FLAGS": user}
+    env = {}  # a jaxlib they were not measured on could abort on an unknown flag: leave XLA alone
+    assert cli.set_default_xla_flags(env, jaxlib="0.11.0") is None and env == {}
+
+
 def test_augmentation_is_seeded_shifts_and_flips(digits):
     x = np.asarray(digits.x_train[:16])
     fill = float(-digits.mean / digits.std)
