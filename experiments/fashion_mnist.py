@@ -4,10 +4,25 @@ Trains the same configuration twice, with ``grad="manual"`` (every backward from
 ``jaxbp.manual``) and ``grad="autodiff"`` (``jax.grad`` through ``jaxbp.autodiff``),
 and records test accuracy, wall time and examples/s of both to
 ``experiments/results/fashion_mnist.json`` with both curves in
-``experiments/results/fashion_mnist.png``. The target: >= 93.0 % test accuracy in at
-most 15 epochs with manual gradients.
+``experiments/results/fashion_mnist.png``. The target was >= 93.0 % test accuracy in
+at most 15 epochs with manual gradients; it was NOT reached. The best of the
+configurations measured (all cnn-bn, 15 epochs, cosine schedule, batch 128 unless
+said; final test accuracy with manual gradients, seed 0):
 
-    python experiments/fashion_mnist.py                 # both runs, ~1-2 h on 2 CPU cores
+    adam 2e-3, dropout 0.3, no augmentation            92.51 %   <- CONFIG below
+    ... + label smoothing 0.1                          92.41 %
+    adamw 2e-3 (weight decay 0.05), no dropout         92.26 %
+    sgd momentum 0.9, lr 0.05, L2 5e-4, dropout 0.3    91.89 %
+    adam 2e-3, dropout 0.3, horizontal flips           91.86 %
+    adam 2e-3, no dropout, batch 64                    91.85 %
+    adam 2e-3, dropout 0.3, 2-pixel shifts + flips     87.4 % after 5 of 15 epochs (stopped)
+
+Augmentation and heavier regularisation slow this small network (conv 32, conv 64,
+dense 128) more than they help within 15 epochs; its test accuracy levels off near
+92.5 % while train accuracy is still below 97 %. ``--also DIR ...`` adds such runs'
+summaries to the JSON.
+
+    python experiments/fashion_mnist.py                 # both runs, ~1-2 h on 2 busy CPU cores
     python experiments/fashion_mnist.py --grads manual  # one
     python experiments/fashion_mnist.py --epochs 1      # a smoke run (not written to results/)
 
@@ -29,7 +44,7 @@ from pathlib import Path
 
 import jax
 
-from jaxbp import checkpoint, plots, train
+from jaxbp import checkpoint, cli, plots, train
 
 HERE = Path(__file__).resolve().parent
 TARGET = 0.930
@@ -44,10 +59,23 @@ CONFIG = train.TrainConfig(
     epochs=15,
     batch_size=128,
     dropout=0.3,
-    augment="flip",
+    augment="none",
     seed=0,
     log_every=50,
 )
+
+
+def _comparable(config: dict) -> dict:
+    """A config dict with the fields a run's results do not depend on left out, and fields
+    newer than the run filled with their defaults."""
+    full = {**dataclasses.asdict(train.TrainConfig()), **config}
+    return {k: v for k, v in full.items() if k not in ("resume", "data_dir", "out", "log_every")}
+
+
+def _differences(config: dict) -> dict:
+    """The fields of a run's config that differ from :data:`CONFIG`."""
+    ours = _comparable(dataclasses.asdict(CONFIG))
+    return {k: v for k, v in _comparable(config).items() if ours.get(k) != v and k != "grad"}
 
 
 def run(grad: str, epochs: int, out: Path, data_dir: str | None) -> dict:
@@ -56,9 +84,7 @@ def run(grad: str, epochs: int, out: Path, data_dir: str | None) -> dict:
     summary_path = out / "summary.json"
     if checkpoint.latest(out) is not None and summary_path.exists():
         summary = json.loads(summary_path.read_text())
-        same = {k: v for k, v in summary["config"].items() if k not in ("resume", "data_dir")} == {
-            k: v for k, v in dataclasses.asdict(config).items() if k not in ("resume", "data_dir")
-        }
+        same = _comparable(summary["config"]) == _comparable(dataclasses.asdict(config))
         if same and summary.get("status") == "completed":
             print(f"[{grad}] already done: {out}", file=sys.stderr)
             return summary
@@ -77,7 +103,9 @@ def main(argv=None) -> int:
     p.add_argument("--runs", default="runs/fashion_mnist", help="folder for the two runs' outputs")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--results", default=str(HERE / "results"), help="where the JSON and PNG go")
+    p.add_argument("--also", nargs="*", default=[], metavar="DIR", help="other runs to record (their summaries)")
     args = p.parse_args(argv)
+    cli.set_default_xla_flags()  # the flags `jaxbp train` runs under; before JAX starts its backend
 
     grads = [g.strip() for g in args.grads.split(",") if g.strip()]
     smoke = args.epochs != CONFIG.epochs
@@ -96,7 +124,8 @@ def main(argv=None) -> int:
                 "cpu_count": os.cpu_count(),
                 "backend": jax.default_backend(),
                 "jax_version": jax.__version__,
-                "note": "2 CPU cores shared with other jobs: wall times and examples/s are noisy",
+                "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                "load_average_at_start": os.getloadavg(),
             },
         }
     )
@@ -115,7 +144,6 @@ def main(argv=None) -> int:
             "wall_time_s": summary["wall_time_s"],
             "compile_time_s": summary["compile_time_s"],
             "examples_per_s": summary["examples_per_s"],
-            "load_average_after": os.getloadavg(),
             "reached_target": summary["test_accuracy"] >= TARGET,
             "test_accuracy_per_epoch": [h["test_accuracy"] for h in history],
             "train_loss_per_epoch": [h["train_loss"] for h in history],
@@ -131,6 +159,36 @@ def main(argv=None) -> int:
             f"{summary['wall_time_s']:.0f} s, {summary['examples_per_s']:.0f} examples/s",
             file=sys.stderr,
         )
+    runs = results["runs"]
+    if "manual" in runs and "autodiff" in runs and runs["manual"]["epochs"] == runs["autodiff"]["epochs"]:
+        m, a = runs["manual"], runs["autodiff"]
+        results["manual_vs_autodiff"] = {
+            "max_abs_test_accuracy_difference": max(
+                abs(x - y) for x, y in zip(m["test_accuracy_per_epoch"], a["test_accuracy_per_epoch"])
+            ),
+            "max_rel_train_loss_difference": max(
+                abs(x - y) / abs(y) for x, y in zip(m["train_loss_per_epoch"], a["train_loss_per_epoch"])
+            ),
+            "wall_time_ratio_autodiff_over_manual": a["wall_time_s"] / m["wall_time_s"],
+        }
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
+    if args.also:
+        others = []
+        for folder in args.also:
+            summary = json.loads((Path(folder) / "summary.json").read_text())
+            others.append(
+                {
+                    "differences_from_config": _differences(summary["config"]),
+                    "grad": summary["config"]["grad"],
+                    "status": summary["status"],
+                    "epochs": summary["epochs_completed"],
+                    "test_accuracy": summary["test_accuracy"],
+                    "test_accuracy_per_epoch": [h["test_accuracy"] for h in summary["history"]],
+                    "examples_per_s": summary["examples_per_s"],
+                }
+            )
+        results["other_configs"] = others
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
     done = {g: Path(args.runs) / g for g in ("manual", "autodiff") if (Path(args.runs) / g / "metrics.jsonl").exists()}
     png = plots.plot_training(
         done, results_dir / "fashion_mnist.png", title="Fashion-MNIST, cnn-bn: manual vs autodiff"

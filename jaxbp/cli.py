@@ -397,7 +397,13 @@ def _run_devices(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxbp", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="jaxbp",
+        description=__doc__.splitlines()[0],
+        epilog="When XLA_FLAGS is unset, the jaxbp command runs XLA:CPU with "
+        f"XLA_FLAGS={CPU_XLA_FLAGS} (faster convolutions on CPU; jaxlib 0.10 only). "
+        "Set XLA_FLAGS, even to an empty string, to choose your own.",
+    )
     parser.add_argument("--version", action="version", version=f"jaxbp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_train, _add_data, _add_check, _add_bench, _add_devices):
