@@ -974,7 +974,16 @@ def format_markdown(
 
 
 def reports_to_dict(reports: Sequence[Report], dtypes: Sequence[str] = ("float64", "float32"), **meta: Any) -> dict:
-    """The JSON record of a run of checks: metadata, the summary rows and every full report."""
+    """The JSON record of a run of checks: metadata, the summary rows and every full report.
+
+    The derivations (the math shown on failure) are listed once, under ``derivations``
+    keyed by the report's layer (or name), rather than repeated in every report.
+    """
+    derivations, full = {}, []
+    for r in reports:
+        d = r.to_dict()
+        derivations.setdefault(r.layer or r.name, d.pop("derivation"))
+        full.append(d)
     return _json_safe(
         {
             "passed": all(r.passed for r in reports),
@@ -985,7 +994,8 @@ def reports_to_dict(reports: Sequence[Report], dtypes: Sequence[str] = ("float64
             "jax_version": jax.__version__,
             **meta,
             "summary": summary_rows(reports, dtypes),
-            "reports": [r.to_dict() for r in reports],
+            "derivations": derivations,
+            "reports": full,
         }
     )
 

@@ -72,7 +72,9 @@ def test_check_layers_prints_a_table_and_writes_json(capsys, tmp_path):
     assert data["passed"] is True and data["dtypes"] == ["float64", "float32"] and data["matmul_precision"] == "highest"
     assert len(data["reports"]) == len(data["summary"]) == n
     report = data["reports"][0]
-    assert report["layer"] == "relu" and {"grads", "transforms", "derivation", "passed"} <= set(report)
+    assert report["layer"] == "relu" and {"grads", "transforms", "passed"} <= set(report)
+    assert set(data["derivations"]) == {"relu", "dense"}  # each layer's math once, not once per report
+    assert "derivation" not in report and data["derivations"]["relu"].startswith(registry.get("relu").doc[:40])
     assert {"max_rel_err", "fd_rel_err", "worst_index", "tolerance_source", "ratio"} <= set(report["grads"][0])
     row = data["summary"][0]
     assert {"float64_vs_autodiff", "float64_vs_fd", "float32_vs_autodiff", "float32_vs_fd", "vmap"} <= set(row)
