@@ -126,10 +126,14 @@ def _run_train(args: argparse.Namespace) -> int:
     if result.status == "stopped":
         print(f"stopped after --max-steps {config.max_steps} (epoch {result.epochs_completed + 1}); "
               f"continue with: jaxbp train --resume {result.out_dir}")  # fmt: skip
+    evaluated = (
+        f"test accuracy {result.test_accuracy:.4f} after {result.epochs_completed} epochs"
+        if result.epochs_completed
+        else "no epoch completed, so no test accuracy yet"
+    )
     print(
-        f"test accuracy {result.test_accuracy:.4f} after {result.epochs_completed} epochs ({result.steps} steps, "
-        f"{config.grad} gradients); wall time {result.wall_time_s:.1f} s (first step/compile "
-        f"{result.compile_time_s:.1f} s), {result.examples_per_s:.0f} examples/s"
+        f"{evaluated} ({result.steps} steps, {config.grad} gradients); wall time {result.wall_time_s:.1f} s "
+        f"(first step/compile {result.compile_time_s:.1f} s), {result.examples_per_s:.0f} examples/s"
     )
     if result.worst_agreement:
         w = result.worst_agreement

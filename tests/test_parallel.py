@@ -156,6 +156,7 @@ def test_two_processes_stop_resume_and_match_one_process(tmp_path):
         lambda i: [*common, "--devices", "all", "--max-steps", "10", "--out", str([out0, out1][i])], tmp_path
     )
     assert "stopped after --max-steps 10" in outs[0] and "outputs in" not in outs[1]
+    assert "no epoch completed, so no test accuracy yet" in outs[0]  # not "test accuracy nan"
     # ... then both processes resume from it (read on the host, replicated again) to the epoch's end.
     resume = ["--resume", str(out0), "--max-steps", "0"]  # 0: the stored limit of 10 no longer applies
     _two_processes(lambda i: [*common, *resume, "--out", str([out0, out1][i])], tmp_path)
