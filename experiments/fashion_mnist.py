@@ -9,20 +9,33 @@ at most 15 epochs with manual gradients; it was NOT reached. The best of the
 configurations measured (all cnn-bn, 15 epochs, cosine schedule, batch 128 unless
 said; final test accuracy with manual gradients, seed 0):
 
-    adam 2e-3, dropout 0.3, no augmentation            92.51 %   <- CONFIG below
+    adam 2e-3, dropout 0.3, no augmentation            92.57 %   <- CONFIG below
+                                                       (92.51 % under XLA's default flags)
     ... + label smoothing 0.1                          92.41 %
     adamw 2e-3 (weight decay 0.05), no dropout         92.26 %
-    sgd momentum 0.9, lr 0.05, L2 5e-4, dropout 0.3    91.89 %
+    adam 2e-3, dropout 0.3 + 0.25 before dense 1 *     92.22 %
+    sgd momentum 0.9, lr 0.1, weight decay 5e-4        91.99 %
+    sgd momentum 0.9, lr 0.05, weight decay 5e-4,
+        dropout 0.3                                    91.89 %
     adam 2e-3, dropout 0.3, horizontal flips           91.86 %
     adam 2e-3, no dropout, batch 64                    91.85 %
-    adam 2e-3, dropout 0.3, 2-pixel shifts + flips     87.4 % after 5 of 15 epochs (stopped)
+    dropout 0.2 after each max pool, 0.4 before
+        the last dense *                               90.36 % after 10 of 15 epochs (stopped, behind)
+    adam 1e-3, dropout 0.3                             90.19 % after 6 of 15 epochs (stopped, behind)
+    adam 2e-3, dropout 0.3, 2-pixel shifts + flips     87.4 % after 5 of 15 epochs (stopped, behind)
 
-Augmentation and heavier regularisation slow this small network (conv 32, conv 64,
-dense 128) more than they help within 15 epochs; its test accuracy levels off near
-92.5 % while train accuracy is still below 97 %. ``--also DIR ...`` adds such runs'
-summaries to the JSON.
+    * cnn-bn with extra dropout layers, built in a scratch script (not a built-in model)
 
-    python experiments/fashion_mnist.py                 # both runs, ~1-2 h on 2 busy CPU cores
+Every change around the best configuration, more regularisation (dropout on the conv
+features, augmentation, label smoothing) or less (no dropout, weight decay instead),
+lands between 91.8 % and 92.6 %: within 15 epochs this small network (conv 32, conv 64,
+dense 128) levels off near 92.5 %. The 93.4 % benchmark entry the target comes from
+(as far as we can tell github.com/cmasch/zalando-fashion-mnist, 93.43 % "on average")
+is another network, two convolutions with batch norm and dropout and then three dense
+layers, and its number is the mean over five trained models. ``--also DIR ...`` adds other
+runs' summaries (runs of ``jaxbp train``) to the JSON.
+
+    python experiments/fashion_mnist.py                 # both runs: ~20 min side by side on 2 CPU cores
     python experiments/fashion_mnist.py --grads manual  # one
     python experiments/fashion_mnist.py --epochs 1      # a smoke run (not written to results/)
 

@@ -424,9 +424,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 #: XLA:CPU flags the ``jaxbp`` command sets for its own process when ``XLA_FLAGS`` is
 #: unset: convolutions, matmuls, element-wise ops and reductions go to YNNPACK kernels.
-#: Measured (experiments/results/throughput_xla_sweep.json, cnn, batch 128, float32,
-#: 2-core CPU) it makes the manual train step about 1.25x faster and brings it level
-#: with or ahead of PyTorch eager. It only concerns the CPU backend.
+#: Measured in one process each (experiments/results/throughput.json, cnn, batch 128,
+#: float32, 2-core CPU): the manual train step 60-63 ms against 68-73 ms under XLA's
+#: defaults, 1.9-2.1x faster than autodiff and level with PyTorch eager (1.03x, 0.99x)
+#: where XLA's defaults trail it (0.91x, 0.85x). It only concerns the CPU backend.
 CPU_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=individual_convolution,individual_dot,eltwise,reduce"
 #: jaxlib series the flag was measured on. XLA aborts the process on a flag it does not
 #: know, and experimental flags come and go, so other versions get XLA's defaults.
