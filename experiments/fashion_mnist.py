@@ -83,17 +83,16 @@ CONFIG = train.TrainConfig(
 )
 
 
-def _comparable(config: dict) -> dict:
-    """A config dict with the fields a run's results do not depend on left out, and fields
-    newer than the run filled with their defaults."""
-    full = {**dataclasses.asdict(train.TrainConfig()), **config}
-    return {k: v for k, v in full.items() if k not in ("resume", "data_dir", "out", "log_every")}
+# The fields a run's results depend on (everything but where it reads and writes, and how often it logs).
+RESULT_FIELDS = tuple(
+    f.name for f in dataclasses.fields(train.TrainConfig) if f.name not in ("resume", "data_dir", "out", "log_every")
+)
 
 
 def _differences(config: dict) -> dict:
-    """The fields of a run's config that differ from :data:`CONFIG`."""
-    ours = _comparable(dataclasses.asdict(CONFIG))
-    return {k: v for k, v in _comparable(config).items() if ours.get(k) != v and k != "grad"}
+    """The fields of a run's config that differ from :data:`CONFIG` (other than ``grad``)."""
+    fields = [f for f in RESULT_FIELDS if f != "grad"]
+    return {f: stored for f, (stored, _) in train.config_differences(config, CONFIG, fields).items()}
 
 
 def run(grad: str, epochs: int, out: Path, data_dir: str | None) -> dict:
@@ -102,7 +101,7 @@ def run(grad: str, epochs: int, out: Path, data_dir: str | None) -> dict:
     summary_path = out / "summary.json"
     if checkpoint.latest(out) is not None and summary_path.exists():
         summary = json.loads(summary_path.read_text())
-        same = _comparable(summary["config"]) == _comparable(dataclasses.asdict(config))
+        same = not train.config_differences(summary["config"], config, RESULT_FIELDS)
         if same and summary.get("status") == "completed":
             print(f"[{grad}] already done: {out}", file=sys.stderr)
             return summary
@@ -189,7 +188,6 @@ def main(argv=None) -> int:
             ),
             "wall_time_ratio_autodiff_over_manual": a["wall_time_s"] / m["wall_time_s"],
         }
-        json_path.write_text(json.dumps(results, indent=2) + "\n")
     if args.also:
         others = []
         for folder in args.also:
@@ -206,7 +204,7 @@ def main(argv=None) -> int:
                 }
             )
         results["other_configs"] = others
-        json_path.write_text(json.dumps(results, indent=2) + "\n")
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
     done = {g: Path(args.runs) / g for g in ("manual", "autodiff") if (Path(args.runs) / g / "metrics.jsonl").exists()}
     png = plots.plot_training(
         done, results_dir / "fashion_mnist.png", title="Fashion-MNIST, cnn-bn: manual vs autodiff"

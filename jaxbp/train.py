@@ -46,7 +46,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -499,18 +499,23 @@ def resume_config(run: str | os.PathLike, **overrides: Any) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def config_differences(
+    stored: dict[str, Any], config: TrainConfig, fields: Sequence[str] = TRAJECTORY_FIELDS
+) -> dict[str, tuple[Any, Any]]:
+    """``{field: (stored value, config's value)}`` for the ``fields`` where a stored config
+    dict (a checkpoint's or a summary's) differs from ``config``; a field newer than the
+    stored dict counts as having had its default value."""
+    defaults = TrainConfig()
+    pairs = {f: (stored.get(f, getattr(defaults, f)), getattr(config, f)) for f in fields}
+    return {f: pair for f, pair in pairs.items() if pair[0] != pair[1]}
+
+
 def _check_resumable(config: TrainConfig, path: Path, meta: dict[str, Any]) -> None:
-    stored = meta.get("config") or {}
-    defaults = TrainConfig()  # a field newer than the checkpoint had its default value
-    diffs = [
-        f"{f}: checkpoint {stored.get(f, getattr(defaults, f))!r}, this run {getattr(config, f)!r}"
-        for f in TRAJECTORY_FIELDS
-        if stored.get(f, getattr(defaults, f)) != getattr(config, f)
-    ]
+    diffs = config_differences(meta.get("config") or {}, config)
     if diffs:
         raise checkpoint.CheckpointError(
             f"{path}: cannot resume, the checkpoint was written by a different run configuration ("
-            + "; ".join(diffs)
+            + "; ".join(f"{f}: checkpoint {old!r}, this run {new!r}" for f, (old, new) in diffs.items())
             + ")"
         )
 
