@@ -281,8 +281,8 @@ def format_train_step(result: dict[str, Any]) -> str:
     """A small table of :func:`bench_train_step`'s result."""
     lines = [
         f"train step: model {result['model']}, batch {result['batch_size']}, {result['dtype']}, "
-        f"{result['repeats']} interleaved rounds, backend {result.get('backend', jax.default_backend())}",
-        f"  XLA_FLAGS: {result.get('xla_flags') or '(none)'}",
+        f"{result['repeats']} interleaved rounds, backend {result['backend']}",
+        f"  XLA_FLAGS: {result['xla_flags'] or '(none)'}",
         f"  {'grad':<9} {'median ms':>10} {'IQR %':>6} {'compile s':>10} {'temp MiB':>9} {'ex/s':>8} {'GFLOP/s':>8}",
     ]
     for g in ("manual", "autodiff"):
