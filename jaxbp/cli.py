@@ -23,6 +23,7 @@ from jaxbp import __version__
 _TRAIN_FLAGS = {
     "--dataset": ("dataset", str, "digits, mnist or fashion-mnist"),
     "--model": ("model", str, "cnn, cnn-bn or mlp"),
+    "--init": ("init", str, "he (He normal; Glorot for the last dense) or uniform (U(+-1/sqrt(fan_in)))"),
     "--grad": ("grad", str, "manual (hand-derived), autodiff (jax.grad) or compare (both, checked every step)"),
     "--optimizer": ("optimizer", str, "sgd, momentum or adam"),
     "--lr": ("learning_rate", float, "learning rate (peak of the cosine schedule)"),
@@ -48,6 +49,7 @@ _TRAIN_FLAGS = {
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
+    from jaxbp.models import INITS
     from jaxbp.train import AUGMENTS, DTYPES, GRADS, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
 
     p = sub.add_parser(
@@ -59,7 +61,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     choices = {"grad": GRADS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": AUGMENTS,
                "dtype": DTYPES, "matmul_precision": PRECISIONS, "dataset": ("digits", "mnist", "fashion-mnist"),
-               "model": ("cnn", "cnn-bn", "mlp")}  # fmt: skip
+               "model": ("cnn", "cnn-bn", "mlp"), "init": INITS}  # fmt: skip
     defaults = TrainConfig()
     for flag, (name, type_, text) in _TRAIN_FLAGS.items():
         default = getattr(defaults, name)

@@ -84,6 +84,7 @@ PRECISIONS = ("default", "high", "highest")
 TRAJECTORY_FIELDS = (
     "dataset", "model", "dropout", "optimizer", "learning_rate", "momentum", "schedule",
     "weight_decay", "epochs", "batch_size", "seed", "drop_last", "augment", "dtype", "label_smoothing",
+    "init",
 )  # fmt: skip
 
 # How often each step function was traced (a Python side effect that runs only while
@@ -97,6 +98,7 @@ class TrainConfig:
 
     dataset: str = "digits"
     model: str = "cnn"
+    init: str = "he"  # he | uniform: the weights' initialisation (see jaxbp.models)
     grad: str = "manual"  # manual | autodiff | compare
     optimizer: str = "adam"  # sgd | momentum | adam (adamw where weight_decay > 0)
     learning_rate: float = 3e-3
@@ -126,7 +128,7 @@ class TrainConfig:
         """Return ``self`` or raise ``ValueError`` naming the bad field."""
         choices = {
             "grad": GRADS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": AUGMENTS,
-            "dtype": DTYPES, "matmul_precision": PRECISIONS, "model": models.MODELS,
+            "dtype": DTYPES, "matmul_precision": PRECISIONS, "model": models.MODELS, "init": models.INITS,
         }  # fmt: skip
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -333,7 +335,7 @@ def _compiled(key: tuple, num_classes: int, total_steps: int, ops) -> tuple[mode
 
 def _build(key: tuple, num_classes: int, total_steps: int, ops) -> tuple[models.Model, Callable, Callable, Any]:
     config = TrainConfig(**dict(key))
-    model = models.get_model(config.model, num_classes, dropout=config.dropout)
+    model = models.get_model(config.model, num_classes, dropout=config.dropout, init=config.init)
     optimizer = make_optimizer(config, total_steps)
     train_ops = None if config.grad == "autodiff" else ops
     eval_ops = autodiff if config.grad == "autodiff" else (ops or manual)
@@ -365,7 +367,7 @@ def _jitted_opt_init(optimizer) -> Callable:
 def _step_key(config: TrainConfig) -> tuple:
     """The config fields the compiled steps depend on."""
     fields = ("model", "dropout", "grad", "optimizer", "learning_rate", "momentum", "schedule", "weight_decay")
-    fields += ("label_smoothing",)
+    fields += ("label_smoothing", "init")
     return tuple((f, getattr(config, f)) for f in fields)
 
 

@@ -46,6 +46,26 @@ def test_init_is_seeded_he_and_glorot():
 
 
 @pytest.mark.parametrize("name", ["cnn-bn", "mlp"])
+def test_uniform_init_is_fan_in_uniform_on_every_layer(name):
+    """init="uniform": U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for every weight, the last dense
+    included (std = limit / sqrt(3)); biases zero; and a different draw from "he"."""
+    model = models.get_model(name, 10, init="uniform")
+    _, params, _ = model.init(3, (28, 28, 1))
+    _, he, _ = models.get_model(name, 10).init(3, (28, 28, 1))
+    dense = [k for k in params if k.startswith(("conv", "dense"))]
+    assert dense == [k for k in he if k.startswith(("conv", "dense"))] and len(dense) >= 2
+    for k in dense:
+        w = np.asarray(params[k]["w"])
+        limit = 1 / math.sqrt(math.prod(w.shape[:-1]))
+        assert np.max(np.abs(w)) <= limit and np.max(np.abs(w)) > 0.95 * limit, k
+        assert np.std(w) == pytest.approx(limit / math.sqrt(3), rel=0.1), k
+        assert not np.any(params[k]["b"]), k
+        assert np.std(he[k]["w"]) > 1.5 * np.std(w), k  # He (and Glorot for the last dense) is wider
+    with pytest.raises(ValueError, match="unknown init 'lecun'; choose one of he, uniform"):
+        models.get_model(name, 10, init="lecun")
+
+
+@pytest.mark.parametrize("name", ["cnn-bn", "mlp"])
 def test_one_definition_runs_on_both_namespaces(name):
     model = models.get_model(name, 10, dropout=0.5)
     _, params, state = model.init(0, (8, 8, 1))

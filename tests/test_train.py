@@ -164,6 +164,9 @@ def test_resume_rejects_a_different_config_and_a_corrupt_checkpoint(baseline, tm
     other = dataclasses.replace(BASE, model="cnn", resume=str(result.out_dir), out=str(tmp_path / "x"))
     with pytest.raises(checkpoint.CheckpointError, match=r"model: checkpoint 'cnn-bn', this run 'cnn'"):
         train.fit(other, progress=False)
+    other = dataclasses.replace(other, model=BASE.model, init="uniform")
+    with pytest.raises(checkpoint.CheckpointError, match=r"init: checkpoint 'he', this run 'uniform'"):
+        train.fit(other, progress=False)
 
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -243,7 +246,8 @@ def test_compare_mode_fails_on_a_wrong_backward(tmp_path):
 
 
 def test_bad_flags_exit_2(capsys):
-    for argv in (["train", "--grad", "bogus"], ["train", "--epochs", "many"], ["train", "--no-such-flag"]):
+    bad = (["train", "--grad", "bogus"], ["train", "--epochs", "many"], ["train", "--no-such-flag"])
+    for argv in bad + (["train", "--init", "lecun"],):
         with pytest.raises(SystemExit) as info:
             cli.main(argv)
         assert info.value.code == 2
