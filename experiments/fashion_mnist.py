@@ -60,7 +60,7 @@ conv 64, dense 256, He, dropout 0.3) reached 92.87 %. ``experiments/fashion_mnis
 reruns CONFIG in PyTorch from jaxbp's initial parameters and batches. ``--also DIR ...``
 adds other runs' summaries (runs of ``jaxbp train``) to the JSON.
 
-    python experiments/fashion_mnist.py                 # both runs: ~20 min side by side on 2 CPU cores
+    python experiments/fashion_mnist.py                 # both runs: 27 and 47 min side by side on 2 cores (shared)
     python experiments/fashion_mnist.py --grads manual  # one
     python experiments/fashion_mnist.py --epochs 1      # a smoke run (not written to results/)
 

@@ -11,7 +11,7 @@ batch-norm running variance is the unbiased one. Writes
 
 PyTorch is not a dependency of jaxbp: this script runs only where it is installed.
 
-    python experiments/fashion_mnist_pytorch.py               # ~6 min on 2 CPU cores
+    python experiments/fashion_mnist_pytorch.py               # 17 min with --threads 1 on a shared 2-core CPU
     python experiments/fashion_mnist_pytorch.py --epochs 1    # a smoke run (not written to results/)
 """
 
