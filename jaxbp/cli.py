@@ -49,7 +49,8 @@ _TRAIN_FLAGS = {
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from jaxbp.models import INITS
+    from jaxbp.data import DATASETS
+    from jaxbp.models import INITS, MODELS
     from jaxbp.train import AUGMENTS, DTYPES, GRADS, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
 
     p = sub.add_parser(
@@ -60,8 +61,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "Exit status: 0 done, 1 gradient mismatch or NaN loss, 2 bad flags, data or checkpoint, 130 interrupted.",
     )
     choices = {"grad": GRADS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": AUGMENTS,
-               "dtype": DTYPES, "matmul_precision": PRECISIONS, "dataset": ("digits", "mnist", "fashion-mnist"),
-               "model": ("cnn", "cnn-bn", "mlp"), "init": INITS}  # fmt: skip
+               "dtype": DTYPES, "matmul_precision": PRECISIONS, "dataset": DATASETS, "model": MODELS,
+               "init": INITS}  # fmt: skip
     defaults = TrainConfig()
     for flag, (name, type_, text) in _TRAIN_FLAGS.items():
         default = getattr(defaults, name)
