@@ -108,7 +108,7 @@ def main(argv=None) -> int:
         for batch_index, (xb, yb, n_valid) in enumerate(batches):
             if config.augment != "none":
                 rng = np.random.default_rng((config.seed, epoch, batch_index))
-                xb = train.augment_batch(xb, config.augment, rng, fill)
+                xb = train.augment_batch(xb, config.augment, rng, fill, config.shift)
             x = torch.tensor(np.ascontiguousarray(np.transpose(xb[:n_valid], (0, 3, 1, 2)), np.float32))
             y = torch.tensor(yb[:n_valid].astype(np.int64))
             opt.zero_grad()

@@ -36,6 +36,7 @@ _TRAIN_FLAGS = {
     "--dropout": ("dropout", float, "dropout rate before the last dense layer"),
     "--label-smoothing": ("label_smoothing", float, "label smoothing of the train targets"),
     "--augment": ("augment", str, "none, crop, flip or crop-flip"),
+    "--shift": ("shift", int, "the most pixels --augment crop shifts an image by, along each axis"),
     "--data-dir": ("data_dir", str, "where to look for the data set first"),
     "--out": ("out", str, "output folder (default runs/<dataset>-<model>-<grad>)"),
     "--resume": ("resume", str, "continue the run in this folder (or from this checkpoint .npz)"),

@@ -84,7 +84,7 @@ PRECISIONS = ("default", "high", "highest")
 TRAJECTORY_FIELDS = (
     "dataset", "model", "dropout", "optimizer", "learning_rate", "momentum", "schedule",
     "weight_decay", "epochs", "batch_size", "seed", "drop_last", "augment", "dtype", "label_smoothing",
-    "init",
+    "init", "shift",
 )  # fmt: skip
 
 # How often each step function was traced (a Python side effect that runs only while
@@ -111,7 +111,8 @@ class TrainConfig:
     drop_last: bool = False
     dropout: float = 0.0  # before the last dense layer
     label_smoothing: float = 0.0  # train targets (1 - e) onehot + e / K; the test loss stays plain
-    augment: str = "none"  # none | crop | flip | crop-flip (random 2-pixel shifts, horizontal flips)
+    augment: str = "none"  # none | crop | flip | crop-flip (random shifts, horizontal flips)
+    shift: int = 2  # crop: shift each image by up to this many pixels along each axis
     data_dir: str | None = None
     out: str | None = None  # default: runs/<dataset>-<model>-<grad>, or the resumed run's folder
     resume: str | None = None  # a run folder or a checkpoint .npz to continue
@@ -133,7 +134,9 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}; choose one of {', '.join(allowed)}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "log_every": self.log_every}
+        positive = {
+            "epochs": self.epochs, "batch_size": self.batch_size, "log_every": self.log_every, "shift": self.shift,
+        }  # fmt: skip
         for name, value in positive.items():
             if not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"TrainConfig.{name} must be an integer >= 1, got {value!r}")
@@ -659,9 +662,8 @@ def _fit(config: TrainConfig, progress, ops) -> TrainResult:
                     drop_last=config.drop_last, start_batch=batch_index,
                 )  # fmt: skip
                 for xb, yb, n_valid in batches:
-                    xb = augment_batch(
-                        xb, config.augment, np.random.default_rng((config.seed, epoch, batch_index)), fill
-                    )
+                    rng = np.random.default_rng((config.seed, epoch, batch_index))
+                    xb = augment_batch(xb, config.augment, rng, fill, config.shift)
                     t0 = time.perf_counter()
                     # Host numpy for the scalars: jit replicates them over the mesh on every process.
                     new = train_step(

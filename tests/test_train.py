@@ -167,6 +167,9 @@ def test_resume_rejects_a_different_config_and_a_corrupt_checkpoint(baseline, tm
     other = dataclasses.replace(other, model=BASE.model, init="uniform")
     with pytest.raises(checkpoint.CheckpointError, match=r"init: checkpoint 'he', this run 'uniform'"):
         train.fit(other, progress=False)
+    other = dataclasses.replace(other, init=BASE.init, shift=1)
+    with pytest.raises(checkpoint.CheckpointError, match=r"shift: checkpoint 2, this run 1"):
+        train.fit(other, progress=False)
 
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -253,6 +256,8 @@ def test_bad_flags_exit_2(capsys):
         assert info.value.code == 2
     assert cli.main(["train", "--epochs", "0", "--quiet"]) == 2
     assert "epochs must be an integer >= 1" in capsys.readouterr().err
+    assert cli.main(["train", "--augment", "crop", "--shift", "0", "--quiet"]) == 2
+    assert "shift must be an integer >= 1" in capsys.readouterr().err
 
 
 def test_missing_data_set_exits_2_with_the_message(tmp_path, monkeypatch, capsys):
@@ -309,3 +314,8 @@ def test_augmentation_is_seeded_shifts_and_flips(digits):
     padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), constant_values=fill)
     for s, p in zip(shifted, padded):  # each is a window of the padded image
         assert any(np.array_equal(s, p[i : i + 8, j : j + 8]) for i in range(5) for j in range(5))
+    shifted = train.augment_batch(x, "crop", np.random.default_rng(0), fill, 1)
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=fill)
+    offsets = [[(i, j) for i in range(3) for j in range(3) if np.array_equal(s, p[i : i + 8, j : j + 8])]
+               for s, p in zip(shifted, padded)]  # fmt: skip
+    assert all(offsets) and any((1, 1) not in o for o in offsets)  # within 1 pixel, and some do move
