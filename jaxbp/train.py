@@ -863,6 +863,7 @@ def _summary(
         "num_devices": int(mesh.devices.size),
         "num_processes": jax.process_count(),
         "jax_version": jax.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),  # float32 rounding depends on them
         "history": history,
         "config": config.to_dict(),
         "paths": {k: str(v) for k, v in paths.items()},

@@ -61,6 +61,7 @@ EIGHT_DEVICES = textwrap.dedent(
             "mesh_sizes": [len(p1[0].sharding.device_set), len(p8[0].sharding.device_set)],
             "replicated": all(p.sharding.is_fully_replicated for p in p8),
             "summary_devices": json.loads(eight.paths["summary"].read_text())["num_devices"],
+            "summary_xla_flags": json.loads(eight.paths["summary"].read_text())["xla_flags"],
         }
     try:
         train.fit(train.TrainConfig(dataset="digits", model="mlp", batch_size=60, devices="8",
@@ -93,6 +94,7 @@ def test_eight_devices_train_like_one(tmp_path):
     for model in ("mlp", "cnn-bn"):
         r = out[model]
         assert r["steps"] == [23, 23] and r["mesh_sizes"] == [1, 8] and r["summary_devices"] == 8, r
+        assert r["summary_xla_flags"] == env["XLA_FLAGS"], r  # the flags its numbers were computed under
         assert r["replicated"], r  # the step keeps parameters and batch-norm state replicated
         assert r["loss_rel"] < RTOL and r["test_loss_rel"] < RTOL and r["param_rel"] < RTOL, (model, r)
     assert out["error"] == (
