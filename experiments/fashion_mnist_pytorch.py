@@ -1,7 +1,7 @@
 """PyTorch twin of ``experiments/fashion_mnist.py``: the same run, outside JAX.
 
 A cross-check of the recorded Fashion-MNIST numbers: cnn-bn and the recipe of
-``fashion_mnist.CONFIG`` (Adam, cosine schedule per step, batch 128, 2-pixel shifts,
+``fashion_mnist.CONFIG`` (Adam, cosine schedule per step, batch 128, random shifts,
 15 epochs) written in PyTorch, started from jaxbp's own initial parameters (converted
 to PyTorch's layouts) and fed jaxbp's own batches (same shuffling, same shifts), so the
 two runs differ only in the framework's arithmetic and in two details: PyTorch's last
@@ -11,7 +11,7 @@ batch-norm running variance is the unbiased one. Writes
 
 PyTorch is not a dependency of jaxbp: this script runs only where it is installed.
 
-    python experiments/fashion_mnist_pytorch.py               # 17 min with --threads 1 on a shared 2-core CPU
+    python experiments/fashion_mnist_pytorch.py               # 12 min with --threads 1 on a shared 2-core CPU
     python experiments/fashion_mnist_pytorch.py --epochs 1    # a smoke run (not written to results/)
 """
 
