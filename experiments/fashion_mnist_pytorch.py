@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     loss_fn = nn.CrossEntropyLoss()
-    fill = float((0.0 - ds.mean) / ds.std)
+    augment = train.batch_augmenter(config, ds)  # the very shifts jaxbp's run draws
     x_test = torch.tensor(np.transpose(ds.x_test, (0, 3, 1, 2)))
     y_test = torch.tensor(ds.y_test.astype(np.int64))
 
@@ -106,9 +106,7 @@ def main(argv=None) -> int:
         t0, sums = time.perf_counter(), [0.0, 0, 0]
         batches = data.batches(ds.x_train, ds.y_train, config.batch_size, seed=config.seed, epoch=epoch)
         for batch_index, (xb, yb, n_valid) in enumerate(batches):
-            if config.augment != "none":
-                rng = np.random.default_rng((config.seed, epoch, batch_index))
-                xb = train.augment_batch(xb, config.augment, rng, fill, config.shift)
+            xb = augment(xb, epoch, batch_index)
             x = torch.tensor(np.ascontiguousarray(np.transpose(xb[:n_valid], (0, 3, 1, 2)), np.float32))
             y = torch.tensor(yb[:n_valid].astype(np.int64))
             opt.zero_grad()

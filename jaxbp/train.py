@@ -396,6 +396,20 @@ def augment_batch(x: np.ndarray, mode: str, rng: np.random.Generator, fill: floa
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def batch_augmenter(config: TrainConfig, ds: data.Dataset) -> Callable[[np.ndarray, int, int], np.ndarray]:
+    """``augment(x, epoch, batch_index)``: ``config``'s augmentation of one batch, its draws
+    seeded by ``(seed, epoch, batch_index)``, so a resumed run (or a twin outside jaxbp that
+    uses this) sees the same shifts and flips; shifted-in pixels are blank (0 before
+    normalisation)."""
+    fill = float((0.0 - ds.mean) / ds.std)
+
+    def augment(x: np.ndarray, epoch: int, batch_index: int) -> np.ndarray:
+        rng = np.random.default_rng((config.seed, epoch, batch_index))
+        return augment_batch(x, config.augment, rng, fill, config.shift)
+
+    return augment
+
+
 def _named(tree) -> dict[str, Any]:
     """``{"conv1.w": leaf, ...}`` for a nested dict tree."""
     out = {}
@@ -615,7 +629,7 @@ def _fit(config: TrainConfig, progress, ops) -> TrainResult:
     worst: dict[str, Any] | None = extra["worst"]
     epoch_sums = list(extra["epoch_sums"])  # loss * n, correct, n over the epoch so far
     wall_before = float(extra["wall_time_s"])
-    fill = float((0.0 - ds.mean) / ds.std)  # a blank pixel, for the shifts of augmentation
+    augment = batch_augmenter(config, ds)
 
     saved = [resume_path] if resume_path is not None else []  # this run's good checkpoints
 
@@ -662,8 +676,7 @@ def _fit(config: TrainConfig, progress, ops) -> TrainResult:
                     drop_last=config.drop_last, start_batch=batch_index,
                 )  # fmt: skip
                 for xb, yb, n_valid in batches:
-                    rng = np.random.default_rng((config.seed, epoch, batch_index))
-                    xb = augment_batch(xb, config.augment, rng, fill, config.shift)
+                    xb = augment(xb, epoch, batch_index)
                     t0 = time.perf_counter()
                     # Host numpy for the scalars: jit replicates them over the mesh on every process.
                     new = train_step(

@@ -319,3 +319,8 @@ def test_augmentation_is_seeded_shifts_and_flips(digits):
     offsets = [[(i, j) for i in range(3) for j in range(3) if np.array_equal(s, p[i : i + 8, j : j + 8])]
                for s, p in zip(shifted, padded)]  # fmt: skip
     assert all(offsets) and any((1, 1) not in o for o in offsets)  # within 1 pixel, and some do move
+    # what fit (and the PyTorch twin) call: the draws of (seed, epoch, batch_index)
+    augment = train.batch_augmenter(train.TrainConfig(augment="crop-flip", shift=1, seed=0), digits)
+    np.testing.assert_array_equal(
+        augment(x, 1, 2), train.augment_batch(x, "crop-flip", np.random.default_rng((0, 1, 2)), fill, 1)
+    )
