@@ -53,6 +53,7 @@ EIGHT_DEVICES = textwrap.dedent(
             float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) / max(float(np.max(np.abs(a))), 1e-2 * top)
             for a, b in zip(p1, p8)
         )
+        summary = json.loads(eight.paths["summary"].read_text())
         out[kw["model"]] = {
             "steps": [len(l1), len(l8)],
             "loss_rel": float(np.max(np.abs(l8 - l1) / np.abs(l1))),
@@ -60,8 +61,8 @@ EIGHT_DEVICES = textwrap.dedent(
             "param_rel": param_rel,
             "mesh_sizes": [len(p1[0].sharding.device_set), len(p8[0].sharding.device_set)],
             "replicated": all(p.sharding.is_fully_replicated for p in p8),
-            "summary_devices": json.loads(eight.paths["summary"].read_text())["num_devices"],
-            "summary_xla_flags": json.loads(eight.paths["summary"].read_text())["xla_flags"],
+            "summary_devices": summary["num_devices"],
+            "summary_xla_flags": summary["xla_flags"],
         }
     try:
         train.fit(train.TrainConfig(dataset="digits", model="mlp", batch_size=60, devices="8",
