@@ -46,6 +46,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbp import loading
+from jaxbp.loading import LoadError, first_line
+
 # Norm-wise relative tolerances at "highest" matmul precision.
 _TOLERANCE = {"float64": 1e-10, "float32": 1e-5, "bfloat16": 2e-2, "float16": 5e-3}
 # TF32 (GPU) and one-bf16-pass (TPU) matmuls keep about 10 mantissa bits.
@@ -463,12 +466,7 @@ def _guard(name: str, dtype: str, tol: float, check: Callable[[], TransformCheck
     try:
         return check()
     except Exception as e:  # noqa: BLE001 - report, do not crash
-        return TransformCheck(name, dtype, None, tol, False, f"raised {type(e).__name__}: {_first_line(e)}")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else ""
+        return TransformCheck(name, dtype, None, tol, False, f"raised {type(e).__name__}: {first_line(e)}")
 
 
 @dataclass(frozen=True)
@@ -729,7 +727,7 @@ def verify_vjp(
                 lambda *d: reference_fn(*_substitute(args64, argnums, d)), *(args64[i] for i in argnums)
             )
         except Exception as e:  # noqa: BLE001 - report, do not crash
-            report.errors.append(f"reference_fn raised {type(e).__name__}: {_first_line(e)}")
+            report.errors.append(f"reference_fn raised {type(e).__name__}: {first_line(e)}")
             return report
     # The same cotangents and finite-difference directions in every dtype.
     cts64 = [jax.tree.map(lambda o: rng.standard_normal(o.shape), out) for _ in range(num_cotangents)]
@@ -760,7 +758,7 @@ def verify_vjp(
             with jax.enable_x64(dtype == "float64"), context:
                 grads, checks = _check_dtype(problem, dtype, tol, src, fd_tol, rng)
         except Exception as e:  # noqa: BLE001 - report, do not crash
-            report.errors.append(f"{dtype}: {type(e).__name__}: {_first_line(e)}")
+            report.errors.append(f"{dtype}: {type(e).__name__}: {first_line(e)}")
             continue
         report.grads += grads
         report.transforms += checks
@@ -840,7 +838,7 @@ def check_registry(
                 seed=seed,
                 layer=spec.name,
                 config=case.name,
-                errors=[f"{type(e).__name__}: {_first_line(e)}"],
+                errors=[f"{type(e).__name__}: {first_line(e)}"],
             )
         reports.append(report)
     return reports
@@ -1003,46 +1001,18 @@ def reports_to_dict(reports: Sequence[Report], dtypes: Sequence[str] = ("float64
 # ------------------------------------------------------- a user's own function
 
 
-class TargetError(ValueError):
+class TargetError(LoadError):
     """A ``module:function`` spec or a shape that cannot be used (the CLI exits with status 2)."""
 
 
 def load_function(spec: str, *, search_cwd: bool = True) -> Callable:
-    """Import ``module:function`` (``function`` may be dotted: ``module:Class.method``).
-
-    Uses :func:`importlib.import_module` only (no ``eval``); with ``search_cwd`` the
-    current directory is put on ``sys.path`` first, so a user's own ``mylayer.py``
-    is found. Raises :class:`TargetError` saying what is wrong.
-    """
-    import importlib
-    import os
-
-    module_name, sep, attr_path = spec.partition(":")
-    if not sep or not module_name.strip() or not attr_path.strip():
-        raise TargetError(f"{spec!r} is not of the form MODULE:FUNCTION (e.g. mylayer:softplus)")
-    module_name, attr_path = module_name.strip(), attr_path.strip()
-    if not all(part.isidentifier() for part in module_name.split(".")) or not all(
-        part.isidentifier() for part in attr_path.split(".")
-    ):
-        raise TargetError(f"{spec!r}: module and function must be dotted Python names")
-    if search_cwd and os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    importlib.invalidate_caches()  # a module written a moment ago
+    """:func:`jaxbp.loading.load_function`, its errors raised as :class:`TargetError`."""
     try:
-        obj: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        raise TargetError(
-            f"{spec!r}: cannot import module {module_name!r} ({e}); sys.path starts with {sys.path[:3]}"
-        ) from e
-    except Exception as e:  # a user's module may raise anything on import
-        raise TargetError(f"{spec!r}: importing {module_name!r} raised {type(e).__name__}: {_first_line(e)}") from e
-    for part in attr_path.split("."):
-        if not hasattr(obj, part):
-            raise TargetError(f"{spec!r}: {getattr(obj, '__name__', module_name)!r} has no attribute {part!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise TargetError(f"{spec!r} is not callable (it is a {type(obj).__name__})")
-    return obj
+        return loading.load_function(spec, search_cwd=search_cwd)
+    except TargetError:
+        raise
+    except LoadError as e:
+        raise TargetError(str(e)) from e
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

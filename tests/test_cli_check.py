@@ -134,7 +134,7 @@ def test_target_wrong_pair_exits_1_with_the_worst_element_and_derivation(capsys,
         ("{mod}:missing", "has no attribute 'missing'"),
         ("{mod}:NOT_A_FUNCTION", "is not callable"),
         ("{mod}:", "not of the form MODULE:FUNCTION"),
-        ("{mod}:softplus()", "dotted Python names"),
+        ("{mod}:softplus()", "not a dotted Python name"),
     ],
 )
 def test_target_bad_specs_exit_2(capsys, tmp_path, monkeypatch, target, message):

@@ -1,0 +1,105 @@
+"""Load a user's function by name: ``module:function`` or ``path/to/file.py:function``.
+
+One loader for every command that takes the user's own code: ``jaxbp check --target``
+(a custom_vjp to verify, ``--example`` inputs) and ``jaxbp train --model`` (a model
+builder). Only :mod:`importlib` is used: nothing the user types is evaluated.
+
+* ``mylayer:softplus`` imports the module ``mylayer`` (the current directory is searched
+  first, so a ``mylayer.py`` beside the user is found) and returns ``softplus``;
+  the function part may be dotted (``module:Class.method``).
+* ``path/to/mylayer.py:softplus`` (anything ending in ``.py`` before the colon) imports
+  that file as a module named after it; its folder goes on ``sys.path`` first so the
+  file's own sibling imports work.
+
+Every failure is a :class:`LoadError` (a ``ValueError``) whose message is one line
+naming the spec and what is wrong; the CLI prints it and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["LoadError", "first_line", "load_function"]
+
+
+class LoadError(ValueError):
+    """A ``module:function`` spec that cannot be loaded (the CLI exits with status 2)."""
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, cut to ``limit`` characters."""
+    text = str(e).strip().splitlines()
+    return text[0][:limit] if text else ""
+
+
+def _split(spec: str) -> tuple[str, str]:
+    # rpartition: a Windows drive letter or a colon in a folder name stays in the path part.
+    module_part, sep, attr_path = spec.rpartition(":")
+    if not sep or not module_part.strip() or not attr_path.strip():
+        raise LoadError(f"{spec!r} is not of the form MODULE:FUNCTION or path/to/file.py:FUNCTION")
+    attr_path = attr_path.strip()
+    if not all(part.isidentifier() for part in attr_path.split(".")):
+        raise LoadError(f"{spec!r}: {attr_path!r} is not a dotted Python name")
+    return module_part.strip(), attr_path
+
+
+def _import_file(spec: str, path_text: str) -> Any:
+    path = Path(path_text).expanduser()
+    if not path.is_file():
+        raise LoadError(f"{spec!r}: no such file {str(path)!r}")
+    name = path.stem
+    if not name.isidentifier():
+        raise LoadError(f"{spec!r}: {path.name!r} is not importable (the file name must be a Python name)")
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise LoadError(f"{spec!r}: cannot import {str(path)!r} as a Python module")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module  # so dataclasses, pickling-free copies and relative lookups find it
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:  # a user's module may raise anything on import
+        sys.modules.pop(name, None)
+        raise LoadError(f"{spec!r}: importing {str(path)!r} raised {type(e).__name__}: {first_line(e)}") from e
+    return module
+
+
+def _import_name(spec: str, module_name: str, search_cwd: bool) -> Any:
+    if not all(part.isidentifier() for part in module_name.split(".")):
+        raise LoadError(f"{spec!r}: {module_name!r} is neither a dotted module name nor a path ending in .py")
+    if search_cwd and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    importlib.invalidate_caches()  # a module written a moment ago
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise LoadError(f"{spec!r}: cannot import module {module_name!r} ({e})") from e
+    except Exception as e:  # a user's module may raise anything on import
+        raise LoadError(f"{spec!r}: importing {module_name!r} raised {type(e).__name__}: {first_line(e)}") from e
+
+
+def load_function(spec: str, *, search_cwd: bool = True) -> Any:
+    """The callable named by ``spec`` (``module:function`` or ``path/to/file.py:function``).
+
+    With ``search_cwd`` the current directory is put on ``sys.path`` before a dotted
+    module is imported. Raises :class:`LoadError` saying what is wrong.
+    """
+    module_part, attr_path = _split(spec)
+    if module_part.endswith(".py"):
+        obj: Any = _import_file(spec, module_part)
+    else:
+        obj = _import_name(spec, module_part, search_cwd)
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            raise LoadError(f"{spec!r}: {getattr(obj, '__name__', module_part)!r} has no attribute {part!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise LoadError(f"{spec!r} is not callable (it is a {type(obj).__name__})")
+    return obj
