@@ -8,58 +8,64 @@ Bad flags exit with status 2 (argparse); failed checks exit with status 1.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import os
 import sys
-from typing import MutableMapping, Sequence
+from collections.abc import Sequence
 
 from jaxbp import __version__
+from jaxbp.xla_flags import CPU_XLA_FLAGS, set_default_xla_flags
+
+__all__ = ["CPU_XLA_FLAGS", "build_parser", "main", "run", "set_default_xla_flags"]
 
 # ------------------------------------------------------------------------ train
 
 
-# flag -> TrainConfig field, type, help; every flag defaults to None so that --resume
-# can tell the flags given (they override the checkpoint's config) from the rest.
+# flag -> TrainConfig field, type, help: the one table between flags and fields (errors of a
+# field are reported under its flag). Every flag defaults to None so that --resume can tell
+# the flags given (they override the checkpoint's config) from the rest.
 _TRAIN_FLAGS = {
-    "--dataset": ("dataset", str, "digits, mnist or fashion-mnist"),
-    "--model": ("model", str, "cnn, cnn-bn or mlp"),
+    "--dataset": ("dataset", str, "the data set"),
+    "--model": ("model", str, "the model"),
     "--init": ("init", str, "he (He normal; Glorot for the last dense) or uniform (U(+-1/sqrt(fan_in)))"),
     "--grad": ("grad", str, "manual (hand-derived), autodiff (jax.grad) or compare (both, checked every step)"),
-    "--optimizer": ("optimizer", str, "sgd, momentum or adam"),
+    "--optimizer": ("optimizer", str, "the optimizer"),
     "--lr": ("learning_rate", float, "learning rate (peak of the cosine schedule)"),
-    "--momentum": ("momentum", float, "momentum of --optimizer momentum"),
-    "--schedule": ("schedule", str, "constant or cosine"),
+    "--momentum": ("momentum", float, "momentum of --optimizer momentum, in [0, 1)"),
+    "--schedule": ("schedule", str, "the learning-rate schedule"),
     "--weight-decay": ("weight_decay", float, "decoupled weight decay on the weights"),
     "--epochs": ("epochs", int, "epochs"),
-    "--batch-size": ("batch_size", int, "batch size"),
+    "--batch-size": ("batch_size", int, "batch size (at most the number of training examples)"),
     "--seed": ("seed", int, "seed of initialisation, shuffling, augmentation and dropout"),
     "--dropout": ("dropout", float, "dropout rate before the last dense layer"),
     "--label-smoothing": ("label_smoothing", float, "label smoothing of the train targets"),
-    "--augment": ("augment", str, "none, crop, flip or crop-flip"),
+    "--augment": ("augment", str, "random shifts (crop) and horizontal flips (flip) of the train images"),
     "--shift": ("shift", int, "the most pixels --augment crop shifts an image by, along each axis"),
     "--data-dir": ("data_dir", str, "where to look for the data set first"),
-    "--out": ("out", str, "output folder (default runs/<dataset>-<model>-<grad>)"),
-    "--resume": ("resume", str, "continue the run in this folder (or from this checkpoint .npz)"),
+    "--out": ("out", str, "output folder (default runs/<dataset>-<model>-<grad>; with --resume: that folder)"),
+    "--resume": ("resume", str, "continue the run in this folder (or from this checkpoint .npz), writing there"),
     "--max-steps": ("max_steps", int, "stop with a checkpoint after this many steps in all (0: no limit)"),
     "--compare-rtol": ("compare_rtol", float, "tolerance of --grad compare (max rel. error per parameter)"),
     "--log-every": ("log_every", int, "log the train metrics every this many steps"),
-    "--dtype": ("dtype", str, "float32 or float64"),
-    "--matmul-precision": ("matmul_precision", str, "default, high or highest"),
+    "--dtype": ("dtype", str, "the dtype of parameters and activations"),
+    "--matmul-precision": ("matmul_precision", str, "jax.default_matmul_precision of the run"),
     "--devices": ("devices", str, "data parallel over N devices or all (default: one; all if several processes)"),
 }
+_FLAG_OF_FIELD = {field: flag for flag, (field, *_) in _TRAIN_FLAGS.items()}
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from jaxbp.data import DATASETS
     from jaxbp.models import INITS, MODELS
+    from jaxbp.parallel import DEFAULT_TIMEOUT_S
     from jaxbp.train import AUGMENTS, DTYPES, GRADS, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
 
     p = sub.add_parser(
         "train",
         help="train a model (default: cnn on digits, manual gradients)",
         description="Train a model with hand-derived (manual) or autodiff gradients, or both (compare). "
-        "Writes config.json, metrics.jsonl, summary.json, training.png and checkpoint.npz to --out. "
-        "Exit status: 0 done, 1 gradient mismatch or NaN loss, 2 bad flags, data or checkpoint, 130 interrupted.",
+        "Writes config.json, metrics.jsonl, summary.json, training.png and checkpoint.npz to --out, which must "
+        "not hold another run (continue it with --resume, or replace it with --overwrite). "
+        "Exit status: 0 done, 1 gradient mismatch or NaN loss, 2 bad flags, data, checkpoint or output folder, "
+        "130 interrupted.",
     )
     choices = {"grad": GRADS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": AUGMENTS,
                "dtype": DTYPES, "matmul_precision": PRECISIONS, "dataset": DATASETS, "model": MODELS,
@@ -67,11 +73,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     defaults = TrainConfig()
     for flag, (name, type_, text) in _TRAIN_FLAGS.items():
         default = getattr(defaults, name)
+        if name in choices and name != "init":
+            text = f"{text}: {', '.join(choices[name])}"
         p.add_argument(flag, dest=name, type=type_, default=None, choices=choices.get(name),
                        metavar=None if name in choices else name.upper(),
                        help=text if default is None else f"{text} (default: {default})")  # fmt: skip
     p.add_argument("--drop-last", dest="drop_last", action=argparse.BooleanOptionalAction, default=None,
                    help=f"drop the last partial batch instead of padding it (default: {defaults.drop_last})")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (completely: its files are removed first)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     dist = p.add_argument_group(
         "several processes (hosts)",
@@ -80,7 +90,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     dist.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
     dist.add_argument("--num-processes", type=_positive_int, metavar="N", help="number of processes")
-    dist.add_argument("--process-id", type=int, metavar="I", help="this process, 0 to N-1")
+    dist.add_argument("--process-id", type=_nonnegative_int, metavar="I", help="this process, 0 to N-1")
+    dist.add_argument("--coordinator-timeout", type=_positive_int, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                      help=f"give up joining after this long (default: {DEFAULT_TIMEOUT_S})")  # fmt: skip
     dist.add_argument("--cluster", action="store_true",
                       help="let jax.distributed detect the processes (SLURM, Open MPI, Cloud TPU pods)")  # fmt: skip
     p.set_defaults(run=_run_train)
@@ -92,18 +104,17 @@ def _run_train(args: argparse.Namespace) -> int:
     from jaxbp import checkpoint, data, parallel, train
 
     # Join the other processes before anything touches a JAX device.
-    env = parallel.DistributedConfig.from_env()
-    dist = dataclasses.replace(
-        env, **{k: v for k in ("coordinator", "num_processes", "process_id") if (v := getattr(args, k)) is not None}
-    )
     try:
+        env = parallel.DistributedConfig.from_env()
+        dist = dataclasses.replace(
+            env, timeout_s=args.coordinator_timeout,
+            **{k: v for k in ("coordinator", "num_processes", "process_id") if (v := getattr(args, k)) is not None},
+        )  # fmt: skip
         parallel.initialize(dist, auto=args.cluster)
-    except ValueError as err:
-        print(f"jaxbp train: error: {err}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:  # the coordinator is unreachable, or JAX was initialised already
-        print(f"jaxbp train: error: could not join the distributed run ({dist}): {err}", file=sys.stderr)
-        return 1
+    except (ValueError, parallel.CoordinatorUnreachable) as err:
+        return _error(err)
+    except RuntimeError as err:  # XLA's client gave up, or JAX was initialised already
+        return _error(f"could not join the distributed run ({dist}): {err}")
     primary = parallel.is_primary()
 
     given = {name: getattr(args, name) for name, *_ in _TRAIN_FLAGS.values()}
@@ -115,10 +126,11 @@ def _run_train(args: argparse.Namespace) -> int:
         else:
             config = train.TrainConfig(**given)
         config.validate()
-        result = train.fit(config, progress=False if args.quiet or not primary else None)
+        result = train.fit(config, progress=False if args.quiet or not primary else None, overwrite=args.overwrite)
+    except train.ConfigError as err:
+        return _error(f"{_FLAG_OF_FIELD.get(err.field, err.field)} {err.problem}")
     except (data.DataError, checkpoint.CheckpointError, ValueError) as err:
-        print(f"jaxbp train: error: {err}", file=sys.stderr)
-        return 2
+        return _error(err)
     except (train.GradientMismatchError, train.NonFiniteLossError) as err:
         print(f"jaxbp train: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
@@ -127,14 +139,27 @@ def _run_train(args: argparse.Namespace) -> int:
         return 130
     if not primary:  # process 0 reports; the others only computed
         return 0
+    _report(config, result)
+    return 0
+
+
+def _error(err: object, prog: str = "jaxbp train") -> int:
+    """One line on stderr, exit status 2: a bad flag, input or output."""
+    print(f"{prog}: error: {err}", file=sys.stderr)
+    return 2
+
+
+def _report(config, result) -> None:
     if result.status == "stopped":
         print(f"stopped after --max-steps {config.max_steps} (epoch {result.epochs_completed + 1}); "
-              f"continue with: jaxbp train --resume {result.out_dir}")  # fmt: skip
-    evaluated = (
-        f"test accuracy {result.test_accuracy:.4f} after {result.epochs_completed} epochs"
-        if result.epochs_completed
-        else "no epoch completed, so no test accuracy yet"
-    )
+              f"continue to the end with: jaxbp train --resume {result.out_dir} "
+              f"(or stop again with --max-steps N, N > {result.steps})")  # fmt: skip
+    if result.history and result.history[-1]["step"] == result.steps:
+        evaluated = f"test accuracy {result.test_accuracy:.4f} after {result.epochs_completed} epochs"
+    else:
+        evaluated = (
+            f"test accuracy {result.test_accuracy:.4f} at step {result.steps} (epoch {result.epochs_completed + 1})"
+        )
     print(
         f"{evaluated} ({result.steps} steps, {config.grad} gradients); wall time {result.wall_time_s:.1f} s "
         f"(first step/compile {result.compile_time_s:.1f} s), {result.examples_per_s:.0f} examples/s"
@@ -144,7 +169,6 @@ def _run_train(args: argparse.Namespace) -> int:
         print(f"worst gradient agreement: rel err {w['max_rel_err']:.2e} ({w['param']}, step {w['step']}), "
               f"min cosine {w['min_cos']:.7f}")  # fmt: skip
     print(f"outputs in {result.out_dir}/: " + ", ".join(p.name for p in result.paths.values() if p.exists()))
-    return 0
 
 
 # ------------------------------------------------------------------------- data
@@ -346,6 +370,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 # ---------------------------------------------------------------------- devices
 
 
@@ -422,41 +453,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return int(args.run(args) or 0)
-
-
-# ------------------------------------------------------------------- XLA flags
-
-#: XLA:CPU flags the ``jaxbp`` command sets for its own process when ``XLA_FLAGS`` is
-#: unset: convolutions, matmuls, element-wise ops and reductions go to YNNPACK kernels.
-#: Measured in one process each (experiments/results/throughput.json, cnn, batch 128,
-#: float32, 2-core CPU): the manual train step 60-63 ms against 68-73 ms under XLA's
-#: defaults, 1.9-2.1x faster than autodiff and level with PyTorch eager (1.03x, 0.99x)
-#: where XLA's defaults trail it (0.91x, 0.85x). It only concerns the CPU backend.
-CPU_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=individual_convolution,individual_dot,eltwise,reduce"
-#: jaxlib series the flag was measured on. XLA aborts the process on a flag it does not
-#: know, and experimental flags come and go, so other versions get XLA's defaults.
-CPU_XLA_FLAGS_JAXLIB = ("0.10.",)
-
-
-def set_default_xla_flags(environ: MutableMapping[str, str] | None = None, jaxlib: str | None = None) -> str | None:
-    """Set ``XLA_FLAGS`` to :data:`CPU_XLA_FLAGS` unless the user set it (even to ``""``,
-    which is how to opt out) or jaxlib is not a version they were measured on.
-
-    Takes effect only before JAX starts its backends (the first computation), which is
-    why the command does it first thing. Returns the flags set, or None.
-    """
-    environ = os.environ if environ is None else environ
-    if "XLA_FLAGS" in environ:
-        return None
-    if jaxlib is None:
-        try:
-            jaxlib = importlib.metadata.version("jaxlib")
-        except importlib.metadata.PackageNotFoundError:
-            return None
-    if not jaxlib.startswith(CPU_XLA_FLAGS_JAXLIB):
-        return None
-    environ["XLA_FLAGS"] = CPU_XLA_FLAGS
-    return CPU_XLA_FLAGS
 
 
 def run() -> None:

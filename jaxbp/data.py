@@ -49,6 +49,8 @@ from jaxbp.checkpoint import fsync_dir
 
 __all__ = [
     "DATASETS",
+    "augment_batch",
+    "batch_augmenter",
     "DataError",
     "Dataset",
     "MissingDataError",
@@ -706,3 +708,40 @@ def exit_on_error(*errors: type[BaseException], prog: str = "jaxbp") -> Callable
         return wrapper  # type: ignore[return-value]
 
     return wrap
+
+
+# ------------------------------------------------------------------ augmentation
+
+
+def augment_batch(x: np.ndarray, mode: str, rng: np.random.Generator, fill: float, pad: int = 2) -> np.ndarray:
+    """Random shifts of up to ``pad`` pixels (``crop``: pad with ``fill``, crop back) and/or
+    horizontal flips with probability 1/2 (``flip``), per image, in numpy. ``mode`` is one of
+    ``none``, ``crop``, ``flip``, ``crop-flip``; ``x`` is ``[N, H, W, C]``."""
+    if mode == "none":
+        return x
+    n, h, w, _ = x.shape
+    if "crop" in mode:
+        padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=fill)
+        oy = rng.integers(0, 2 * pad + 1, size=n)
+        ox = rng.integers(0, 2 * pad + 1, size=n)
+        rows = (oy[:, None] + np.arange(h))[:, :, None]
+        cols = (ox[:, None] + np.arange(w))[:, None, :]
+        x = padded[np.arange(n)[:, None, None], rows, cols]
+    if "flip" in mode:
+        flip = rng.random(n) < 0.5
+        x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def batch_augmenter(config: Any, ds: Dataset) -> Callable[[np.ndarray, int, int], np.ndarray]:
+    """``augment(x, epoch, batch_index)``: the augmentation of one batch that ``config`` (a
+    ``TrainConfig``: its ``seed``, ``augment`` and ``shift``) asks for, its draws seeded by
+    ``(seed, epoch, batch_index)``, so a resumed run (or a twin outside jaxbp that uses this)
+    sees the same shifts and flips; shifted-in pixels are blank (0 before normalisation)."""
+    fill = float((0.0 - ds.mean) / ds.std)
+    seed, mode, shift = config.seed, config.augment, config.shift
+
+    def augment(x: np.ndarray, epoch: int, batch_index: int) -> np.ndarray:
+        return augment_batch(x, mode, np.random.default_rng((seed, epoch, batch_index)), fill, shift)
+
+    return augment

@@ -19,6 +19,8 @@ another's rows into memory.
 from __future__ import annotations
 
 import os
+import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,12 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
+#: Seconds a process waits for the coordinator (and process 0 for the others) before it gives up.
+DEFAULT_TIMEOUT_S = 60
+
+
+class CoordinatorUnreachable(RuntimeError):
+    """The coordinator of a multi-process run did not answer within the timeout."""
 
 
 @dataclass(frozen=True)
@@ -36,17 +44,28 @@ class DistributedConfig:
     coordinator: str | None = None  # "host:port" of process 0
     num_processes: int | None = None
     process_id: int | None = None
+    timeout_s: int = DEFAULT_TIMEOUT_S  # how long to wait for the coordinator and the other processes
 
     @classmethod
-    def from_env(cls) -> DistributedConfig:
-        """Read ``JAXBP_COORDINATOR``, ``JAXBP_NUM_PROCESSES`` and ``JAXBP_PROCESS_ID``.
+    def from_env(cls, environ: dict[str, str] | None = None) -> DistributedConfig:
+        """Read ``JAXBP_COORDINATOR``, ``JAXBP_NUM_PROCESSES`` and ``JAXBP_PROCESS_ID``;
+        ``ValueError`` naming the variable when a count is not an integer.
 
         Cluster environments that ``jax.distributed.initialize`` detects by itself
         (SLURM, Open MPI, Cloud TPU) need none of these: pass ``auto=True`` there.
         """
-        env = os.environ
-        n, i = env.get("JAXBP_NUM_PROCESSES"), env.get("JAXBP_PROCESS_ID")
-        return cls(env.get("JAXBP_COORDINATOR"), int(n) if n else None, int(i) if i else None)
+        env = os.environ if environ is None else environ
+
+        def count(name: str) -> int | None:
+            text = env.get(name)
+            if not text:
+                return None
+            try:
+                return int(text)
+            except ValueError:
+                raise ValueError(f"{name}={text!r} is not an integer") from None
+
+        return cls(env.get("JAXBP_COORDINATOR") or None, count("JAXBP_NUM_PROCESSES"), count("JAXBP_PROCESS_ID"))
 
     @property
     def enabled(self) -> bool:
@@ -57,7 +76,10 @@ def initialize(config: DistributedConfig, *, auto: bool = False) -> None:
     """Join a multi-process run with ``jax.distributed.initialize``; a no-op for one process.
 
     Must run before anything touches a JAX device. On CPU, cross-process
-    collectives go through gloo.
+    collectives go through gloo. A process other than 0 first checks that the
+    coordinator accepts connections, and raises :class:`CoordinatorUnreachable` after
+    ``config.timeout_s`` seconds if it does not (XLA's own client would wait minutes and
+    then abort the process).
     """
     if not (config.enabled or auto):
         return
@@ -69,12 +91,38 @@ def initialize(config: DistributedConfig, *, auto: bool = False) -> None:
             )
         if not 0 <= config.process_id < config.num_processes:
             raise ValueError(f"--process-id {config.process_id} must be in [0, {config.num_processes})")
+        if config.timeout_s < 1:
+            raise ValueError(f"--coordinator-timeout must be >= 1 second, got {config.timeout_s}")
+        if config.process_id != 0:
+            wait_for_coordinator(config.coordinator, config.timeout_s)
     if _platforms_include_cpu():
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if config.enabled:
-        jax.distributed.initialize(config.coordinator, config.num_processes, config.process_id)
+        jax.distributed.initialize(
+            config.coordinator, config.num_processes, config.process_id, initialization_timeout=config.timeout_s
+        )
     else:
         jax.distributed.initialize()
+
+
+def wait_for_coordinator(address: str, timeout_s: float) -> None:
+    """Return once ``host:port`` accepts a TCP connection; :class:`CoordinatorUnreachable`
+    after ``timeout_s`` seconds; ``ValueError`` for an address that is not ``host:port``."""
+    host, sep, port = address.rpartition(":")
+    if not (sep and host and port.isdigit()):
+        raise ValueError(f"--coordinator {address!r} is not HOST:PORT")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=min(2.0, timeout_s)):
+                return
+        except OSError as err:
+            if time.monotonic() >= deadline:
+                raise CoordinatorUnreachable(
+                    f"the coordinator {address} did not answer within {timeout_s:g} s ({err.strerror or err}); "
+                    "start process 0 first, check the address, or raise --coordinator-timeout"
+                ) from None
+            time.sleep(0.2)
 
 
 def _platforms_include_cpu() -> bool:

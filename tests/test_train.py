@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxbp import checkpoint, cli, data, manual, train
+from jaxbp import autodiff, checkpoint, cli, data, manual, train
+from jaxbp.train import steps
 
 # 1437 training digits in batches of 64: 23 steps an epoch, the last one padded (29 real rows).
 BASE = train.TrainConfig(
@@ -65,11 +66,11 @@ def test_masked_loss_is_the_mean_over_valid_rows_and_its_gradient(digits):
 
         out = {"want": jax.value_and_grad(valid_only)(logits)}
         out["smoothed_want"] = jax.value_and_grad(smoothed_valid_only)(logits)
-        out["smoothed"] = jax.value_and_grad(lambda z: train._masked_loss(manual, z, labels, jnp.int32(5), 0.1)[0])(
+        out["smoothed"] = jax.value_and_grad(lambda z: steps.masked_loss(manual, z, labels, jnp.int32(5), 0.1)[0])(
             padded
         )
-        for name, ops in (("manual", manual), ("autodiff", train.autodiff)):
-            out[name] = jax.value_and_grad(lambda z, ops=ops: train._masked_loss(ops, z, labels, jnp.int32(5))[0])(
+        for name, ops in (("manual", manual), ("autodiff", autodiff)):
+            out[name] = jax.value_and_grad(lambda z, ops=ops: steps.masked_loss(ops, z, labels, jnp.int32(5))[0])(
                 padded
             )
         return out
@@ -103,7 +104,7 @@ def test_fit_learns_writes_outputs_and_never_retraces(baseline):
     # 46 batches, full and padded alike, and two evaluations: at most one trace each
     # (none when an earlier test compiled the same configuration).
     assert traces.get("train-manual", 0) <= 1 and traces.get("eval", 0) <= 1
-    _, train_step, eval_step, _ = train._compiled(train._step_key(BASE), 10, 2 * STEPS_PER_EPOCH, None)
+    _, train_step, eval_step, _ = steps.compiled(steps.step_key(BASE), 10, 2 * STEPS_PER_EPOCH, None)
     assert train_step._cache_size() == 1 and eval_step._cache_size() == 1
 
 
@@ -189,7 +190,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(digits,
     x = np.array(digits.x_train)
     poisoned = 100
     x[poisoned, 3, 3, 0] = np.nan
-    monkeypatch.setattr(train.data, "load", lambda *a, **k: dataclasses.replace(digits, x_train=x))
+    monkeypatch.setattr(data, "load", lambda *a, **k: dataclasses.replace(digits, x_train=x))
     order = np.random.default_rng((BASE.seed, 1)).permutation(len(x))  # epoch index 1
     step = STEPS_PER_EPOCH + int(np.where(order == poisoned)[0][0]) // BASE.batch_size + 1
     good = (out / "checkpoint.npz").read_bytes()

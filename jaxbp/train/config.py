@@ -1,0 +1,188 @@
+"""The configuration of a training run: :class:`TrainConfig`, its validation, and resuming.
+
+Validation raises :class:`ConfigError`, a ``ValueError`` that carries the name of the
+bad field, so that the command line can name the flag the user typed (``--batch-size``)
+where the library names the field (``TrainConfig.batch_size``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from jaxbp import checkpoint, models
+
+__all__ = [
+    "AUGMENTS",
+    "DTYPES",
+    "GRADS",
+    "OPTIMIZERS",
+    "PRECISIONS",
+    "SCHEDULES",
+    "TRAJECTORY_FIELDS",
+    "ConfigError",
+    "TrainConfig",
+    "config_differences",
+    "resume_config",
+]
+
+GRADS = ("manual", "autodiff", "compare")
+OPTIMIZERS = ("sgd", "momentum", "adam")
+SCHEDULES = ("constant", "cosine")
+AUGMENTS = ("none", "crop", "flip", "crop-flip")
+DTYPES = ("float32", "float64")
+PRECISIONS = ("default", "high", "highest")
+
+# Fields a resumed run must share with its checkpoint: they decide the trajectory.
+TRAJECTORY_FIELDS = (
+    "dataset", "model", "dropout", "optimizer", "learning_rate", "momentum", "schedule",
+    "weight_decay", "epochs", "batch_size", "seed", "drop_last", "augment", "dtype", "label_smoothing",
+    "init", "shift",
+)  # fmt: skip
+
+# Fields that describe where and how far this invocation runs, not the run itself: a resumed
+# run does not inherit them from its checkpoint (it writes where it is resumed from, and runs
+# to the end unless told to stop again).
+INVOCATION_FIELDS = ("out", "resume", "max_steps", "data_dir")
+
+
+class ConfigError(ValueError):
+    """A field of :class:`TrainConfig` has a bad value; ``field`` names it."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"TrainConfig.{field} {problem}")
+        self.field = field
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run; ``config.json`` holds it, the CLI flags map onto it."""
+
+    dataset: str = "digits"
+    model: str = "cnn"
+    init: str = "he"  # he | uniform: the weights' initialisation (see jaxbp.models)
+    grad: str = "manual"  # manual | autodiff | compare
+    optimizer: str = "adam"  # sgd | momentum | adam (adamw where weight_decay > 0)
+    learning_rate: float = 3e-3
+    momentum: float = 0.9  # for optimizer="momentum", in [0, 1)
+    schedule: str = "cosine"  # constant | cosine (to 0 over all steps)
+    weight_decay: float = 0.0  # decoupled, on weights only (not biases or batch-norm params)
+    epochs: int = 15
+    batch_size: int = 64
+    seed: int = 0
+    drop_last: bool = False
+    dropout: float = 0.0  # before the last dense layer
+    label_smoothing: float = 0.0  # train targets (1 - e) onehot + e / K; the test loss stays plain
+    augment: str = "none"  # none | crop | flip | crop-flip (random shifts, horizontal flips)
+    shift: int = 2  # crop: shift each image by up to this many pixels along each axis
+    data_dir: str | None = None
+    out: str | None = None  # default: runs/<dataset>-<model>-<grad>, or the resumed run's folder
+    resume: str | None = None  # a run folder or a checkpoint .npz to continue
+    max_steps: int = 0  # stop (with a checkpoint) after this many steps in all; 0: no limit
+    compare_rtol: float = 1e-4
+    log_every: int = 10
+    dtype: str = "float32"
+    matmul_precision: str = "default"
+    # Data parallel over this many devices ("all" or a count, as a string); None: one device
+    # (all devices of a multi-process run). The batch size is global and must divide evenly.
+    devices: str | None = None
+
+    def validate(self) -> TrainConfig:
+        """Return ``self`` or raise :class:`ConfigError` naming the bad field. Checks what can
+        be checked without the data (the image size and the number of examples are checked
+        by :func:`check_against_data`)."""
+        choices = {
+            "grad": GRADS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": AUGMENTS,
+            "dtype": DTYPES, "matmul_precision": PRECISIONS, "model": models.MODELS, "init": models.INITS,
+        }  # fmt: skip
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(name, f"is {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        for name in ("epochs", "batch_size", "log_every", "shift"):
+            _check_int(name, getattr(self, name), 1)
+        _check_int("max_steps", self.max_steps, 0)
+        _check_int("seed", self.seed, 0)
+        _check_float("learning_rate", self.learning_rate, 0.0, math.inf, low_open=True)
+        _check_float("momentum", self.momentum, 0.0, 1.0)
+        _check_float("weight_decay", self.weight_decay, 0.0, math.inf)
+        _check_float("dropout", self.dropout, 0.0, 1.0)
+        _check_float("label_smoothing", self.label_smoothing, 0.0, 1.0)
+        _check_float("compare_rtol", self.compare_rtol, 0.0, math.inf, low_open=True)
+        if self.devices is not None and not (
+            str(self.devices) == "all" or (str(self.devices).isdigit() and int(self.devices) >= 1)
+        ):
+            raise ConfigError("devices", f"must be 'all' or a count >= 1, got {self.devices!r}")
+        return self
+
+    def check_against_data(self, n_train: int, input_shape: Sequence[int]) -> None:
+        """Raise :class:`ConfigError` where the config cannot work on this data: a batch
+        larger than the training set (it would be padded to a huge allocation), or a crop
+        shift as large as the images."""
+        if self.batch_size > n_train:
+            raise ConfigError(
+                "batch_size", f"is {self.batch_size}, more than the {n_train} training examples of {self.dataset}"
+            )
+        h, w = input_shape[0], input_shape[1]
+        if "crop" in self.augment and self.shift >= min(h, w):
+            raise ConfigError("shift", f"is {self.shift}; it must be smaller than the {h}x{w} images of {self.dataset}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(name, f"must be an integer >= {low}, got {value!r}")
+
+
+def _check_float(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> None:
+    """``value`` finite and in ``[low, high)`` (``(low, high)`` with ``low_open``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(name, f"must be a finite number, got {value!r}")
+    above = value > low if low_open else value >= low
+    if not (above and value < high):
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g})" if math.isfinite(high) else None
+        want = f"in {interval}" if interval else f"{'>' if low_open else '>='} {low:g}"
+        raise ConfigError(name, f"must be {want}, got {value!r}")
+
+
+def resume_config(run: str | os.PathLike, **overrides: Any) -> TrainConfig:
+    """The config stored in a run's checkpoint, with ``resume`` set and ``overrides`` applied
+    (what ``jaxbp train --resume DIR`` uses, so the flags need not be repeated).
+
+    The stored ``out`` and ``max_steps`` are not inherited: a resumed run writes into the
+    folder it is resumed from (wherever it has been moved or copied) unless ``out`` is given,
+    and runs to the end unless ``max_steps`` is given."""
+    path = checkpoint.latest(run)
+    if path is None:
+        raise checkpoint.CheckpointError(
+            f"{run}: no checkpoint to resume from (looked for {checkpoint.CHECKPOINT_NAME})"
+        )
+    _, meta = checkpoint.load(path)
+    stored = meta.get("config")
+    if not isinstance(stored, dict):
+        raise checkpoint.CheckpointError(f"{path}: the checkpoint holds no training config")
+    known = {f.name for f in dataclasses.fields(TrainConfig)} - set(INVOCATION_FIELDS)
+    values = {k: v for k, v in stored.items() if k in known}
+    values.update(overrides)
+    values["resume"] = str(run)
+    try:
+        return TrainConfig(**values)
+    except TypeError as err:
+        raise checkpoint.CheckpointError(f"{path}: the stored training config is malformed: {err}") from None
+
+
+def config_differences(
+    stored: dict[str, Any], config: TrainConfig, fields: Sequence[str] = TRAJECTORY_FIELDS
+) -> dict[str, tuple[Any, Any]]:
+    """``{field: (stored value, config's value)}`` for the ``fields`` where a stored config
+    dict (a checkpoint's or a summary's) differs from ``config``; a field newer than the
+    stored dict counts as having had its default value."""
+    defaults = TrainConfig()
+    pairs = {f: (stored.get(f, getattr(defaults, f)), getattr(config, f)) for f in fields}
+    return {f: pair for f, pair in pairs.items() if pair[0] != pair[1]}

@@ -1,0 +1,704 @@
+"""The training loop: :func:`fit` runs a :class:`TrainConfig` into a run folder.
+
+In the shape of the flax examples: the arrays a step updates are one :class:`TrainState`;
+:func:`train_epoch` runs the steps of (the rest of) an epoch, :func:`evaluate` measures a
+split, an :class:`Accumulator` sums the metrics of a logging window and of an epoch, and
+:class:`Progress` is where the run stands (step, epoch, batch, history, accumulators):
+everything a checkpoint needs besides the arrays, so that a resumed run (mid-epoch too)
+writes bitwise the same metrics as an uninterrupted one. Every file goes through
+:class:`jaxbp.train.runfolder.RunFolder`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxbp import checkpoint, data, models, parallel
+from jaxbp.train import steps
+from jaxbp.train.config import ConfigError, TrainConfig, config_differences
+from jaxbp.train.runfolder import RunFolder, RunFolderError
+
+__all__ = [
+    "Accumulator",
+    "GradientMismatchError",
+    "NonFiniteLossError",
+    "Progress",
+    "TrainError",
+    "TrainResult",
+    "TrainState",
+    "TrainingInterrupted",
+    "evaluate",
+    "fit",
+    "train_epoch",
+]
+
+
+# ------------------------------------------------------------------ errors and results
+
+
+class TrainError(RuntimeError):
+    """A run that stopped because training went wrong (the message says where)."""
+
+
+class GradientMismatchError(TrainError):
+    """Compare mode: a manual gradient left ``compare_rtol`` of the autodiff one."""
+
+
+class NonFiniteLossError(TrainError):
+    """A loss (train or test) or a gradient became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM: the checkpoint is written; the message says how to resume."""
+
+    def __init__(self, message: str, checkpoint_path: Path | None = None):
+        super().__init__(message)
+        self.message = message
+        self.checkpoint_path = checkpoint_path
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns. ``history`` holds one dict per epoch; ``test_accuracy`` and
+    ``test_loss`` are those of the last evaluation (at the stop of a ``max_steps`` run too)."""
+
+    config: TrainConfig
+    test_accuracy: float
+    test_loss: float
+    history: list[dict[str, Any]]
+    steps: int
+    epochs_completed: int
+    wall_time_s: float
+    compile_time_s: float
+    examples_per_s: float
+    out_dir: Path
+    paths: dict[str, Path]
+    worst_agreement: dict[str, Any] | None
+    status: str
+    params: Any = field(repr=False, default=None)
+    model_state: Any = field(repr=False, default=None)
+
+
+# ------------------------------------------------------------------ state
+
+
+class TrainState(NamedTuple):
+    """The arrays of a run: what a step updates, and the key its dropout keys come from."""
+
+    params: Any
+    opt_state: Any
+    model_state: Any
+    rng: Any  # dropout key of step s: fold_in(rng, s)
+
+
+@dataclass
+class Accumulator:
+    """Sums over some steps (a logging window, an epoch): loss and accuracy weighted by the
+    real rows, throughput over the steps that did not compile, and in compare mode the
+    autodiff loss and the worst gradient agreement ``[rel err, parameter, min cosine]``."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    count: int = 0
+    seconds: float = 0.0
+    timed: int = 0
+    loss_autodiff_sum: float = 0.0
+    worst: list | None = None
+
+    def add(self, loss: float, correct: int, n: int, seconds: float | None, loss_autodiff: float | None) -> None:
+        self.loss_sum += loss * n
+        self.correct += correct
+        self.count += n
+        if seconds is not None:  # None: the step compiled, its time is not throughput
+            self.seconds += seconds
+            self.timed += n
+        if loss_autodiff is not None:
+            self.loss_autodiff_sum += loss_autodiff * n
+
+    def add_agreement(self, rel: float, name: str, cos: float) -> None:
+        if self.worst is None:
+            self.worst = [rel, name, cos]
+        elif rel > self.worst[0]:
+            self.worst = [rel, name, min(cos, self.worst[2])]
+        else:
+            self.worst[2] = min(cos, self.worst[2])
+
+    @property
+    def examples_per_s(self) -> float:
+        return self.timed / self.seconds if self.seconds > 0 else 0.0
+
+    def train_record(self, step: int, epoch: int) -> dict[str, Any]:
+        rec = {
+            "kind": "train", "step": step, "epoch": epoch, "loss": self.loss_sum / self.count,
+            "accuracy": self.correct / self.count, "examples_per_s": self.examples_per_s,
+        }  # fmt: skip
+        if self.worst is not None:
+            rel, name, cos = self.worst
+            rec.update(
+                loss_autodiff=self.loss_autodiff_sum / self.count,
+                grad_max_rel_err=rel,
+                grad_worst_param=name,
+                grad_min_cos=cos,
+            )
+        return rec
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Accumulator:
+        return cls(**d)
+
+
+@dataclass
+class Progress:
+    """Where a run stands, beyond its arrays; all of it goes into the checkpoint's ``extra``."""
+
+    step: int = 0
+    epoch: int = 0  # epochs completed
+    batch_index: int = 0  # batches of the current epoch done
+    history: list[dict[str, Any]] = field(default_factory=list)  # the eval records
+    worst: dict[str, Any] | None = None  # compare mode: the worst agreement of the run
+    epoch_acc: Accumulator = field(default_factory=Accumulator)
+    window: Accumulator = field(default_factory=Accumulator)
+    wall_time_s: float = 0.0  # of the processes before this one
+
+    def extra(self, wall_time_s: float) -> dict[str, Any]:
+        return {
+            "batch_index": self.batch_index, "history": self.history, "worst": self.worst,
+            "epoch_acc": dataclasses.asdict(self.epoch_acc), "window": dataclasses.asdict(self.window),
+            "wall_time_s": wall_time_s,
+        }  # fmt: skip
+
+    @classmethod
+    def from_checkpoint(cls, path: Path, meta: dict[str, Any]) -> Progress:
+        """Rebuild from a checkpoint's metadata; :class:`CheckpointError` naming ``path`` if malformed."""
+        extra = meta.get("extra")
+        try:
+            if not isinstance(extra, dict):
+                raise TypeError("not a dict")
+            epoch_acc = extra.get("epoch_acc")
+            if epoch_acc is None and "epoch_sums" in extra:  # checkpoints of jaxbp before the TrainState loop
+                loss_sum, correct, count = extra["epoch_sums"]
+                epoch_acc = {"loss_sum": float(loss_sum), "correct": int(correct), "count": int(count)}
+            progress = cls(
+                step=meta["step"],
+                epoch=meta["epoch"],
+                batch_index=extra.get("batch_index", 0),
+                history=list(extra.get("history") or []),
+                worst=extra.get("worst"),
+                epoch_acc=Accumulator.from_dict(epoch_acc or {}),
+                window=Accumulator.from_dict(extra.get("window") or {}),
+                wall_time_s=float(extra.get("wall_time_s", 0.0)),
+            )
+            ints = (progress.step, progress.epoch, progress.batch_index)
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints):
+                raise ValueError(f"step {progress.step}, epoch {progress.epoch}, batch {progress.batch_index}")
+            if not all(isinstance(h, dict) for h in progress.history):
+                raise TypeError("history holds a non-record")
+            if progress.worst is not None and not isinstance(progress.worst, dict):
+                raise TypeError("worst is not a dict")
+        except (TypeError, ValueError, KeyError) as err:
+            raise checkpoint.CheckpointError(
+                f"{path}: the checkpoint's run state (extra) is malformed: {err}"
+            ) from None
+        return progress
+
+
+@dataclass
+class Timing:
+    """This process's step timings (not checkpointed): the first step compiles."""
+
+    compile_s: float = 0.0
+    train_s: float = 0.0
+    examples: int = 0
+
+
+@dataclass(frozen=True)
+class Run:
+    """What stays fixed while a run trains: the config, data, compiled steps and outputs."""
+
+    config: TrainConfig
+    ds: data.Dataset
+    mesh: Any
+    model: models.Model
+    train_step: Any
+    eval_step: Any
+    dtype: Any
+    steps_per_epoch: int
+    folder: RunFolder
+    display: Display
+    augment: Any
+    timing: Timing
+    t_start: float
+
+    @property
+    def last_step(self) -> int:
+        """The step the run stops after: the end of the last epoch, or ``max_steps``."""
+        total = self.steps_per_epoch * self.config.epochs
+        return min(total, self.config.max_steps) if self.config.max_steps else total
+
+    def log(self, rec: dict[str, Any]) -> None:
+        self.folder.record(rec)
+        self.display.record(rec)
+
+    def wall_time(self, progress: Progress) -> float:
+        return progress.wall_time_s + time.perf_counter() - self.t_start
+
+
+# ------------------------------------------------------------------ the loop
+
+
+def train_epoch(run: Run, state: TrainState, progress: Progress, stop: StopSignal) -> TrainState:
+    """The remaining steps of the current epoch (from ``progress.batch_index``); stops early
+    after a signal or at ``max_steps``. Updates ``progress``; returns the new state."""
+    config = run.config
+    batches = data.batches(
+        run.ds.x_train, run.ds.y_train, config.batch_size, seed=config.seed, epoch=progress.epoch,
+        drop_last=config.drop_last, start_batch=progress.batch_index,
+    )  # fmt: skip
+    for xb, yb, n_valid in batches:
+        xb = run.augment(xb, progress.epoch, progress.batch_index)
+        state, m, seconds = _step(run, state, progress, xb, yb, n_valid)
+        progress.step += 1
+        progress.batch_index += 1
+        loss_a = float(m["loss_autodiff"]) if config.grad == "compare" else None
+        for acc in (progress.epoch_acc, progress.window):
+            acc.add(float(m["loss"]), int(m["correct"]), n_valid, seconds, loss_a)
+        if config.grad == "compare":
+            _check_agreement(config, m, progress)
+        if progress.step % config.log_every == 0 or progress.batch_index == run.steps_per_epoch:
+            rec = progress.window.train_record(progress.step, progress.epoch + 1)
+            run.log(rec)
+            run.display.advance(0, rec)
+            progress.window = Accumulator()
+        run.display.advance(1)
+        if stop.signum is not None or progress.step >= run.last_step:
+            break
+    return state
+
+
+def _step(run: Run, state: TrainState, progress: Progress, xb, yb, n_valid: int):
+    """One train step: ``(new state, host metrics, seconds or None if it compiled)``; raises
+    :class:`NonFiniteLossError` (the state is then not updated)."""
+    t0 = time.perf_counter()
+    # Host numpy for the scalars: jit replicates them over the mesh on every process.
+    try:
+        params, opt_state, model_state, metrics = run.train_step(
+            state.params, state.opt_state, state.model_state,
+            *parallel.global_batch(run.mesh, np.asarray(xb, run.dtype), yb),
+            np.int32(n_valid), jax.random.fold_in(state.rng, progress.step),
+        )  # fmt: skip
+        m = parallel.to_host(metrics)
+    except jax.errors.JaxRuntimeError as err:
+        if "RESOURCE_EXHAUSTED" in str(err):
+            raise ConfigError(
+                "batch_size", f"is {run.config.batch_size}: the train step does not fit in memory; choose a smaller one"
+            ) from None
+        raise
+    seconds = time.perf_counter() - t0
+    where = f"at step {progress.step + 1} (epoch {progress.epoch + 1}, batch {progress.batch_index + 1})"
+    loss = float(m["loss"])
+    problem = None
+    if not math.isfinite(loss):
+        problem = f"loss is {loss}"
+    elif not m["grads_finite"]:
+        problem = f"gradients are not finite (loss {loss:.4g})"
+    elif run.config.grad == "compare" and not m["grads_finite_autodiff"]:
+        problem = f"the autodiff gradients are not finite (loss {loss:.4g}); the manual ones are"
+    if problem:
+        raise NonFiniteLossError(
+            f"{problem} {where}; training stopped. {_kept(run)} Try a smaller learning rate (--lr)."
+        )
+    if run.timing.compile_s == 0.0:  # the first step of a process compiles
+        run.timing.compile_s = seconds
+        return TrainState(params, opt_state, model_state, state.rng), m, None
+    run.timing.train_s += seconds
+    run.timing.examples += n_valid
+    return TrainState(params, opt_state, model_state, state.rng), m, seconds
+
+
+def _kept(run: Run) -> str:
+    path = run.folder.paths["checkpoint"]
+    return f"The last good checkpoint is kept: {path}." if path.exists() else "No checkpoint was written yet."
+
+
+def evaluate(run: Run, state: TrainState, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Mean loss and accuracy of ``state`` on the split ``(x, y)`` (any split: test, validation)."""
+    n = len(x)
+    d = run.mesh.devices.size
+    bs = -(-min(1000, n) // d) * d  # a multiple of the device count (padded rows are masked)
+    loss_sum, correct = 0.0, 0
+    for xb, yb, n_valid in data.batches(x, y, bs, seed=0, epoch=0, shuffle=False):
+        xb, yb = parallel.global_batch(run.mesh, np.asarray(xb, run.dtype), yb)
+        ls, c = parallel.to_host(run.eval_step(state.params, state.model_state, xb, yb, np.int32(n_valid)))
+        loss_sum += float(ls)
+        correct += int(c)
+    return loss_sum / n, correct / n
+
+
+def _evaluate_test(run: Run, state: TrainState, progress: Progress) -> tuple[float, float]:
+    loss, accuracy = evaluate(run, state, run.ds.x_test, run.ds.y_test)
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(
+            f"test loss is {loss} at step {progress.step} (epoch {progress.epoch + 1}) though the train loss is "
+            f"finite: the parameters have grown too large; training stopped. {_kept(run)} "
+            "Try a smaller learning rate (--lr)."
+        )
+    return loss, accuracy
+
+
+def end_epoch(run: Run, state: TrainState, progress: Progress, t_epoch: float) -> None:
+    """Evaluate on the test split, record the epoch, move to the next and checkpoint."""
+    test_loss, test_acc = _evaluate_test(run, state, progress)
+    acc = progress.epoch_acc
+    n = max(acc.count, 1)
+    rec = {
+        "kind": "eval", "step": progress.step, "epoch": progress.epoch + 1,
+        "train_loss": acc.loss_sum / n, "train_accuracy": acc.correct / n,
+        "test_loss": test_loss, "test_accuracy": test_acc,
+        "epoch_time_s": time.perf_counter() - t_epoch, "examples_per_s": acc.examples_per_s,
+    }  # fmt: skip
+    progress.history.append(rec)
+    run.log(rec)
+    progress.epoch, progress.batch_index, progress.epoch_acc = progress.epoch + 1, 0, Accumulator()
+    save(run, state, progress)
+
+
+def save(run: Run, state: TrainState, progress: Progress) -> Path:
+    """Checkpoint the state and the progress. Every process fetches (a collective where a
+    leaf is not replicated); process 0 writes."""
+    host = parallel.to_host(state._asdict())
+    return run.folder.save_checkpoint(
+        host, step=progress.step, epoch=progress.epoch, config=run.config.to_dict(),
+        extra=progress.extra(run.wall_time(progress)),
+    )  # fmt: skip
+
+
+def _check_agreement(config: TrainConfig, m: dict[str, Any], progress: Progress) -> None:
+    """Fold this step's per-parameter agreement into the run's and the window's worst;
+    raise :class:`GradientMismatchError` when a parameter leaves the tolerance."""
+    rel, cos = _named(m["rel_err"]), _named(m["cos"])
+    name = max(rel, key=lambda k: (not math.isfinite(float(rel[k])), float(rel[k])))
+    r, c = float(rel[name]), min(float(v) for v in cos.values())
+    step = progress.step
+    if not r <= config.compare_rtol:  # NaN fails too
+        table = "\n".join(
+            f"  {k:12s} rel err {float(rel[k]):.3e}  cosine {float(cos[k]):.6f}"
+            + ("   <-- outside tolerance" if not float(rel[k]) <= config.compare_rtol else "")
+            for k in rel
+        )
+        raise GradientMismatchError(
+            f"gradient mismatch at step {step}: parameter {name!r} has max|g_manual - g_autodiff| / "
+            f"max|g_autodiff| = {r:.3e} > compare_rtol {config.compare_rtol:.1e} (cosine {float(cos[name]):.6f}).\n"
+            f"Per parameter:\n{table}"
+        )
+    worst = progress.worst
+    if worst is None or r > worst["max_rel_err"]:
+        worst = {**(worst or {}), "max_rel_err": r, "param": name, "step": step}
+    worst["min_cos"] = min(c, worst.get("min_cos", 1.0))
+    progress.worst = worst
+    progress.window.add_agreement(r, name, c)
+
+
+def _named(tree) -> dict[str, Any]:
+    """``{"conv1.w": leaf, ...}`` for a nested dict tree."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        out[".".join(str(getattr(k, "key", k)) for k in path)] = leaf
+    return out
+
+
+# ------------------------------------------------------------------ signals and display
+
+
+class StopSignal:
+    """Install SIGINT/SIGTERM handlers that set a flag (a second signal interrupts at once)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+class Display:
+    """The progress display: tqdm on a TTY, log lines otherwise, a callback, or nothing."""
+
+    def __init__(self, progress, total_steps: int, initial: int, desc: str):
+        self.callback = progress if callable(progress) else None
+        show = progress is None or progress is True
+        self.bar = None
+        self.lines = False
+        if show and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+        elif show:
+            self.lines = True
+
+    def note(self, text: str) -> None:
+        print(f"note: {text}", file=sys.stderr, flush=True)
+
+    def record(self, rec: dict[str, Any]) -> None:
+        if self.callback:
+            self.callback(rec)
+        if self.lines:
+            print(format_record(rec), file=sys.stderr, flush=True)
+        elif self.bar is not None and rec["kind"] == "eval":
+            self.bar.write(format_record(rec))
+
+    def advance(self, n: int, rec: dict[str, Any] | None = None) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+            if rec is not None:
+                self.bar.set_postfix(loss=f"{rec['loss']:.4f}", acc=f"{rec['accuracy']:.3f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def format_record(rec: dict[str, Any]) -> str:
+    if rec["kind"] == "eval":
+        return (
+            f"epoch {rec['epoch']:3d}  step {rec['step']:6d}  train loss {rec['train_loss']:.4f}  "
+            f"train acc {rec['train_accuracy']:.4f}  test loss {rec['test_loss']:.4f}  "
+            f"test acc {rec['test_accuracy']:.4f}  {rec['examples_per_s']:.0f} ex/s"
+        )
+    line = (
+        f"epoch {rec['epoch']:3d}  step {rec['step']:6d}  loss {rec['loss']:.4f}  "
+        f"acc {rec['accuracy']:.4f}  {rec['examples_per_s']:.0f} ex/s"
+    )
+    if "grad_max_rel_err" in rec:
+        line += f"  grad rel err {rec['grad_max_rel_err']:.2e} ({rec['grad_worst_param']})"
+    return line
+
+
+# ------------------------------------------------------------------ fit
+
+
+def fit(config: TrainConfig, *, progress: Any = None, ops=None, overwrite: bool = False) -> TrainResult:
+    """Train ``config`` and return a :class:`TrainResult`.
+
+    The run is written into ``config.out`` (default ``runs/<dataset>-<model>-<grad>``; a
+    resumed run: the folder it resumes, wherever that has been moved or copied). A folder
+    that already holds a run is refused (:class:`RunFolderError`, a ``ValueError``) unless
+    ``overwrite``, which replaces the old run completely.
+
+    ``progress``: ``None`` shows a tqdm bar when stderr is a terminal and log lines
+    otherwise, ``False`` shows nothing, a callable receives every metrics record.
+    ``ops`` replaces :mod:`jaxbp.manual` (for tests that inject a wrong backward).
+
+    Raises ``ValueError`` (:class:`ConfigError` naming the field, :class:`RunFolderError`
+    naming the path) for a bad config or output folder, ``data.DataError`` for missing or
+    bad data, ``checkpoint.CheckpointError`` for a bad or mismatching checkpoint to resume,
+    :class:`GradientMismatchError`, :class:`NonFiniteLossError` and :class:`TrainingInterrupted`.
+    """
+    config.validate()
+    precision = None if config.matmul_precision == "default" else config.matmul_precision
+    with contextlib.ExitStack() as stack:
+        if config.dtype == "float64":
+            stack.enter_context(jax.enable_x64(True))
+        if precision:
+            stack.enter_context(jax.default_matmul_precision(precision))
+        return _fit(config, progress, ops, overwrite)
+
+
+def _fit(config: TrainConfig, progress_arg, ops, overwrite: bool) -> TrainResult:
+    t_start = time.perf_counter()
+    # One data-parallel mesh (one device unless config.devices or several processes say more):
+    # parameters replicated, every batch split by rows; the same jitted step runs over it.
+    mesh = parallel.make_mesh(config.devices)
+    parallel.check_batch_size(config.batch_size, mesh)
+    primary = parallel.is_primary()  # only process 0 writes files and shows progress
+    ds = data.load(config.dataset, config.data_dir, seed=config.seed)
+    config.check_against_data(len(ds.x_train), ds.input_shape)
+    steps_per_epoch = data.num_batches(len(ds.x_train), config.batch_size, config.drop_last)
+    model, train_step, eval_step, optimizer = steps.compiled(
+        steps.step_key(config), ds.num_classes, steps_per_epoch * config.epochs, ops
+    )
+    state, progress, resume_folder = _start(config, model, optimizer, ds)
+    if config.max_steps and config.max_steps <= progress.step:
+        raise ConfigError(
+            "max_steps", f"is {config.max_steps} but the checkpoint is at step {progress.step} already; "
+            "give a larger one, or 0 to run to the end"
+        )  # fmt: skip
+    out = Path(config.out) if config.out else resume_folder or Path("runs") / f"{ds.name}-{config.model}-{config.grad}"
+    with RunFolder.open(
+        out, overwrite=overwrite, resume=resume_folder, resume_step=progress.step, primary=primary
+    ) as folder:
+        total = steps_per_epoch * config.epochs
+        shown = min(total, config.max_steps) if config.max_steps else total
+        display = Display(progress_arg if primary else False, shown, progress.step, f"{config.model}/{config.grad}")
+        run = Run(
+            config, ds, mesh, model, train_step, eval_step, jnp.dtype(config.dtype), steps_per_epoch,
+            folder, display, data.batch_augmenter(config, ds), Timing(), t_start,
+        )  # fmt: skip
+        for note in folder.notes:
+            display.note(note)
+        try:
+            folder.write_json("config", config.to_dict())
+            folder.write_json("summary", _summary(run, progress, "running", None, None))
+            state = parallel.replicate(state, mesh)
+            state, status, stop_eval = _train(run, state, progress)
+        except (GradientMismatchError, NonFiniteLossError, RunFolderError, ConfigError) as err:
+            status = {GradientMismatchError: "gradient_mismatch", NonFiniteLossError: "diverged"}.get(
+                type(err), "failed"
+            )
+            _finish(run, progress, status, str(err), None, best_effort=True)
+            raise
+        finally:
+            display.close()
+        summary = _finish(run, progress, status, None, stop_eval)
+    return TrainResult(
+        config=config, test_accuracy=_or_nan(summary["test_accuracy"]), test_loss=_or_nan(summary["test_loss"]),
+        history=progress.history,
+        steps=progress.step, epochs_completed=progress.epoch, wall_time_s=summary["wall_time_s"],
+        compile_time_s=run.timing.compile_s, examples_per_s=summary["examples_per_s"], out_dir=out,
+        paths=folder.paths, worst_agreement=progress.worst, status=status,
+        params=state.params, model_state=state.model_state,
+    )  # fmt: skip
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
+def _start(config: TrainConfig, model, optimizer, ds: data.Dataset) -> tuple[TrainState, Progress, Path | None]:
+    """The initial state and progress, or the checkpoint's, and the folder resumed from."""
+    try:
+        fresh = TrainState(**steps.init_state(model, optimizer, ds.input_shape, config.dtype, config.seed))
+    except (ZeroDivisionError, ValueError) as err:  # e.g. a cnn's pooling leaves nothing of 1x1 images
+        shape = "x".join(map(str, ds.input_shape))
+        raise ConfigError("model", f"is {config.model!r}, which cannot take the {shape} images of {ds.name}: {err}")
+    if not config.resume:
+        return fresh, Progress(), None
+    path = checkpoint.latest(config.resume)
+    if path is None:
+        raise checkpoint.CheckpointError(
+            f"{config.resume}: no checkpoint to resume from (looked for {checkpoint.CHECKPOINT_NAME})"
+        )
+    _, meta = checkpoint.load(path)  # every process reads the checkpoint on the host
+    diffs = config_differences(meta.get("config") or {}, config)
+    if diffs:
+        raise checkpoint.CheckpointError(
+            f"{path}: cannot resume, the checkpoint was written by a different run configuration ("
+            + "; ".join(f"{f}: checkpoint {old!r}, this run {new!r}" for f, (old, new) in diffs.items())
+            + ")"
+        )
+    progress = Progress.from_checkpoint(path, meta)
+    loaded, _ = checkpoint.load(path, like=fresh._asdict())
+    return TrainState(**loaded), progress, path.parent
+
+
+def _train(run: Run, state: TrainState, progress: Progress) -> tuple[TrainState, str, tuple[float, float] | None]:
+    """Epochs until the end, ``max_steps`` or a signal: ``(state, status, (test loss, accuracy)
+    of a mid-epoch stop or None)``."""
+    config = run.config
+    with StopSignal() as stop:
+        while progress.epoch < config.epochs:
+            t_epoch = time.perf_counter()
+            state = train_epoch(run, state, progress, stop)
+            if stop.signum is None and progress.batch_index == run.steps_per_epoch:
+                end_epoch(run, state, progress, t_epoch)
+            elif stop.signum is None:  # max_steps, mid-epoch: checkpoint, then evaluate
+                save(run, state, progress)
+                return state, "stopped", _evaluate_test(run, state, progress)
+            else:
+                save(run, state, progress)
+            if stop.signum is not None:
+                _interrupt(run, progress, stop.signum)
+            if progress.step >= run.last_step and progress.epoch < config.epochs:
+                return state, "stopped", None
+    return state, "completed", None
+
+
+def _interrupt(run: Run, progress: Progress, signum: int) -> None:
+    _finish(run, progress, "interrupted", None, None, best_effort=True)
+    path = run.folder.paths["checkpoint"]
+    raise TrainingInterrupted(
+        f"{signal.Signals(signum).name} received: stopped after step {progress.step} (epoch {progress.epoch + 1}, "
+        f"batch {progress.batch_index}); checkpoint written to {path}. "
+        f"Resume with: jaxbp train --resume {run.folder.path}",
+        path,
+    )
+
+
+def _finish(run: Run, progress: Progress, status: str, error, stop_eval, best_effort: bool = False) -> dict:
+    """Write ``summary.json`` (and the plot when the run ended normally); ``best_effort``
+    (the run is failing already): a write error is shown, not raised over the first."""
+    summary = _summary(run, progress, status, error, stop_eval)
+    try:
+        run.folder.write_json("summary", summary)
+        if status in ("completed", "stopped") and run.folder.primary:
+            run.folder.write_plot(run.config)
+    except RunFolderError as err:
+        if not best_effort:
+            raise
+        run.display.note(f"the summary could not be written either: {err}")
+    return summary
+
+
+def _summary(run: Run, progress: Progress, status: str, error, stop_eval) -> dict[str, Any]:
+    config, ds, timing = run.config, run.ds, run.timing
+    last = progress.history[-1] if progress.history else {}
+    test_loss, test_acc = stop_eval if stop_eval else (last.get("test_loss"), last.get("test_accuracy"))
+    return {
+        "status": status,
+        "error": error,
+        "test_accuracy": test_acc,
+        "test_loss": test_loss,
+        "evaluated_at_step": (progress.step if stop_eval else last.get("step")),
+        "epochs_completed": progress.epoch,
+        "steps": progress.step,
+        "wall_time_s": run.wall_time(progress),
+        "compile_time_s": timing.compile_s,
+        "examples_per_s": timing.examples / timing.train_s if timing.train_s > 0 else 0.0,
+        "worst_agreement": progress.worst,
+        "compare_rtol": config.compare_rtol if config.grad == "compare" else None,
+        "dataset": {
+            "name": ds.name,
+            "train": len(ds.x_train),
+            "test": len(ds.x_test),
+            "input_shape": list(ds.input_shape),
+        },
+        "flops_per_example": models.flops(run.model, ds.input_shape),
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0].device_kind),
+        "num_devices": int(run.mesh.devices.size),
+        "num_processes": jax.process_count(),
+        "jax_version": jax.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),  # float32 rounding depends on them
+        "history": progress.history,
+        "config": config.to_dict(),
+        "paths": {k: str(v) for k, v in run.folder.paths.items()},
+    }
