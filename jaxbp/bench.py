@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -109,6 +110,26 @@ def _cast_floats(tree: Any, dtype: str) -> Any:
     return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
+def check_settings(model_name: str, input_shape: Sequence[int], *, warmup: int = 0, repeats: int = 1) -> None:
+    """Raise ``ValueError`` naming the flag (``--input-shape``, ``--warmup``, ``--repeats``,
+    ``--model``) when a benchmark cannot run with these settings: before any compilation."""
+    if warmup < 0:
+        raise ValueError(f"--warmup must be >= 0, got {warmup}")
+    if repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {repeats}")
+    if model_name not in models.MODELS:
+        raise ValueError(f"--model {model_name!r} is not one of {', '.join(models.MODELS)}")
+    shape = tuple(input_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"--input-shape must be three positive ints H,W,C, got {shape}")
+    try:
+        models.get_model(model_name, 10).init(np.random.default_rng(0), shape)
+    except (ZeroDivisionError, ValueError) as err:
+        raise ValueError(
+            f"--input-shape {','.join(map(str, shape))}: model {model_name} cannot take it ({err})"
+        ) from None
+
+
 def bench_train_step(
     model_name: str = "cnn",
     *,
@@ -132,6 +153,7 @@ def bench_train_step(
     """
     from jaxbp import train
 
+    check_settings(model_name, input_shape, warmup=warmup, repeats=repeats)
     model = models.get_model(model_name, num_classes)
     _, params, state = model.init(jax.random.key(seed), input_shape)
     params, state = _cast_floats(params, dtype), _cast_floats(state, dtype)
@@ -233,6 +255,7 @@ def bench_layers(
 
     The loss layer (softmax cross-entropy over the logits) is timed as a last row.
     """
+    check_settings(model_name, input_shape, warmup=warmup, repeats=repeats)
     model = models.get_model(model_name, num_classes)
     rows = []
     entries = _layer_calls(model, batch_size, input_shape, dtype, seed)

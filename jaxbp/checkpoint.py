@@ -325,6 +325,12 @@ def _read_meta(path: Path, npz: Any) -> dict[str, Any]:
     missing = [k for k in ("step", "epoch", "config", "extra", "tree", "leaves", "sha256") if k not in meta]
     if missing:
         raise _fail(path, f"metadata lacks {', '.join(missing)}")
+    for key in ("step", "epoch"):
+        value = meta[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise _fail(path, f"metadata {key} is {value!r}, not an integer >= 0")
+    if not isinstance(meta["extra"], dict):
+        raise _fail(path, f"metadata extra is {type(meta['extra']).__name__}, not a dict")
     return meta
 
 

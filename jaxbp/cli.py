@@ -312,6 +312,8 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from jaxbp.models import MODELS
+
     p = sub.add_parser(
         "bench",
         help="time the train step and each layer with manual and autodiff gradients, interleaved",
@@ -319,12 +321,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "VJPs and with autodiff, interleaved in one process after warm-up; reports medians, ratios, "
         "compile time, compiled memory, examples/s and GFLOP/s.",
     )
-    p.add_argument("--model", default="cnn", choices=("cnn", "cnn-bn", "mlp"))
+    p.add_argument("--model", default="cnn", choices=MODELS)
     p.add_argument("--batch-size", type=_positive_int, default=128)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--input-shape", type=_shape3, default=(28, 28, 1), help="H,W,C per example (default 28,28,1)")
     p.add_argument("--repeats", type=_positive_int, default=20, help="timed interleaved rounds")
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=_nonnegative_int, default=3)
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer breakdown")
     p.add_argument("--json", metavar="FILE", help="write the full results as JSON")
     p.set_defaults(run=_run_bench)
@@ -333,8 +335,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 def _run_bench(args: argparse.Namespace) -> int:
     import json
 
-    from jaxbp import bench
+    from jaxbp import bench, files
 
+    try:  # everything that can be checked before the (long) run
+        bench.check_settings(args.model, args.input_shape, warmup=args.warmup, repeats=args.repeats)
+        if args.json:
+            files.check_output_file(args.json, "--json")
+    except ValueError as err:
+        return _error(err, "jaxbp bench")
     common = dict(
         batch_size=args.batch_size,
         dtype=args.dtype,
@@ -348,8 +356,10 @@ def _run_bench(args: argparse.Namespace) -> int:
         result["layers"] = bench.bench_layers(args.model, **common)
         print(bench.format_layers(result["layers"]))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        try:
+            files.atomic_write_text(args.json, json.dumps(result, indent=2))
+        except files.OutputError as err:
+            return _error(err, "jaxbp bench")
     return 0
 
 
@@ -381,6 +391,8 @@ def _nonnegative_int(text: str) -> int:
 
 
 def _add_devices(sub: argparse._SubParsersAction) -> None:
+    from jaxbp import devices
+
     p = sub.add_parser(
         "devices",
         help="portability check: layer checks and a short training run on every device, against golden CPU values",
@@ -390,8 +402,8 @@ def _add_devices(sub: argparse._SubParsersAction) -> None:
         "Exit 1 if any device fails.",
     )
     p.add_argument("--layer", action="append", metavar="NAME", help="only these layers (repeatable)")
-    p.add_argument("--backend", action="append", choices=("cpu", "gpu", "tpu"), help="only these backends")
-    p.add_argument("--matmul-precision", default="highest", choices=("highest", "high", "default"))
+    p.add_argument("--backend", action="append", choices=devices.BACKENDS, help="only these backends")
+    p.add_argument("--matmul-precision", default="highest", choices=devices.MATMUL_PRECISIONS)
     p.add_argument("--golden", metavar="FILE", help="golden file (default: the one shipped in the package)")
     p.add_argument("--write-golden", action="store_true", help="regenerate the golden file on the CPU and exit")
     p.add_argument("--no-suite", action="store_true", help="skip the manual-vs-autodiff suite (golden only)")
@@ -403,9 +415,14 @@ def _add_devices(sub: argparse._SubParsersAction) -> None:
 def _run_devices(args: argparse.Namespace) -> int:
     import json
 
-    from jaxbp import devices, registry
+    from jaxbp import devices, files, registry
 
     golden = args.golden or devices.GOLDEN_PATH
+    if args.json:
+        try:
+            files.check_output_file(args.json, "--json")
+        except files.OutputError as err:
+            return _error(err, "jaxbp devices")
     if args.write_golden:
         print(f"wrote {devices.write_golden(golden)}")
         return 0
@@ -423,12 +440,13 @@ def _run_devices(args: argparse.Namespace) -> int:
             train_steps=args.train_steps,
         )
     except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"jaxbp devices: {e}", file=sys.stderr)
-        return 2
+        return _error(e, "jaxbp devices")
     print(devices.format_reports(reports))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump([r.to_dict() for r in reports], f, indent=2)
+        try:
+            files.atomic_write_text(args.json, json.dumps([r.to_dict() for r in reports], indent=2))
+        except files.OutputError as err:
+            return _error(err, "jaxbp devices")
     return 0 if all(r.passed for r in reports) else 1
 
 

@@ -32,6 +32,8 @@ from jaxbp import registry, verify
 GOLDEN_PATH = Path(__file__).parent / "golden" / "golden.npz"
 GOLDEN_VERSION = 1
 BACKENDS = ("cpu", "gpu", "tpu")
+#: The matmul precisions `jaxbp devices --matmul-precision` offers.
+MATMUL_PRECISIONS = ("highest", "high", "default")
 
 # The golden training run: short, fixed, and cheap enough for every device.
 TRAIN_RUN = {"model": "cnn", "dataset": "digits", "batch_size": 32, "steps": 20, "learning_rate": 0.05, "seed": 0}
@@ -273,8 +275,18 @@ def check_devices(
     suite: bool = True,
     train_steps: int | None = None,
 ) -> list[DeviceReport]:
+    """Every check on every device of ``backends`` (default: all). ``ValueError`` naming the
+    flag, before any check runs, for a backend with no device here (``--backend``) or more
+    training steps than the golden run holds (``--train-steps``)."""
     golden, _ = load_golden(golden_path)
-    devices = [d for d in list_devices() if backends is None or d.platform in backends]
+    available = list_devices()
+    devices = [d for d in available if backends is None or d.platform in backends]
+    missing = [b for b in backends or () if not any(d.platform == b for d in available)]
+    if missing:
+        seen = ", ".join(sorted({d.platform for d in available})) or "none"
+        raise ValueError(f"--backend {', '.join(missing)}: JAX sees no such device here (backends: {seen})")
+    if train_steps is not None and "train/losses" in golden and train_steps > len(golden["train/losses"]):
+        raise ValueError(f"--train-steps {train_steps}: the golden run holds only {len(golden['train/losses'])} steps")
     return [
         check_device(d, golden, layers=layers, matmul_precision=matmul_precision, suite=suite, train_steps=train_steps)
         for d in devices
