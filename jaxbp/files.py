@@ -17,6 +17,9 @@ from jaxbp.checkpoint import fsync_dir
 
 __all__ = ["OutputError", "atomic_write_text", "check_output_file", "describe_os_error"]
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once: files written here get the usual 0o666 & ~umask, not mkstemp's 0o600
+
 
 class OutputError(ValueError):
     """An output cannot be written where it was asked for; the message names the path."""
@@ -70,6 +73,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         tmp = Path(tmp_name)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

@@ -134,19 +134,33 @@ def test_manual_and_autodiff_loss_curves_agree(tmp_path):
     assert rel.max() <= 1e-5, rel
 
 
-def test_resume_after_sigint_mid_epoch_is_bitwise_uninterrupted(baseline, tmp_path):
+@pytest.mark.parametrize("signame, at_step", [("SIGINT", 32), ("SIGTERM", 27)])
+def test_resume_after_a_signal_mid_epoch_is_bitwise_uninterrupted(baseline, tmp_path, monkeypatch, signame, at_step):
+    # Steps 32 and 27 lie inside a logging window (log_every 5): the first train record after
+    # the resume averages steps from before and after the signal, so the window must be in the
+    # checkpoint for the metrics to match.
     result, _ = baseline
     out = tmp_path / "run"
-    config = dataclasses.replace(BASE, out=str(out))
+    signum = getattr(signal, signame)
+    augmenter = data.batch_augmenter
 
-    def interrupt_at_step_30(rec):
-        if rec["kind"] == "train" and rec["step"] == 30:  # epoch 2, batch 7
-            os.kill(os.getpid(), signal.SIGINT)
+    def signalling_augmenter(config, ds):  # the loop asks for every batch's augmentation first
+        augment = augmenter(config, ds)
 
-    with pytest.raises(train.TrainingInterrupted, match=r"SIGINT.*step 30.*jaxbp train --resume") as info:
-        train.fit(config, progress=interrupt_at_step_30)
+        def wrapped(x, epoch, batch_index):
+            if epoch * STEPS_PER_EPOCH + batch_index + 1 == at_step:
+                os.kill(os.getpid(), signum)  # handled after this step
+            return augment(x, epoch, batch_index)
+
+        return wrapped
+
+    monkeypatch.setattr(data, "batch_augmenter", signalling_augmenter)
+    with pytest.raises(train.TrainingInterrupted, match=rf"{signame}.*step {at_step}.*jaxbp train --resume") as info:
+        train.fit(dataclasses.replace(BASE, out=str(out)), progress=False)
+    monkeypatch.setattr(data, "batch_augmenter", augmenter)
     _, meta = checkpoint.load(info.value.checkpoint_path)
-    assert (meta["step"], meta["epoch"], meta["extra"]["batch_index"]) == (30, 1, 7)
+    assert (meta["step"], meta["epoch"], meta["extra"]["batch_index"]) == (at_step, 1, at_step - STEPS_PER_EPOCH)
+    assert meta["extra"]["window"]["count"] > 0  # a window was open
     assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
     assert signal.getsignal(signal.SIGINT) is not None  # handlers restored
 
@@ -156,7 +170,7 @@ def test_resume_after_sigint_mid_epoch_is_bitwise_uninterrupted(baseline, tmp_pa
     ):
         np.testing.assert_array_equal(a, b)
     assert resumed.test_accuracy == result.test_accuracy
-    assert _records(out) == _records(result.out_dir)
+    assert _records(out) == _records(result.out_dir)  # the first record after the resume included
     assert _records(out, "eval") == _records(result.out_dir, "eval")
 
 
