@@ -31,6 +31,9 @@ import optax
 
 from jaxbp import autodiff, manual, models
 
+#: The dtypes `jaxbp bench --dtype` offers.
+DTYPES = ("float32", "bfloat16")
+
 
 @dataclass
 class Timing:

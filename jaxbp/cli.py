@@ -312,6 +312,7 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from jaxbp.bench import DTYPES
     from jaxbp.models import MODELS
 
     p = sub.add_parser(
@@ -323,7 +324,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", default="cnn", choices=MODELS)
     p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--input-shape", type=_shape3, default=(28, 28, 1), help="H,W,C per example (default 28,28,1)")
     p.add_argument("--repeats", type=_positive_int, default=20, help="timed interleaved rounds")
     p.add_argument("--warmup", type=_nonnegative_int, default=3)

@@ -482,3 +482,35 @@ def test_cli_data_fetch_via_local_server(tmp_path, served, capsys):
     del served.files["t10k-images-idx3-ubyte.gz"]
     assert main(["data", "fetch", "mnist", "--dir", str(tmp_path / "other"), "--base-url", served.url]) == 2
     assert "HTTP 404" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ augmentation
+
+
+def test_augmentation_is_seeded_shifts_and_flips():
+    from jaxbp import train
+
+    digits = data.load("digits")
+    x = np.asarray(digits.x_train[:16])
+    fill = float(-digits.mean / digits.std)
+    a = data.augment_batch(x, "crop-flip", np.random.default_rng((0, 1, 2)), fill)
+    b = data.augment_batch(x, "crop-flip", np.random.default_rng((0, 1, 2)), fill)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == x.shape and a.dtype == np.float32
+    assert data.augment_batch(x, "none", np.random.default_rng(0), fill) is x
+    flipped = data.augment_batch(x, "flip", np.random.default_rng(0), fill)
+    assert all(np.array_equal(f, img) or np.array_equal(f, img[:, ::-1]) for f, img in zip(flipped, x))
+    shifted = data.augment_batch(x, "crop", np.random.default_rng(0), fill)
+    padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), constant_values=fill)
+    for s, p in zip(shifted, padded):  # each is a window of the padded image
+        assert any(np.array_equal(s, p[i : i + 8, j : j + 8]) for i in range(5) for j in range(5))
+    shifted = data.augment_batch(x, "crop", np.random.default_rng(0), fill, 1)
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=fill)
+    offsets = [[(i, j) for i in range(3) for j in range(3) if np.array_equal(s, p[i : i + 8, j : j + 8])]
+               for s, p in zip(shifted, padded)]  # fmt: skip
+    assert all(offsets) and any((1, 1) not in o for o in offsets)  # within 1 pixel, and some do move
+    # what train.fit (and the PyTorch twin) call: the draws of (seed, epoch, batch_index)
+    augment = data.batch_augmenter(train.TrainConfig(augment="crop-flip", shift=1, seed=0), digits)
+    np.testing.assert_array_equal(
+        augment(x, 1, 2), data.augment_batch(x, "crop-flip", np.random.default_rng((0, 1, 2)), fill, 1)
+    )
