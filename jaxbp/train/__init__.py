@@ -24,8 +24,11 @@ The package, one job per module:
 
 * :mod:`~jaxbp.train.config`: :class:`TrainConfig`, its validation, resuming a config;
 * :mod:`~jaxbp.train.steps`: the loss of a padded batch, the optimizer, the jitted steps;
-* :mod:`~jaxbp.train.loop`: :func:`fit`, :class:`TrainState`, :func:`train_epoch`, :func:`evaluate`;
-* :mod:`~jaxbp.train.runfolder`: :class:`RunFolder`, the one writer of a run's files.
+* :mod:`~jaxbp.train.state`: :class:`TrainState`, :class:`Progress`, the metrics :class:`Accumulator`;
+* :mod:`~jaxbp.train.loop`: :func:`fit`, :func:`train_epoch`, :func:`evaluate`;
+* :mod:`~jaxbp.train.runfolder`: :class:`RunFolder`, the one writer of a run's files;
+* :mod:`~jaxbp.train.display`, :mod:`~jaxbp.train.errors`: the progress display and signals;
+  how a run ends.
 """
 
 from jaxbp.data import augment_batch, batch_augmenter
@@ -42,20 +45,16 @@ from jaxbp.train.config import (
     config_differences,
     resume_config,
 )
-from jaxbp.train.loop import (
-    Accumulator,
+from jaxbp.train.errors import (
     GradientMismatchError,
     NonFiniteLossError,
-    Progress,
     TrainError,
     TrainingInterrupted,
     TrainResult,
-    TrainState,
-    evaluate,
-    fit,
-    train_epoch,
 )
+from jaxbp.train.loop import evaluate, fit, train_epoch
 from jaxbp.train.runfolder import RunFolder, RunFolderError
+from jaxbp.train.state import Accumulator, Progress, TrainState
 from jaxbp.train.steps import AGREEMENT_FLOOR, TRACE_COUNTS, make_eval_step, make_optimizer, make_train_step
 
 __all__ = [

@@ -12,16 +12,13 @@ writes bitwise the same metrics as an uninterrupted one. Every file goes through
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import signal
-import sys
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,193 +27,17 @@ import numpy as np
 from jaxbp import checkpoint, data, models, parallel
 from jaxbp.train import steps
 from jaxbp.train.config import ConfigError, TrainConfig, config_differences
+from jaxbp.train.display import Display, StopSignal
+from jaxbp.train.errors import (
+    GradientMismatchError,
+    NonFiniteLossError,
+    TrainingInterrupted,
+    TrainResult,
+)
 from jaxbp.train.runfolder import RunFolder, RunFolderError
+from jaxbp.train.state import Accumulator, Progress, TrainState
 
-__all__ = [
-    "Accumulator",
-    "GradientMismatchError",
-    "NonFiniteLossError",
-    "Progress",
-    "TrainError",
-    "TrainResult",
-    "TrainState",
-    "TrainingInterrupted",
-    "evaluate",
-    "fit",
-    "train_epoch",
-]
-
-
-# ------------------------------------------------------------------ errors and results
-
-
-class TrainError(RuntimeError):
-    """A run that stopped because training went wrong (the message says where)."""
-
-
-class GradientMismatchError(TrainError):
-    """Compare mode: a manual gradient left ``compare_rtol`` of the autodiff one."""
-
-
-class NonFiniteLossError(TrainError):
-    """A loss (train or test) or a gradient became NaN or infinite; the last good checkpoint is kept."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """SIGINT/SIGTERM: the checkpoint is written; the message says how to resume."""
-
-    def __init__(self, message: str, checkpoint_path: Path | None = None):
-        super().__init__(message)
-        self.message = message
-        self.checkpoint_path = checkpoint_path
-
-    def __str__(self) -> str:
-        return self.message
-
-
-@dataclass
-class TrainResult:
-    """What :func:`fit` returns. ``history`` holds one dict per epoch; ``test_accuracy`` and
-    ``test_loss`` are those of the last evaluation (at the stop of a ``max_steps`` run too)."""
-
-    config: TrainConfig
-    test_accuracy: float
-    test_loss: float
-    history: list[dict[str, Any]]
-    steps: int
-    epochs_completed: int
-    wall_time_s: float
-    compile_time_s: float
-    examples_per_s: float
-    out_dir: Path
-    paths: dict[str, Path]
-    worst_agreement: dict[str, Any] | None
-    status: str
-    params: Any = field(repr=False, default=None)
-    model_state: Any = field(repr=False, default=None)
-
-
-# ------------------------------------------------------------------ state
-
-
-class TrainState(NamedTuple):
-    """The arrays of a run: what a step updates, and the key its dropout keys come from."""
-
-    params: Any
-    opt_state: Any
-    model_state: Any
-    rng: Any  # dropout key of step s: fold_in(rng, s)
-
-
-@dataclass
-class Accumulator:
-    """Sums over some steps (a logging window, an epoch): loss and accuracy weighted by the
-    real rows, throughput over the steps that did not compile, and in compare mode the
-    autodiff loss and the worst gradient agreement ``[rel err, parameter, min cosine]``."""
-
-    loss_sum: float = 0.0
-    correct: int = 0
-    count: int = 0
-    seconds: float = 0.0
-    timed: int = 0
-    loss_autodiff_sum: float = 0.0
-    worst: list | None = None
-
-    def add(self, loss: float, correct: int, n: int, seconds: float | None, loss_autodiff: float | None) -> None:
-        self.loss_sum += loss * n
-        self.correct += correct
-        self.count += n
-        if seconds is not None:  # None: the step compiled, its time is not throughput
-            self.seconds += seconds
-            self.timed += n
-        if loss_autodiff is not None:
-            self.loss_autodiff_sum += loss_autodiff * n
-
-    def add_agreement(self, rel: float, name: str, cos: float) -> None:
-        if self.worst is None:
-            self.worst = [rel, name, cos]
-        elif rel > self.worst[0]:
-            self.worst = [rel, name, min(cos, self.worst[2])]
-        else:
-            self.worst[2] = min(cos, self.worst[2])
-
-    @property
-    def examples_per_s(self) -> float:
-        return self.timed / self.seconds if self.seconds > 0 else 0.0
-
-    def train_record(self, step: int, epoch: int) -> dict[str, Any]:
-        rec = {
-            "kind": "train", "step": step, "epoch": epoch, "loss": self.loss_sum / self.count,
-            "accuracy": self.correct / self.count, "examples_per_s": self.examples_per_s,
-        }  # fmt: skip
-        if self.worst is not None:
-            rel, name, cos = self.worst
-            rec.update(
-                loss_autodiff=self.loss_autodiff_sum / self.count,
-                grad_max_rel_err=rel,
-                grad_worst_param=name,
-                grad_min_cos=cos,
-            )
-        return rec
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Accumulator:
-        return cls(**d)
-
-
-@dataclass
-class Progress:
-    """Where a run stands, beyond its arrays; all of it goes into the checkpoint's ``extra``."""
-
-    step: int = 0
-    epoch: int = 0  # epochs completed
-    batch_index: int = 0  # batches of the current epoch done
-    history: list[dict[str, Any]] = field(default_factory=list)  # the eval records
-    worst: dict[str, Any] | None = None  # compare mode: the worst agreement of the run
-    epoch_acc: Accumulator = field(default_factory=Accumulator)
-    window: Accumulator = field(default_factory=Accumulator)
-    wall_time_s: float = 0.0  # of the processes before this one
-
-    def extra(self, wall_time_s: float) -> dict[str, Any]:
-        return {
-            "batch_index": self.batch_index, "history": self.history, "worst": self.worst,
-            "epoch_acc": dataclasses.asdict(self.epoch_acc), "window": dataclasses.asdict(self.window),
-            "wall_time_s": wall_time_s,
-        }  # fmt: skip
-
-    @classmethod
-    def from_checkpoint(cls, path: Path, meta: dict[str, Any]) -> Progress:
-        """Rebuild from a checkpoint's metadata; :class:`CheckpointError` naming ``path`` if malformed."""
-        extra = meta.get("extra")
-        try:
-            if not isinstance(extra, dict):
-                raise TypeError("not a dict")
-            epoch_acc = extra.get("epoch_acc")
-            if epoch_acc is None and "epoch_sums" in extra:  # checkpoints of jaxbp before the TrainState loop
-                loss_sum, correct, count = extra["epoch_sums"]
-                epoch_acc = {"loss_sum": float(loss_sum), "correct": int(correct), "count": int(count)}
-            progress = cls(
-                step=meta["step"],
-                epoch=meta["epoch"],
-                batch_index=extra.get("batch_index", 0),
-                history=list(extra.get("history") or []),
-                worst=extra.get("worst"),
-                epoch_acc=Accumulator.from_dict(epoch_acc or {}),
-                window=Accumulator.from_dict(extra.get("window") or {}),
-                wall_time_s=float(extra.get("wall_time_s", 0.0)),
-            )
-            ints = (progress.step, progress.epoch, progress.batch_index)
-            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints):
-                raise ValueError(f"step {progress.step}, epoch {progress.epoch}, batch {progress.batch_index}")
-            if not all(isinstance(h, dict) for h in progress.history):
-                raise TypeError("history holds a non-record")
-            if progress.worst is not None and not isinstance(progress.worst, dict):
-                raise TypeError("worst is not a dict")
-        except (TypeError, ValueError, KeyError) as err:
-            raise checkpoint.CheckpointError(
-                f"{path}: the checkpoint's run state (extra) is malformed: {err}"
-            ) from None
-        return progress
+__all__ = ["Run", "end_epoch", "evaluate", "fit", "save", "train_epoch"]
 
 
 @dataclass
@@ -421,86 +242,6 @@ def _named(tree) -> dict[str, Any]:
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         out[".".join(str(getattr(k, "key", k)) for k in path)] = leaf
     return out
-
-
-# ------------------------------------------------------------------ signals and display
-
-
-class StopSignal:
-    """Install SIGINT/SIGTERM handlers that set a flag (a second signal interrupts at once)."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def _handler(self, signum, frame):
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        return False
-
-
-class Display:
-    """The progress display: tqdm on a TTY, log lines otherwise, a callback, or nothing."""
-
-    def __init__(self, progress, total_steps: int, initial: int, desc: str):
-        self.callback = progress if callable(progress) else None
-        show = progress is None or progress is True
-        self.bar = None
-        self.lines = False
-        if show and sys.stderr.isatty():
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total_steps, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
-        elif show:
-            self.lines = True
-
-    def note(self, text: str) -> None:
-        print(f"note: {text}", file=sys.stderr, flush=True)
-
-    def record(self, rec: dict[str, Any]) -> None:
-        if self.callback:
-            self.callback(rec)
-        if self.lines:
-            print(format_record(rec), file=sys.stderr, flush=True)
-        elif self.bar is not None and rec["kind"] == "eval":
-            self.bar.write(format_record(rec))
-
-    def advance(self, n: int, rec: dict[str, Any] | None = None) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-            if rec is not None:
-                self.bar.set_postfix(loss=f"{rec['loss']:.4f}", acc=f"{rec['accuracy']:.3f}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def format_record(rec: dict[str, Any]) -> str:
-    if rec["kind"] == "eval":
-        return (
-            f"epoch {rec['epoch']:3d}  step {rec['step']:6d}  train loss {rec['train_loss']:.4f}  "
-            f"train acc {rec['train_accuracy']:.4f}  test loss {rec['test_loss']:.4f}  "
-            f"test acc {rec['test_accuracy']:.4f}  {rec['examples_per_s']:.0f} ex/s"
-        )
-    line = (
-        f"epoch {rec['epoch']:3d}  step {rec['step']:6d}  loss {rec['loss']:.4f}  "
-        f"acc {rec['accuracy']:.4f}  {rec['examples_per_s']:.0f} ex/s"
-    )
-    if "grad_max_rel_err" in rec:
-        line += f"  grad rel err {rec['grad_max_rel_err']:.2e} ({rec['grad_worst_param']})"
-    return line
 
 
 # ------------------------------------------------------------------ fit

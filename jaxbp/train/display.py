@@ -1,0 +1,88 @@
+"""What a user sees and does while a run trains: the progress display (a tqdm bar, log lines
+or a callback) and SIGINT/SIGTERM, which stop the run after the current step."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from typing import Any
+
+__all__ = ["Display", "StopSignal", "format_record"]
+
+
+class StopSignal:
+    """Install SIGINT/SIGTERM handlers that set a flag (a second signal interrupts at once)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+class Display:
+    """The progress display: tqdm on a TTY, log lines otherwise, a callback, or nothing."""
+
+    def __init__(self, progress, total_steps: int, initial: int, desc: str):
+        self.callback = progress if callable(progress) else None
+        show = progress is None or progress is True
+        self.bar = None
+        self.lines = False
+        if show and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+        elif show:
+            self.lines = True
+
+    def note(self, text: str) -> None:
+        print(f"note: {text}", file=sys.stderr, flush=True)
+
+    def record(self, rec: dict[str, Any]) -> None:
+        if self.callback:
+            self.callback(rec)
+        if self.lines:
+            print(format_record(rec), file=sys.stderr, flush=True)
+        elif self.bar is not None and rec["kind"] == "eval":
+            self.bar.write(format_record(rec))
+
+    def advance(self, n: int, rec: dict[str, Any] | None = None) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+            if rec is not None:
+                self.bar.set_postfix(loss=f"{rec['loss']:.4f}", acc=f"{rec['accuracy']:.3f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def format_record(rec: dict[str, Any]) -> str:
+    if rec["kind"] == "eval":
+        return (
+            f"epoch {rec['epoch']:3d}  step {rec['step']:6d}  train loss {rec['train_loss']:.4f}  "
+            f"train acc {rec['train_accuracy']:.4f}  test loss {rec['test_loss']:.4f}  "
+            f"test acc {rec['test_accuracy']:.4f}  {rec['examples_per_s']:.0f} ex/s"
+        )
+    line = (
+        f"epoch {rec['epoch']:3d}  step {rec['step']:6d}  loss {rec['loss']:.4f}  "
+        f"acc {rec['accuracy']:.4f}  {rec['examples_per_s']:.0f} ex/s"
+    )
+    if "grad_max_rel_err" in rec:
+        line += f"  grad rel err {rec['grad_max_rel_err']:.2e} ({rec['grad_worst_param']})"
+    return line
