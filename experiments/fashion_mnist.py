@@ -145,7 +145,7 @@ def run(grad: str, epochs: int, out: Path, data_dir: str | None) -> dict:
             print(f"[{grad}] resuming {out}", file=sys.stderr)
             config = dataclasses.replace(config, resume=str(out))
     print(f"[{grad}] {config}", file=sys.stderr)
-    train.fit(config)
+    train.fit(config, overwrite=config.resume is None)  # a run of another config in `out` is replaced
     return json.loads(summary_path.read_text())
 
 

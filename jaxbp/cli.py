@@ -73,8 +73,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     defaults = TrainConfig()
     for flag, (name, type_, text) in _TRAIN_FLAGS.items():
         default = getattr(defaults, name)
-        if name in choices and name != "init":
-            text = f"{text}: {', '.join(choices[name])}"
         p.add_argument(flag, dest=name, type=type_, default=None, choices=choices.get(name),
                        metavar=None if name in choices else name.upper(),
                        help=text if default is None else f"{text} (default: {default})")  # fmt: skip
