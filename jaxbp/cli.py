@@ -417,13 +417,18 @@ def _run_devices(args: argparse.Namespace) -> int:
     from jaxbp import devices, files, registry
 
     golden = args.golden or devices.GOLDEN_PATH
-    if args.json:
-        try:
+    try:  # the destinations, before the run
+        if args.json:
             files.check_output_file(args.json, "--json")
-        except files.OutputError as err:
-            return _error(err, "jaxbp devices")
+        if args.write_golden:
+            files.check_output_file(golden, "--golden")
+    except files.OutputError as err:
+        return _error(err, "jaxbp devices")
     if args.write_golden:
-        print(f"wrote {devices.write_golden(golden)}")
+        try:
+            print(f"wrote {devices.write_golden(golden)}")
+        except OSError as err:
+            return _error(f"--golden {files.describe_os_error(err, golden)}", "jaxbp devices")
         return 0
     for name in args.layer or ():
         if name not in registry.REGISTRY:

@@ -317,6 +317,10 @@ def test_bench_and_devices_check_their_flags_and_outputs_before_running(tmp_path
         (["bench", "--input-shape", "1,1,1"], "jaxbp bench: error: --input-shape 1,1,1: model cnn cannot take it"),
         (["bench", "--json", tmp_path], f"jaxbp bench: error: --json {tmp_path}: is a folder"),
         (["devices", "--json", tmp_path], f"jaxbp devices: error: --json {tmp_path}: is a folder"),
+        (
+            ["devices", "--write-golden", "--golden", tmp_path],
+            f"jaxbp devices: error: --golden {tmp_path}: is a folder",
+        ),
         (["devices", "--train-steps", "1000"], "--train-steps 1000: the golden run holds only 20 steps"),
     ):
         code, _, err = _main(argv, capsys)
