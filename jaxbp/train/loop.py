@@ -69,9 +69,7 @@ class Run:
 
     @property
     def last_step(self) -> int:
-        """The step the run stops after: the end of the last epoch, or ``max_steps``."""
-        total = self.steps_per_epoch * self.config.epochs
-        return min(total, self.config.max_steps) if self.config.max_steps else total
+        return last_step(self.config, self.steps_per_epoch)
 
     def log(self, rec: dict[str, Any]) -> None:
         self.folder.record(rec)
@@ -79,6 +77,12 @@ class Run:
 
     def wall_time(self, progress: Progress) -> float:
         return progress.wall_time_s + time.perf_counter() - self.t_start
+
+
+def last_step(config: TrainConfig, steps_per_epoch: int) -> int:
+    """The step a run stops after: the end of the last epoch, or ``max_steps``."""
+    total = steps_per_epoch * config.epochs
+    return min(total, config.max_steps) if config.max_steps else total
 
 
 # ------------------------------------------------------------------ the loop
@@ -297,9 +301,10 @@ def _fit(config: TrainConfig, progress_arg, ops, overwrite: bool) -> TrainResult
     with RunFolder.open(
         out, overwrite=overwrite, resume=resume_folder, resume_step=progress.step, primary=primary
     ) as folder:
-        total = steps_per_epoch * config.epochs
-        shown = min(total, config.max_steps) if config.max_steps else total
-        display = Display(progress_arg if primary else False, shown, progress.step, f"{config.model}/{config.grad}")
+        display = Display(
+            progress_arg if primary else False, last_step(config, steps_per_epoch), progress.step,
+            f"{config.model}/{config.grad}",
+        )  # fmt: skip
         run = Run(
             config, ds, mesh, model, train_step, eval_step, jnp.dtype(config.dtype), steps_per_epoch,
             folder, display, data.batch_augmenter(config, ds), Timing(), t_start,
