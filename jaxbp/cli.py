@@ -108,6 +108,9 @@ def _run_train(args: argparse.Namespace) -> int:
             env, timeout_s=args.coordinator_timeout,
             **{k: v for k in ("coordinator", "num_processes", "process_id") if (v := getattr(args, k)) is not None},
         )  # fmt: skip
+        if dist.enabled and dist.process_id == 0:  # XLA aborts process 0 if the others do not come in time
+            print(f"jaxbp train: waiting up to {dist.timeout_s} s for the {dist.num_processes} processes to join "
+                  f"at {dist.coordinator} (--coordinator-timeout)", file=sys.stderr)  # fmt: skip
         parallel.initialize(dist, auto=args.cluster)
     except (ValueError, parallel.CoordinatorUnreachable) as err:
         return _error(err)

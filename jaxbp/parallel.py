@@ -79,7 +79,8 @@ def initialize(config: DistributedConfig, *, auto: bool = False) -> None:
     collectives go through gloo. A process other than 0 first checks that the
     coordinator accepts connections, and raises :class:`CoordinatorUnreachable` after
     ``config.timeout_s`` seconds if it does not (XLA's own client would wait minutes and
-    then abort the process).
+    then abort the process). Process 0 waits ``config.timeout_s`` seconds for the others;
+    if they do not all join, XLA aborts the process (that cannot be caught from Python).
     """
     if not (config.enabled or auto):
         return
