@@ -226,6 +226,17 @@ def global_batch(mesh: Mesh, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
     return tuple(out)
 
 
+def agree(ok: bool) -> bool:
+    """Process 0's ``ok``, on every process (a broadcast; ``ok`` itself with one process):
+    lets the others stop with process 0 when it refuses to start, instead of waiting for it
+    in the first collective."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
+
+
 def to_host(tree: Any) -> Any:
     """Fetch arrays to host numpy on every process (replicated ones from the local copy)."""
     from jax.experimental import multihost_utils

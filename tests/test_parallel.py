@@ -122,7 +122,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_processes(flags_of, cwd, timeout=120):
+def _two_processes(flags_of, cwd, timeout=120, expect=0):
     """Run ``jaxbp train`` as processes 0 and 1 of one jax.distributed run; kill both on any failure."""
     port = _free_port()
     procs = []
@@ -140,7 +140,7 @@ def _two_processes(flags_of, cwd, timeout=120):
                 p.kill()
             p.wait()
     for p, text in zip(procs, outputs):
-        assert p.returncode == 0, text[-3000:]
+        assert p.returncode == expect, text[-3000:]
     return outputs
 
 
@@ -180,3 +180,14 @@ def test_two_processes_stop_resume_and_match_one_process(tmp_path):
     assert [r["test_accuracy"] for r in dist_eval] == [r["test_accuracy"] for r in one_eval]
     np.testing.assert_allclose(dist_eval[0]["test_loss"], one_eval[0]["test_loss"], rtol=RTOL)
     print(f"2 processes vs 1: max rel loss diff {np.max(np.abs(a - b) / b):.2e}")
+
+
+def test_two_processes_both_stop_when_process_0_refuses_the_folder(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # a run is there already
+    flags = ["--dataset", "digits", "--model", "mlp", "--epochs", "1", "--quiet", "--devices", "all"]
+    outs = _two_processes(lambda i: [*flags, "--out", str(out)], tmp_path, expect=2)
+    assert "already holds a run" in outs[0] and "Traceback" not in outs[0]
+    assert "process 0 cannot take the run folder" in outs[1] and "Traceback" not in outs[1]
+    assert (out / "config.json").read_text() == "{}"

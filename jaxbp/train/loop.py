@@ -298,9 +298,7 @@ def _fit(config: TrainConfig, progress_arg, ops, overwrite: bool) -> TrainResult
             "give a larger one, or 0 to run to the end"
         )  # fmt: skip
     out = Path(config.out) if config.out else resume_folder or Path("runs") / f"{ds.name}-{config.model}-{config.grad}"
-    with RunFolder.open(
-        out, overwrite=overwrite, resume=resume_folder, resume_step=progress.step, primary=primary
-    ) as folder:
+    with _open_folder(out, overwrite, resume_folder, progress.step, primary) as folder:
         display = Display(
             progress_arg if primary else False, last_step(config, steps_per_epoch), progress.step,
             f"{config.model}/{config.grad}",
@@ -333,6 +331,20 @@ def _fit(config: TrainConfig, progress_arg, ops, overwrite: bool) -> TrainResult
         paths=folder.paths, worst_agreement=progress.worst, status=status,
         params=state.params, model_state=state.model_state,
     )  # fmt: skip
+
+
+def _open_folder(out: Path, overwrite: bool, resume: Path | None, step: int, primary: bool) -> RunFolder:
+    """Process 0 takes the run folder; every process learns whether it could."""
+    error = None
+    try:
+        folder = RunFolder.open(out, overwrite=overwrite, resume=resume, resume_step=step, primary=primary)
+    except RunFolderError as err:
+        folder, error = None, err
+    if not parallel.agree(error is None):
+        if error is not None:
+            raise error
+        raise RunFolderError(f"{out}: process 0 cannot take the run folder (see its error); stopping too")
+    return folder  # the other processes never check, so they never fail here
 
 
 def _or_nan(value: float | None) -> float:
