@@ -47,7 +47,7 @@ TRAJECTORY_FIELDS = (
 # Fields that describe where and how far this invocation runs, not the run itself: a resumed
 # run does not inherit them from its checkpoint (it writes where it is resumed from, and runs
 # to the end unless told to stop again).
-INVOCATION_FIELDS = ("out", "resume", "max_steps", "data_dir")
+INVOCATION_FIELDS = ("out", "resume", "max_steps")
 
 
 class ConfigError(ValueError):
