@@ -2,6 +2,7 @@
 
 Same names and signatures as :mod:`jaxbp.manual`; each is the ``*_reference``
 forward of the layer module, so both namespaces compute identical outputs.
+``GRADIENTS = "autodiff"`` marks the namespace (see :mod:`jaxbp.manual`).
 """
 
 from jaxbp.layers.activation import (
@@ -15,12 +16,16 @@ from jaxbp.layers.activation import (
 from jaxbp.layers.conv import conv2d_reference as conv2d
 from jaxbp.layers.dense import dense_reference as dense, flatten_reference as flatten
 from jaxbp.layers.dropout import dropout_reference as dropout
+from jaxbp.layers.global_pool import global_avg_pool_reference as global_avg_pool
 from jaxbp.layers.loss import (
     sigmoid_binary_cross_entropy_reference as sigmoid_binary_cross_entropy,
     softmax_cross_entropy_reference as softmax_cross_entropy,
 )
 from jaxbp.layers.norm import batch_norm_reference as batch_norm
 from jaxbp.layers.pool import avg_pool2d_reference as avg_pool2d, max_pool2d_reference as max_pool2d
+from jaxbp.layers.residual import residual_add_reference as residual_add
+
+GRADIENTS = "autodiff"  # not a layer: which gradients this namespace gives
 
 __all__ = [
     "avg_pool2d",
@@ -29,10 +34,12 @@ __all__ = [
     "dense",
     "dropout",
     "flatten",
+    "global_avg_pool",
     "leaky_relu",
     "log_softmax",
     "max_pool2d",
     "relu",
+    "residual_add",
     "sigmoid",
     "sigmoid_binary_cross_entropy",
     "softmax",

@@ -230,17 +230,10 @@ def _layer_calls(model: models.Model, batch_size: int, input_shape, dtype: str, 
 
             return f
 
-        kind = layer.kind or _stateless_name(layer)
+        kind = layer.kind or name
         out.append((name, kind, shape, apply, fwd_bwd, (params, x, ct)))
         shape = out_shape
     return out
-
-
-def _stateless_name(layer: models.Layer) -> str:
-    for candidate in ("Relu", "Flatten"):
-        if layer is getattr(models, candidate):
-            return candidate.lower()
-    return "max_pool2d"  # the only other parameter-free layer of the built-in models (dropout is off here)
 
 
 def bench_layers(

@@ -26,6 +26,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -55,6 +56,7 @@ __all__ = [
     "Dataset",
     "MissingDataError",
     "batches",
+    "check_val_split",
     "default_cache_dir",
     "exit_on_error",
     "fetch",
@@ -66,6 +68,7 @@ __all__ = [
     "read_idx_header",
     "report_error",
     "search_dirs",
+    "validation_indices",
 ]
 
 DATASETS = ("digits", "mnist", "fashion-mnist")
@@ -132,7 +135,7 @@ class Dataset:
 
     ``x_*``: float32 ``[N, H, W, C]`` normalised as ``(x / scale - mean) / std``;
     ``y_*``: int32 ``[N]`` in ``0 .. num_classes - 1``; ``mean``/``std`` come from the
-    train split only.
+    train split only (without the validation rows, when there are some).
     """
 
     name: str
@@ -143,6 +146,9 @@ class Dataset:
     num_classes: int
     mean: float
     std: float
+    # The validation split held out of the training rows (``load(..., val_split=f)``); None without one.
+    x_val: np.ndarray | None = field(default=None, repr=False)
+    y_val: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -405,7 +411,7 @@ def _normalised(name: str, x_train: np.ndarray, y_train, x_test: np.ndarray, y_t
     return Dataset(name, arrays[0], ys[0], arrays[1], ys[1], NUM_CLASSES, mean, std)
 
 
-def _load_digits(seed: int) -> Dataset:
+def _load_digits(seed: int, val_split: float = 0.0) -> Dataset:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -413,23 +419,28 @@ def _load_digits(seed: int) -> Dataset:
     x_train, x_test, y_train, y_test = train_test_split(
         digits.images, digits.target, test_size=0.2, random_state=seed, stratify=digits.target
     )
-    return _normalised("digits", x_train, y_train, x_test, y_test, scale=16.0)
+    return _with_validation("digits", x_train, y_train, x_test, y_test, 16.0, val_split, seed)
 
 
-def load(name: str, data_dir: str | os.PathLike | None = None, *, seed: int = 0) -> Dataset:
+def load(name: str, data_dir: str | os.PathLike | None = None, *, seed: int = 0, val_split: float = 0.0) -> Dataset:
     """Load a data set, normalised with its train statistics.
 
     ``digits``: 1797 8x8x1 images, 80/20 stratified split drawn with ``seed``
     (``data_dir`` is ignored). ``mnist`` / ``fashion-mnist``: 60000/10000 images
     ``[N, 28, 28, 1]`` from the IDX files (see the module docstring for where they
-    are looked for; ``seed`` is unused, the split is the official one).
+    are looked for; the train/test split is the official one).
+
+    ``val_split`` (0 <= f < 1, default 0: none) holds a seeded, stratified fraction of
+    the training rows out as ``x_val``/``y_val`` (see :func:`validation_indices`); the
+    normalisation statistics then come from the remaining training rows only.
 
     Raises :class:`MissingDataError` when the files are absent and :class:`DataError`
     when they are malformed.
     """
     name = canonical_name(name)
+    check_val_split(val_split)  # before any file is read
     if name == "digits":
-        return _load_digits(seed)
+        return _load_digits(seed, val_split)
     files = find_files(name, data_dir)
     x_train, y_train = _read_split(name, "train", files)
     x_test, y_test = _read_split(name, "test", files)
@@ -439,7 +450,7 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *, seed: int = 0)
             f"({files[IDX_FILES['train'][0]]}) but test images are {x_test.shape[1]}x{x_test.shape[2]} "
             f"({files[IDX_FILES['test'][0]]})"
         )
-    return _normalised(name, x_train, y_train, x_test, y_test, scale=255.0)
+    return _with_validation(name, x_train, y_train, x_test, y_test, 255.0, val_split, seed)
 
 
 def info(name: str, data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -513,6 +524,63 @@ def format_info(infos: list[dict[str, Any]]) -> str:
             lines.append("  to get it:")
             lines += [f"  {line}" for line in item["remedy"].splitlines()]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ validation split
+
+
+def check_val_split(fraction: float) -> float:
+    """``fraction`` if it is a number with 0 <= fraction < 1 (0: no validation split); :class:`DataError` otherwise."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating, np.integer)):
+        raise DataError(f"val_split must be a number in [0, 1), got {fraction!r}")
+    if not (math.isfinite(fraction) and 0.0 <= fraction < 1.0):
+        raise DataError(f"val_split must be in [0, 1) (a fraction of the training rows), got {fraction!r}")
+    return float(fraction)
+
+
+def validation_indices(y: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_rows, val_rows)``: a seeded, stratified hold-out of ``fraction`` (0 < f < 1) of the rows.
+
+    Each class ``c`` with ``n_c`` rows gives ``round(fraction * n_c)`` of them (half up), drawn
+    by ``np.random.default_rng(seed)`` class by class in label order, so the validation split
+    has the class proportions of ``y`` and the same seed gives the same rows. Both index
+    arrays are sorted and disjoint and cover every row. A fraction that leaves a class with
+    no validation row, or with no training row, is a :class:`DataError`.
+    """
+    fraction = check_val_split(fraction)
+    if fraction == 0.0:
+        raise DataError("val_split must be > 0 to hold out a validation split")
+    y = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in np.unique(y):
+        rows = np.flatnonzero(y == c)
+        k = int(math.floor(fraction * len(rows) + 0.5))
+        if not 1 <= k < len(rows):
+            raise DataError(
+                f"val_split={fraction} holds out {k} of the {len(rows)} training rows of class {c}; "
+                "every class needs at least one validation and one training row"
+            )
+        val.append(rng.permutation(rows)[:k])
+    val_rows = np.sort(np.concatenate(val))
+    train_rows = np.setdiff1d(np.arange(len(y)), val_rows, assume_unique=True)
+    return train_rows, val_rows
+
+
+def _with_validation(name, x_train, y_train, x_test, y_test, scale: float, fraction: float, seed: int) -> Dataset:
+    """:func:`_normalised`, with ``fraction`` of the training rows held out first (when > 0): the
+    statistics come from the remaining rows, and the held-out rows are normalised with them."""
+    if fraction == 0.0:
+        return _normalised(name, x_train, y_train, x_test, y_test, scale=scale)
+    train_rows, val_rows = validation_indices(y_train, fraction, seed)
+    ds = _normalised(name, x_train[train_rows], y_train[train_rows], x_test, y_test, scale=scale)
+    x_val = np.asarray(x_train[val_rows], dtype=np.float32)
+    x_val = x_val[..., None] if x_val.ndim == 3 else x_val
+    x_val = (x_val / np.float32(scale) - np.float32(ds.mean)) / np.float32(ds.std)  # as _normalised does
+    y_val = np.asarray(y_train[val_rows], dtype=np.int32)
+    for a in (x_val, y_val):
+        a.setflags(write=False)
+    return dataclasses.replace(ds, x_val=x_val, y_val=y_val)
 
 
 # ------------------------------------------------------------------ fetch

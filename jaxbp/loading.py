@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LoadError", "first_line", "load_function"]
+__all__ = ["LoadError", "first_line", "load_function", "split_spec"]
 
 
 class LoadError(ValueError):
@@ -37,7 +37,9 @@ def first_line(e: BaseException, limit: int = 300) -> str:
     return text[0][:limit] if text else ""
 
 
-def _split(spec: str) -> tuple[str, str]:
+def split_spec(spec: str) -> tuple[str, str]:
+    """``(module or path, dotted function name)`` of a well-formed spec; :class:`LoadError` otherwise.
+    Imports nothing (``jaxbp.models.check_model_name`` validates a ``--model`` with it)."""
     # rpartition: a Windows drive letter or a colon in a folder name stays in the path part.
     module_part, sep, attr_path = spec.rpartition(":")
     if not sep or not module_part.strip() or not attr_path.strip():
@@ -91,7 +93,7 @@ def load_function(spec: str, *, search_cwd: bool = True) -> Any:
     With ``search_cwd`` the current directory is put on ``sys.path`` before a dotted
     module is imported. Raises :class:`LoadError` saying what is wrong.
     """
-    module_part, attr_path = _split(spec)
+    module_part, attr_path = split_spec(spec)
     if module_part.endswith(".py"):
         obj: Any = _import_file(spec, module_part)
     else:

@@ -2,15 +2,23 @@
 
 Same names and signatures as :mod:`jaxbp.autodiff`, so a model written against
 one namespace runs with the other: ``ops.conv2d(x, w, b, stride=2)``.
+
+``GRADIENTS = "manual"`` marks the namespace (:mod:`jaxbp.autodiff` has
+``"autodiff"``): a layer that holds two implementations of itself
+(:func:`jaxbp.models.Custom`) reads it to pick one; see :func:`jaxbp.models.gradients_of`.
 """
 
 from jaxbp.layers.activation import leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
 from jaxbp.layers.conv import conv2d
 from jaxbp.layers.dense import dense, flatten
 from jaxbp.layers.dropout import dropout
+from jaxbp.layers.global_pool import global_avg_pool
 from jaxbp.layers.loss import sigmoid_binary_cross_entropy, softmax_cross_entropy
 from jaxbp.layers.norm import batch_norm
 from jaxbp.layers.pool import avg_pool2d, max_pool2d
+from jaxbp.layers.residual import residual_add
+
+GRADIENTS = "manual"  # not a layer: which gradients this namespace gives (see the docstring)
 
 __all__ = [
     "avg_pool2d",
@@ -19,10 +27,12 @@ __all__ = [
     "dense",
     "dropout",
     "flatten",
+    "global_avg_pool",
     "leaky_relu",
     "log_softmax",
     "max_pool2d",
     "relu",
+    "residual_add",
     "sigmoid",
     "sigmoid_binary_cross_entropy",
     "softmax",

@@ -14,13 +14,20 @@ initializers compile one program per op, seconds each on a busy CPU.
 
 Shapes are per example, without the batch axis: ``(28, 28, 1)``. ``mask`` ([N]
 bool, optional) marks the real rows of a padded batch; batch norm leaves the
-padded rows out of its running statistics. :func:`serial` composes layers and
-names their parameters by kind and position (``conv1``, ``bn1``, ``dense2``), so
-params and state are plain dicts of ``jnp`` arrays::
+padded rows out of its running statistics. Every layer carries its ``kind``;
+:func:`serial` composes layers and names each by kind and position (``conv1``,
+``relu1``, ``bn1``, ``dense2``), so params and state are plain dicts of ``jnp``
+arrays (nested for a :func:`Residual`, any pytree for a :func:`Custom` layer)::
 
     model = get_model("cnn-bn", num_classes=10)
     _, params, state = model.init(jax.random.key(0), (28, 28, 1))
     logits, state = model.apply(params, x, ops=jaxbp.manual, train=True, rng=key, state=state)
+
+Beyond the stacks: :func:`Residual` (``x + f(x)`` through ``ops.residual_add``, a
+strided 1x1 projection where ``f`` changes the shape), :data:`GlobalAvgPool` and
+:func:`Custom`, a user's own ``custom_vjp`` layer next to its plain-JAX reference.
+:func:`get_model` also builds a user's model from ``MODULE:FUNCTION`` or
+``path/to/file.py:FUNCTION`` (:func:`load_model`).
 
 Initialisation (``init`` of :func:`get_model`, one of :data:`INITS`): ``"he"`` (the
 default) is He normal (``std = sqrt(2 / fan_in)``) for a conv or dense followed by ReLU
@@ -38,11 +45,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxbp.loading import LoadError, first_line, load_function, split_spec
 
 Shape = tuple[int, ...]
 Params = dict[str, Any]
@@ -81,14 +91,15 @@ def _const(value: float, n: int) -> jax.Array:
 
 
 class Layer(NamedTuple):
-    """One layer. ``kind`` names its parameters in a model ("conv" -> conv1, conv2...);
-    layers without parameters or state have ``kind=None``. ``flops(in_shape, out_shape)``
-    counts the forward multiply-adds (x2) per example."""
+    """One layer. ``kind`` names it in a model: :func:`serial` calls the n-th layer of a
+    kind ``<kind><n>`` (conv1, relu2, res1) and files its parameters and state under that
+    name. ``flops(in_shape, out_shape)`` counts the forward multiply-adds (x2) per example;
+    ``None`` for the layers :func:`flops` does not count (element-wise ones)."""
 
     kind: str | None
     init: Callable[[jax.Array, Shape], tuple[Shape, Params, Params]]
     apply: Callable[..., tuple[jax.Array, Params]]
-    flops: Callable[[Shape, Shape], int] = lambda in_shape, out_shape: 0
+    flops: Callable[[Shape, Shape], int] | None = None
 
 
 class Model(NamedTuple):
@@ -99,7 +110,7 @@ class Model(NamedTuple):
     layers: tuple[tuple[str, Layer], ...]
 
 
-def _stateless(fn: Callable[..., jax.Array], shape_fn: Callable[[Shape], Shape] = lambda s: s) -> Layer:
+def _stateless(kind: str, fn: Callable[..., jax.Array], shape_fn: Callable[[Shape], Shape] = lambda s: s) -> Layer:
     """A layer without parameters: ``fn(ops, x)``."""
 
     def init(key, input_shape):
@@ -108,7 +119,17 @@ def _stateless(fn: Callable[..., jax.Array], shape_fn: Callable[[Shape], Shape] 
     def apply(params, x, *, ops, train=False, rng=None, state=None, mask=None):
         return fn(ops, x), {}
 
-    return Layer(None, init, apply)
+    return Layer(kind, init, apply)
+
+
+def gradients_of(ops: Any) -> str:
+    """``"autodiff"`` for :mod:`jaxbp.autodiff` (its ``GRADIENTS`` marker), else ``"manual"``.
+
+    A namespace without the marker (a test's namespace with a planted wrong op, a
+    user's own) counts as hand-derived: it is the one under test, as ``ops=`` of
+    ``make_train_step`` is.
+    """
+    return "autodiff" if getattr(ops, "GRADIENTS", "manual") == "autodiff" else "manual"
 
 
 # ------------------------------------------------------------------ layers
@@ -215,40 +236,117 @@ def Dropout(rate: float) -> Layer:
             raise ValueError("Dropout: train mode needs an rng key")
         return ops.dropout(x, rng, rate), {}
 
-    return Layer(None, init, apply)
+    return Layer("dropout", init, apply)
 
 
-Relu = _stateless(lambda ops, x: ops.relu(x))
-Flatten = _stateless(lambda ops, x: ops.flatten(x), lambda s: (math.prod(s),))
+Relu = _stateless("relu", lambda ops, x: ops.relu(x))
+Flatten = _stateless("flatten", lambda ops, x: ops.flatten(x), lambda s: (math.prod(s),))
+GlobalAvgPool = _stateless("global_avg_pool", lambda ops, x: ops.global_avg_pool(x), lambda s: (s[-1],))
+"""The mean of each channel over H and W: [H, W, C] -> [C] (``ops.global_avg_pool``)."""
 
 
 def MaxPool(window: int = 2) -> Layer:
     """Max pooling with stride = window, VALID padding: 28 -> 14 -> 7, 8 -> 4 -> 2."""
     return _stateless(
+        "max_pool2d",
         lambda ops, x: ops.max_pool2d(x, window=window),
         lambda s: (s[0] // window, s[1] // window, s[2]),
     )
+
+
+# ------------------------------------------------------------------ a user's own layer
+
+
+class ModelError(ValueError):
+    """A model that cannot be built: a user's model spec that does not load or returns the
+    wrong thing, or a :func:`Custom` layer whose two implementations disagree. The message
+    is one line naming the spec or the layer (the CLI prints it and exits with status 2)."""
+
+
+def Custom(
+    manual: Callable,
+    reference: Callable,
+    *,
+    init: Callable[[jax.Array, Shape], tuple[Shape, Any]] | None = None,
+    name: str = "custom",
+) -> Layer:
+    """A user's own layer: ``manual`` (usually a ``jax.custom_vjp`` function) when the model
+    runs on hand-derived ops, ``reference`` (plain JAX) when it runs on :mod:`jaxbp.autodiff`.
+
+    Which one runs is decided per call by :func:`gradients_of` of the ``ops`` the model is
+    applied with: :mod:`jaxbp.autodiff` carries ``GRADIENTS = "autodiff"`` and gets
+    ``reference``; :mod:`jaxbp.manual` (and any namespace without the marker, such as a
+    test's) gets ``manual``. So ``grad="compare"`` compares the user's backward with
+    ``jax.grad`` of the reference.
+
+    Without ``init`` the layer has no parameters: ``fn(x)``, x [N, ...]; the output shape
+    comes from ``jax.eval_shape``. With ``init(key, input_shape) -> (output_shape, params)``
+    (``key`` a ``jax.random.key``, shapes per example) it is parametric: ``fn(params, x)``,
+    ``params`` any pytree of arrays, filed in the model's params under ``<name><n>``.
+    ``init`` of the model evaluates both functions' output shapes (no compilation): a
+    shape or dtype that differs between them, or from what ``init`` declares, is a
+    :class:`ModelError` naming the layer.
+    """
+    if not (isinstance(name, str) and name.isidentifier()):
+        raise ModelError(f"Custom: name must be a Python identifier (it names the parameters), got {name!r}")
+    for label, fn in (("manual", manual), ("reference", reference), ("init", init)):
+        if fn is not None and not callable(fn):
+            raise ModelError(f"Custom layer {name!r}: {label} must be callable, got a {type(fn).__name__}")
+
+    def call(fn, params, x):
+        return fn(params, x) if init is not None else fn(x)
+
+    def init_fn(key, input_shape):
+        input_shape = tuple(input_shape)
+        declared, params = (None, {}) if init is None else init(jax.random.key(_rng(key).integers(2**31)), input_shape)
+        x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+        out = {}
+        for label, fn in (("manual", manual), ("reference", reference)):
+            try:
+                out[label] = jax.eval_shape(partial(call, fn), params, x)
+            except Exception as e:  # the user's function may raise anything
+                raise ModelError(
+                    f"Custom layer {name!r}: {label} fails on input {x.shape} {x.dtype}: "
+                    f"{type(e).__name__}: {first_line(e)}"
+                ) from e
+            if not isinstance(out[label], jax.ShapeDtypeStruct):
+                raise ModelError(f"Custom layer {name!r}: {label} must return one array, got {out[label]}")
+        m, r = out["manual"], out["reference"]
+        if (m.shape, m.dtype) != (r.shape, r.dtype):
+            raise ModelError(
+                f"Custom layer {name!r}: manual gives {m.shape} {m.dtype} but reference gives "
+                f"{r.shape} {r.dtype} for input {x.shape} {x.dtype}"
+            )
+        if declared is not None and tuple(declared) != m.shape[1:]:
+            raise ModelError(
+                f"Custom layer {name!r}: init declares output shape {tuple(declared)}, the layer gives {m.shape[1:]}"
+            )
+        return m.shape[1:], params, {}
+
+    def apply(params, x, *, ops, train=False, rng=None, state=None, mask=None):
+        fn = reference if gradients_of(ops) == "autodiff" else manual
+        return call(fn, params, x), {}
+
+    return Layer(name, init_fn, apply)
 
 
 # ------------------------------------------------------------------ composition
 
 
 def serial(*layers: Layer) -> Model:
-    """Compose layers; name those with parameters ``<kind><n>`` (conv1, bn1, dense2)."""
+    """Compose layers; name the n-th layer of each kind ``<kind><n>`` (conv1, bn1, relu2, dense2)."""
     counts: dict[str, int] = {}
     named = []
-    for i, layer in enumerate(layers):
-        if layer.kind is None:
-            named.append((f"_{i}", layer))
-        else:
-            counts[layer.kind] = counts.get(layer.kind, 0) + 1
-            named.append((f"{layer.kind}{counts[layer.kind]}", layer))
+    for layer in layers:
+        kind = layer.kind or "layer"
+        counts[kind] = counts.get(kind, 0) + 1
+        named.append((f"{kind}{counts[kind]}", layer))
 
     def init(key, input_shape):
         params, state, shape = {}, {}, tuple(input_shape)
         for (name, layer), k in zip(named, _rng(key).spawn(len(named))):
             shape, p, s = layer.init(k, shape)
-            if p:
+            if jax.tree.leaves(p):  # any pytree (a Custom layer's); {} for layers without parameters
                 params[name] = p
             if s:
                 state[name] = s
@@ -267,39 +365,144 @@ def serial(*layers: Layer) -> Model:
     return Model(init, apply, tuple(named))
 
 
+def Residual(*layers: Layer, init: str = "he") -> Layer:
+    """A residual block: ``y = x + f(x)`` with ``f = serial(*layers)``, added by
+    ``ops.residual_add`` (its backward, the fan-out of ``dy`` to both paths, is hand-derived).
+
+    Where ``f`` changes the shape (more channels, or a stride), the skip path is a 1x1
+    convolution ``proj`` with the stride that maps ``x`` onto ``f(x)``'s shape (``init``
+    initialises it): ``y = proj(x) + f(x)``. Params and state are ``f``'s, named as
+    :func:`serial` names them (``conv1``, ``bn1``...), plus ``proj``.
+    """
+    branch = serial(*layers)
+
+    def projection(in_shape: Shape, out_shape: Shape) -> Layer | None:
+        if tuple(in_shape) == tuple(out_shape):
+            return None
+        if len(in_shape) == 3 and len(out_shape) == 3 and min(out_shape[:2]) >= 1:
+            stride = max(1, round(in_shape[0] / out_shape[0]))
+            if all(-(-n // stride) == m for n, m in zip(in_shape[:2], out_shape[:2])):
+                return Conv(out_shape[2], 1, stride=stride, init=init)
+        raise ModelError(
+            f"Residual: a strided 1x1 conv cannot map the input {in_shape} onto the branch's output {out_shape}"
+        )
+
+    def init_fn(key, input_shape):
+        branch_key, proj_key = _rng(key).spawn(2)
+        out_shape, params, state = branch.init(branch_key, input_shape)
+        proj = projection(tuple(input_shape), out_shape)
+        if proj is not None:
+            params = {**params, "proj": proj.init(proj_key, input_shape)[1]}
+        return out_shape, params, state
+
+    def apply(params, x, *, ops, train=False, rng=None, state=None, mask=None):
+        branch_params = {k: v for k, v in params.items() if k != "proj"}
+        fx, new_state = branch.apply(branch_params, x, ops=ops, train=train, rng=rng, state=state, mask=mask)
+        proj = projection(x.shape[1:], fx.shape[1:])
+        skip = x if proj is None else proj.apply(params["proj"], x, ops=ops)[0]
+        return ops.residual_add(skip, fx), new_state
+
+    def count(in_shape, out_shape):
+        proj = projection(tuple(in_shape), tuple(out_shape))
+        return flops(branch, in_shape) + (0 if proj is None else proj.flops(in_shape, out_shape))
+
+    return Layer("res", init_fn, apply, count)
+
+
 # ------------------------------------------------------------------ built-in models
 
-MODELS = ("cnn", "cnn-bn", "mlp")
+MODELS = ("cnn", "cnn-bn", "mlp", "resnet")
 INITS = ("he", "uniform")  # initialisation schemes of the built-in models (see the module docstring)
 
 
 def get_model(name: str, num_classes: int, *, dropout: float = 0.0, init: str = "he") -> Model:
-    """A built-in model by name (see :data:`MODELS`); ``dropout`` before the last dense;
-    ``init`` one of :data:`INITS`."""
+    """A built-in model by name (see :data:`MODELS`), or a user's model by spec (see
+    :func:`load_model`). ``dropout`` before the last dense; ``init`` one of :data:`INITS`.
+
+    ``dropout`` and ``init`` shape the built-in models only: a user's model is built by
+    its own code, so for a spec anything but their defaults (0 and "he") is a
+    :class:`ModelError` rather than an option silently ignored.
+    """
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    if check_model_name(name) not in MODELS:
+        if dropout != 0.0 or init != "he":
+            raise ModelError(
+                f"{name!r}: dropout and init apply to the built-in models only; "
+                "put Dropout or your own initialisation into the model itself"
+            )
+        return load_model(name, num_classes)
     last = "glorot" if init == "he" else init
     head = ([Dropout(dropout)] if dropout > 0 else []) + [Dense(num_classes, init=last)]
     if name == "mlp":
         return serial(Flatten, Dense(256, init=init), Relu, *head)
-    if name in ("cnn", "cnn-bn"):
-        bn = [BatchNorm()] if name == "cnn-bn" else []
-        return serial(
-            Conv(32, init=init), *bn, Relu, MaxPool(2),
-            Conv(64, init=init), *bn, Relu, MaxPool(2),
-            Flatten, Dense(128, init=init), Relu, *head,
-        )  # fmt: skip
-    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    if name == "resnet":
+        return serial(Conv(8, init=init), BatchNorm(), Relu, *_block(32, init), *_block(64, init), GlobalAvgPool, *head)
+    bn = [BatchNorm()] if name == "cnn-bn" else []
+    return serial(
+        Conv(32, init=init), *bn, Relu, MaxPool(2),
+        Conv(64, init=init), *bn, Relu, MaxPool(2),
+        Flatten, Dense(128, init=init), Relu, *head,
+    )  # fmt: skip
+
+
+def _block(features: int, init: str) -> list[Layer]:
+    """resnet's stage: a stride-2 residual block (conv-bn-relu-conv-bn, 1x1 projection), then ReLU."""
+    branch = (Conv(features, stride=2, init=init), BatchNorm(), Relu, Conv(features, init=init), BatchNorm())
+    return [Residual(*branch, init=init), Relu]
+
+
+# ------------------------------------------------------------------ a user's model by name
+
+
+def check_model_name(name: str) -> str:
+    """``name`` if it is a built-in model or a well-formed ``MODULE:FUNCTION`` /
+    ``path/to/file.py:FUNCTION`` spec (nothing is imported); :class:`ModelError` otherwise."""
+    if name in MODELS:
+        return name
+    if isinstance(name, str) and ":" in name:
+        try:
+            split_spec(name)
+        except LoadError as e:
+            raise ModelError(str(e)) from None
+        return name
+    raise ModelError(
+        f"unknown model {name!r}; choose one of {', '.join(MODELS)}, "
+        "or give MODULE:FUNCTION or path/to/file.py:FUNCTION"
+    )
+
+
+def load_model(spec: str, num_classes: int) -> Model:
+    """The model ``FUNCTION(num_classes)`` of a ``MODULE:FUNCTION`` or ``path/to/file.py:FUNCTION``
+    spec (loaded by :func:`jaxbp.loading.load_function`); it must return a :class:`Model`
+    built with :func:`serial`. Any failure is a one-line :class:`ModelError` naming the spec."""
+    check_model_name(spec)
+    try:
+        fn = load_function(spec)
+    except LoadError as e:
+        raise ModelError(str(e)) from None
+    try:
+        model = fn(num_classes)
+    except Exception as e:  # the user's code may raise anything
+        raise ModelError(
+            f"{spec!r}: calling it with num_classes={num_classes} raised {type(e).__name__}: {first_line(e)}"
+        ) from e
+    if not isinstance(model, Model):
+        raise ModelError(
+            f"{spec!r} returned a {type(model).__name__}, not a jaxbp.models.Model (build it with jaxbp.models.serial)"
+        )
+    return model
 
 
 def flops(model: Model, input_shape: Shape, *, by_layer: bool = False) -> int | dict[str, int]:
     """Forward FLOPs per example: conv ``2*Ho*Wo*KH*KW*Cin*Cout``, dense ``2*in*out``; the
-    element-wise layers (ReLU, pooling, batch norm) are not counted. ``by_layer`` gives the
+    element-wise layers (ReLU, pooling, batch norm, the residual add) and Custom layers
+    are not counted; a Residual counts its branch and projection. ``by_layer`` gives the
     count per named layer instead of the total."""
     counts, shape = {}, tuple(input_shape)
     for name, layer in model.layers:
         out_shape = _output_shape(layer, shape)
-        if layer.kind is not None:
+        if layer.flops is not None:
             counts[name] = int(layer.flops(shape, out_shape))
         shape = out_shape
     return counts if by_layer else sum(counts.values())

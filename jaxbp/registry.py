@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 
-from jaxbp import autodiff, manual
+from jaxbp import autodiff, manual, models
 
 ArgMaker = Callable[[np.random.Generator], tuple]
 
@@ -63,12 +63,18 @@ class LayerSpec:
     cases: tuple[Case, ...]
     bad_inputs: tuple[BadInput, ...] = ()
     rtol_float32: float = 1e-5
+    # A block composed of registered layers (a residual block), checked as one function; it is
+    # not a name of jaxbp.manual, and its derivation is ``derivation`` rather than a module's.
+    composite: bool = False
+    derivation: str = ""
 
     @property
     def doc(self) -> str:
-        """The layer's stated derivation: its module docstring."""
+        """The layer's stated derivation: its module docstring (a composite's own text)."""
         import sys
 
+        if self.derivation:
+            return self.derivation
         module = sys.modules.get(getattr(self.reference, "__module__", ""), None)
         return (module.__doc__ or "").strip() if module else ""
 
@@ -515,8 +521,88 @@ _DROPOUT: tuple[LayerSpec, ...] = (
     ),
 )
 
+
+# ------------------------------------------- global pooling, residual add and block
+
+_GLOBAL_POOL = (
+    LayerSpec(
+        "global_avg_pool",
+        manual.global_avg_pool,
+        autodiff.global_avg_pool,
+        (Case("nhwc", args_of(normal(2, 3, 4, 5))), Case("1x1-spatial", args_of(normal(3, 1, 1, 2)))),
+        bad_inputs=(
+            BadInput("x-rank", args_of(normal(2, 3, 4)), {}, r"global_avg_pool: x must have rank 4.*\(2, 3, 4\)"),
+            BadInput("int-x", lambda rng: (np.ones((1, 2, 2, 1), np.int32),), {}, "x must be a floating-point"),
+        ),
+    ),
+)
+
+
+def _residual_block(ops):
+    """``Residual(Conv(C, stride=2), Relu)`` of :mod:`jaxbp.models` on ``ops`` as a function of its
+    arrays: ``x`` [N, H, W, Cin] and ``Cin != C``, so the skip is the 1x1 stride-2 ``proj`` conv."""
+
+    def block(x, w1, b1, wp, bp):
+        cout = w1.shape[-1]
+        layer = models.Residual(models.Conv(cout, stride=2), models.Relu)
+        params = {"conv1": {"w": w1, "b": b1}, "proj": {"w": wp, "b": bp}}
+        return layer.apply(params, x, ops=ops)[0]
+
+    return block
+
+
+def _residual_block_spec() -> LayerSpec:
+    from jaxbp.layers import residual
+
+    cin, cout = 2, 3
+    shapes = [(2, 5, 5, cin), (3, 3, cin, cout), (cout,), (1, 1, cin, cout), (cout,)]
+    return LayerSpec(
+        "residual_block",
+        _residual_block(manual),
+        _residual_block(autodiff),
+        # The identity skip is residual_add's own case; deeper blocks (batch norm, two convs) are the
+        # resnet's tests (tests/test_custom_layers.py): each conv here costs seconds of compilation.
+        (Case("stride2-projection", args_of(*(normal(*s) for s in shapes)), argnums=tuple(range(5))),),
+        composite=True,
+        derivation=(residual.__doc__ or "").strip()
+        + "\n\nHere f = conv(stride 2) -> relu and the skip is a 1x1 stride-2 conv "
+        "(jaxbp.models.Residual): every VJP in it is hand-derived.",
+    )
+
+
+_RESIDUAL = (
+    LayerSpec(
+        "residual_add",
+        manual.residual_add,
+        autodiff.residual_add,
+        (Case("nhwc", args_of(normal(2, 3, 3, 2), normal(2, 3, 3, 2)), argnums=(0, 1)),),
+        bad_inputs=(
+            BadInput("shape-mismatch", args_of(normal(2, 3), normal(2, 1)), {}, r"same shape.*\(2, 3\).*\(2, 1\)"),
+            BadInput(
+                "dtype-mismatch",
+                lambda rng: (np.ones((2, 3), np.float32), np.ones((2, 3), np.float16)),
+                {},
+                "same shape and dtype",
+            ),
+        ),
+    ),
+    _residual_block_spec(),
+)
+
 REGISTRY: dict[str, LayerSpec] = {
-    spec.name: spec for spec in (*_CONV, *_POOL, *_DENSE, *_ACTIVATIONS, *_SOFTMAX, *_LOSS, *_NORM, *_DROPOUT)
+    spec.name: spec
+    for spec in (
+        *_CONV,
+        *_POOL,
+        *_GLOBAL_POOL,
+        *_DENSE,
+        *_ACTIVATIONS,
+        *_SOFTMAX,
+        *_LOSS,
+        *_NORM,
+        *_DROPOUT,
+        *_RESIDUAL,
+    )
 }
 
 

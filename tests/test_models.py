@@ -19,9 +19,15 @@ def test_shapes_and_readable_names(name, shape):
     assert out_shape == (10,)
     expected = {"cnn": ["conv1", "conv2", "dense1", "dense2"], "mlp": ["dense1", "dense2"]}
     expected["cnn-bn"] = ["conv1", "bn1", "conv2", "bn2", "dense1", "dense2"]
+    expected["resnet"] = ["conv1", "bn1", "res1", "res2", "dense1"]
     assert list(params) == expected[name]
-    assert list(state) == (["bn1", "bn2"] if name == "cnn-bn" else [])
-    if name != "mlp":  # SAME convs, 2x2 pools: 28 -> 14 -> 7, 8 -> 4 -> 2
+    assert list(state) == {"cnn-bn": ["bn1", "bn2"], "resnet": ["bn1", "res1", "res2"]}.get(name, [])
+    if name == "resnet":  # stride-2 blocks with a 1x1 projection: 28 -> 14 -> 7, 8 -> 4 -> 2
+        assert list(params["res2"]) == ["conv1", "bn1", "conv2", "bn2", "proj"]
+        assert params["res1"]["conv1"]["w"].shape == (3, 3, 8, 32)
+        assert params["res2"]["proj"]["w"].shape == (1, 1, 32, 64)
+        assert params["dense1"]["w"].shape == (64, 10)
+    elif name != "mlp":  # SAME convs, 2x2 pools: 28 -> 14 -> 7, 8 -> 4 -> 2
         side = shape[0] // 4
         assert params["conv1"]["w"].shape == (3, 3, 1, 32)
         assert params["dense1"]["w"].shape == (side * side * 64, 128)
@@ -133,6 +139,7 @@ def test_dropout_only_in_train_mode():
 def test_flops_per_example():
     cnn = models.get_model("cnn", 10)
     by_layer = models.flops(cnn, (28, 28, 1), by_layer=True)
+    assert [name for name, _ in cnn.layers][:4] == ["conv1", "relu1", "max_pool2d1", "conv2"]  # every layer named
     assert by_layer == {
         "conv1": 2 * 28 * 28 * 9 * 1 * 32,
         "conv2": 2 * 14 * 14 * 9 * 32 * 64,
@@ -144,5 +151,5 @@ def test_flops_per_example():
 
 
 def test_unknown_model_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown model 'resnet'.*cnn, cnn-bn, mlp"):
-        models.get_model("resnet", 10)
+    with pytest.raises(models.ModelError, match="unknown model 'resnet2'.*cnn, cnn-bn, mlp, resnet"):
+        models.get_model("resnet2", 10)
