@@ -4,8 +4,8 @@
     dx       = dy * (s + x s (1 - s))      (product rule; sigmoid' = s (1 - s))
 
 Run ``python examples/custom_layer.py`` to verify the backward against ``jax.grad`` and
-finite differences and train a few steps with both gradients side by side; then train
-the model with the command line:
+finite differences, then train the model on digits with both gradients side by side; the
+same from the command line:
 
     jaxbp train --model examples/custom_layer.py:make_model --grad compare
 
@@ -15,14 +15,14 @@ the model with the command line:
 run if they disagree.
 """
 
+from pathlib import Path
+
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 import jaxbp
-from jaxbp import data, models
-from jaxbp.train import make_train_step
+from jaxbp import models
+from jaxbp.train import TrainConfig, fit
 
 
 def swish_reference(x):
@@ -62,16 +62,12 @@ if __name__ == "__main__":
     print(report)
     assert report.passed, "fix swish_bwd before training with it"
 
-    ds = data.load("digits")
-    model = make_model(ds.num_classes)
-    _, params, state = model.init(0, ds.input_shape)
-    optimizer = optax.adam(3e-3)
-    opt_state = optimizer.init(params)
-    step = make_train_step(model, optimizer, grad="compare")  # manual gradients, checked against autodiff
-    batches = data.batches(ds.x_train, ds.y_train, 64, seed=0, epoch=0)
-    for i, (xb, yb, n_valid) in zip(range(10), batches):
-        params, opt_state, state, m = step(params, opt_state, state, xb, yb, jnp.int32(n_valid), jax.random.key(i))
-        worst = max(float(e) for e in jax.tree.leaves(m["rel_err"]))
-        print(
-            f"step {i}: loss {m['loss']:.4f} (autodiff {m['loss_autodiff']:.4f}), worst gradient rel. error {worst:.1e}"
-        )
+    # What `jaxbp train --model examples/custom_layer.py:make_model --grad compare` runs: both
+    # gradients every step, the manual ones applied, the run stopped if they ever disagree.
+    config = TrainConfig(model=f"{Path(__file__)}:make_model", grad="compare", epochs=3, val_split=0.1)
+    result = fit(config, overwrite=True)
+    print(
+        f"validation accuracy {result.val_accuracy:.4f}, test accuracy {result.test_accuracy:.4f}; "
+        f"worst gradient rel. error {result.worst_agreement['max_rel_err']:.1e} "
+        f"({result.worst_agreement['param']}); run folder {result.out_dir}"
+    )

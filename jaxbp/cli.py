@@ -24,7 +24,12 @@ __all__ = ["CPU_XLA_FLAGS", "build_parser", "main", "run", "set_default_xla_flag
 # the flags given (they override the checkpoint's config) from the rest.
 _TRAIN_FLAGS = {
     "--dataset": ("dataset", str, "the data set"),
-    "--model": ("model", str, "the model"),
+    "--model": (
+        "model",
+        str,
+        "a built-in model ({models}) or your own: MODULE:FUNCTION or path/to/file.py:FUNCTION, "
+        "FUNCTION(num_classes) returning a jaxbp.models.serial model",
+    ),
     "--init": ("init", str, "he (He normal; Glorot for the last dense) or uniform (U(+-1/sqrt(fan_in)))"),
     "--grad": ("grad", str, "manual (hand-derived), autodiff (jax.grad) or compare (both, checked every step)"),
     "--optimizer": ("optimizer", str, "the optimizer"),
@@ -39,6 +44,7 @@ _TRAIN_FLAGS = {
     "--label-smoothing": ("label_smoothing", float, "label smoothing of the train targets"),
     "--augment": ("augment", str, "random shifts (crop) and horizontal flips (flip) of the train images"),
     "--shift": ("shift", int, "the most pixels --augment crop shifts an image by, along each axis"),
+    "--val-split": ("val_split", float, "hold out this stratified fraction of the training split for validation"),
     "--data-dir": ("data_dir", str, "where to look for the data set first"),
     "--out": ("out", str, "output folder (default runs/<dataset>-<model>-<grad>; with --resume: that folder)"),
     "--resume": ("resume", str, "continue the run in this folder (or from this checkpoint .npz), writing there"),
@@ -68,14 +74,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "130 interrupted.",
     )
     choices = {"grad": GRADS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": AUGMENTS,
-               "dtype": DTYPES, "matmul_precision": PRECISIONS, "dataset": DATASETS, "model": MODELS,
-               "init": INITS}  # fmt: skip
+               "dtype": DTYPES, "matmul_precision": PRECISIONS, "dataset": DATASETS, "init": INITS}  # fmt: skip
     defaults = TrainConfig()
     for flag, (name, type_, text) in _TRAIN_FLAGS.items():
         default = getattr(defaults, name)
         p.add_argument(flag, dest=name, type=type_, default=None, choices=choices.get(name),
                        metavar=None if name in choices else name.upper(),
-                       help=text if default is None else f"{text} (default: {default})")  # fmt: skip
+                       help=(text if default is None else f"{text} (default: {default})").format(models=", ".join(MODELS)))  # fmt: skip
     p.add_argument("--drop-last", dest="drop_last", action=argparse.BooleanOptionalAction, default=None,
                    help=f"drop the last partial batch instead of padding it (default: {defaults.drop_last})")  # fmt: skip
     p.add_argument("--overwrite", action="store_true",
@@ -161,6 +166,8 @@ def _report(config, result) -> None:
         evaluated = (
             f"test accuracy {result.test_accuracy:.4f} at step {result.steps} (epoch {result.epochs_completed + 1})"
         )
+    if result.val_accuracy is not None:
+        evaluated = f"validation accuracy {result.val_accuracy:.4f}, {evaluated}"
     print(
         f"{evaluated} ({result.steps} steps, {config.grad} gradients); wall time {result.wall_time_s:.1f} s "
         f"(first step/compile {result.compile_time_s:.1f} s), {result.examples_per_s:.0f} examples/s"

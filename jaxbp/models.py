@@ -46,6 +46,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -470,6 +471,16 @@ def check_model_name(name: str) -> str:
         f"unknown model {name!r}; choose one of {', '.join(MODELS)}, "
         "or give MODULE:FUNCTION or path/to/file.py:FUNCTION"
     )
+
+
+def short_name(name: str) -> str:
+    """A file-name-safe name of a model: a built-in name as it is, a spec as
+    ``<module>.<function>`` (``examples/custom_layer.py:make_model`` -> ``custom_layer.make_model``)."""
+    if name in MODELS:
+        return name
+    module_part, attr_path = split_spec(check_model_name(name))
+    module = Path(module_part).stem if module_part.endswith(".py") else module_part.rsplit(".", 1)[-1]
+    return f"{module}.{attr_path}"
 
 
 def load_model(spec: str, num_classes: int) -> Model:

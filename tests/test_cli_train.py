@@ -330,7 +330,7 @@ def test_bench_and_devices_check_their_flags_and_outputs_before_running(tmp_path
         code, _, err = _main(["devices", "--backend", "gpu"], capsys)
         assert code == 2
         _one_line_error(err, "--backend gpu: JAX sees no such device here (backends: cpu)")
-    for argv in (["bench", "--warmup", "-3"], ["bench", "--model", "resnet"]):
+    for argv in (["bench", "--warmup", "-3"], ["bench", "--model", "vgg"]):
         with pytest.raises(SystemExit) as info:
             cli.main(argv)
         assert info.value.code == 2

@@ -41,7 +41,7 @@ PRECISIONS = ("default", "high", "highest")
 TRAJECTORY_FIELDS = (
     "dataset", "model", "dropout", "optimizer", "learning_rate", "momentum", "schedule",
     "weight_decay", "epochs", "batch_size", "seed", "drop_last", "augment", "dtype", "label_smoothing",
-    "init", "shift",
+    "init", "shift", "val_split",
 )  # fmt: skip
 
 # Fields that describe where and how far this invocation runs, not the run itself: a resumed
@@ -64,7 +64,7 @@ class TrainConfig:
     """Everything that defines a run; ``config.json`` holds it, the CLI flags map onto it."""
 
     dataset: str = "digits"
-    model: str = "cnn"
+    model: str = "cnn"  # a name of models.MODELS, or a user's MODULE:FUNCTION / path/to/file.py:FUNCTION
     init: str = "he"  # he | uniform: the weights' initialisation (see jaxbp.models)
     grad: str = "manual"  # manual | autodiff | compare
     optimizer: str = "adam"  # sgd | momentum | adam (adamw where weight_decay > 0)
@@ -80,6 +80,7 @@ class TrainConfig:
     label_smoothing: float = 0.0  # train targets (1 - e) onehot + e / K; the test loss stays plain
     augment: str = "none"  # none | crop | flip | crop-flip (random shifts, horizontal flips)
     shift: int = 2  # crop: shift each image by up to this many pixels along each axis
+    val_split: float = 0.0  # hold out this stratified fraction of the training rows for validation; 0: none
     data_dir: str | None = None
     out: str | None = None  # default: runs/<dataset>-<model>-<grad>, or the resumed run's folder
     resume: str | None = None  # a run folder or a checkpoint .npz to continue
@@ -98,11 +99,15 @@ class TrainConfig:
         by :func:`check_against_data`)."""
         choices = {
             "grad": GRADS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": AUGMENTS,
-            "dtype": DTYPES, "matmul_precision": PRECISIONS, "model": models.MODELS, "init": models.INITS,
+            "dtype": DTYPES, "matmul_precision": PRECISIONS, "init": models.INITS,
         }  # fmt: skip
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, f"is {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        try:
+            models.check_model_name(self.model)
+        except models.ModelError as err:
+            raise ConfigError("model", f"is {self.model!r}: {err}") from None
         for name in ("epochs", "batch_size", "log_every", "shift"):
             _check_int(name, getattr(self, name), 1)
         _check_int("max_steps", self.max_steps, 0)
@@ -112,6 +117,7 @@ class TrainConfig:
         _check_float("weight_decay", self.weight_decay, 0.0, math.inf)
         _check_float("dropout", self.dropout, 0.0, 1.0)
         _check_float("label_smoothing", self.label_smoothing, 0.0, 1.0)
+        _check_float("val_split", self.val_split, 0.0, 1.0)
         _check_float("compare_rtol", self.compare_rtol, 0.0, math.inf, low_open=True)
         if self.devices is not None and not (
             str(self.devices) == "all" or (str(self.devices).isdigit() and int(self.devices) >= 1)
@@ -133,6 +139,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def default_out(self, dataset: str) -> str:
+        """``runs/<dataset>-<model>-<grad>``; a user's model spec is named by its module and
+        function (``examples/custom_layer.py:make_model`` -> ``custom_layer.make_model``)."""
+        return f"runs/{dataset}-{models.short_name(self.model)}-{self.grad}"
 
 
 def _check_int(name: str, value: Any, low: int) -> None:

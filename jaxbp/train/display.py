@@ -74,9 +74,10 @@ class Display:
 
 def format_record(rec: dict[str, Any]) -> str:
     if rec["kind"] == "eval":
+        val = f"val loss {rec['val_loss']:.4f}  val acc {rec['val_accuracy']:.4f}  " if "val_loss" in rec else ""
         return (
             f"epoch {rec['epoch']:3d}  step {rec['step']:6d}  train loss {rec['train_loss']:.4f}  "
-            f"train acc {rec['train_accuracy']:.4f}  test loss {rec['test_loss']:.4f}  "
+            f"train acc {rec['train_accuracy']:.4f}  {val}test loss {rec['test_loss']:.4f}  "
             f"test acc {rec['test_accuracy']:.4f}  {rec['examples_per_s']:.0f} ex/s"
         )
     line = (

@@ -39,7 +39,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 @dataclass
 class TrainResult:
     """What :func:`fit` returns. ``history`` holds one dict per epoch; ``test_accuracy`` and
-    ``test_loss`` are those of the last evaluation (at the stop of a ``max_steps`` run too)."""
+    ``test_loss`` are those of the last evaluation (at the stop of a ``max_steps`` run too),
+    ``val_accuracy`` and ``val_loss`` too where the run holds out a validation split (else None)."""
 
     config: TrainConfig
     test_accuracy: float
@@ -54,5 +55,7 @@ class TrainResult:
     paths: dict[str, Path]
     worst_agreement: dict[str, Any] | None
     status: str
+    val_accuracy: float | None = None
+    val_loss: float | None = None
     params: Any = field(repr=False, default=None)
     model_state: Any = field(repr=False, default=None)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp import checkpoint, data, models, parallel
+from jaxbp.loading import first_line
 from jaxbp.train import steps
 from jaxbp.train.config import ConfigError, TrainConfig, config_differences
 from jaxbp.train.display import Display, StopSignal
@@ -135,6 +136,14 @@ def _step(run: Run, state: TrainState, progress: Progress, xb, yb, n_valid: int)
                 "batch_size", f"is {run.config.batch_size}: the train step does not fit in memory; choose a smaller one"
             ) from None
         raise
+    except Exception as err:
+        if run.config.model in models.MODELS or run.timing.compile_s:
+            raise
+        # The first step traces the user's layers and their backward: say whose code failed.
+        raise models.ModelError(
+            f"{run.config.model!r}: tracing the train step ({run.config.grad} gradients) raised "
+            f"{type(err).__name__}: {first_line(err)}"
+        ) from err
     seconds = time.perf_counter() - t0
     where = f"at step {progress.step + 1} (epoch {progress.epoch + 1}, batch {progress.batch_index + 1})"
     loss = float(m["loss"])
@@ -176,26 +185,35 @@ def evaluate(run: Run, state: TrainState, x: np.ndarray, y: np.ndarray) -> tuple
     return loss_sum / n, correct / n
 
 
-def _evaluate_test(run: Run, state: TrainState, progress: Progress) -> tuple[float, float]:
-    loss, accuracy = evaluate(run, state, run.ds.x_test, run.ds.y_test)
-    if not math.isfinite(loss):
-        raise NonFiniteLossError(
-            f"test loss is {loss} at step {progress.step} (epoch {progress.epoch + 1}) though the train loss is "
-            f"finite: the parameters have grown too large; training stopped. {_kept(run)} "
-            "Try a smaller learning rate (--lr)."
-        )
-    return loss, accuracy
+def evaluate_splits(run: Run, state: TrainState, progress: Progress) -> dict[str, float]:
+    """``{"val_loss", "val_accuracy", "test_loss", "test_accuracy"}`` of ``state`` (the
+    ``val_`` pair only with a validation split); a non-finite loss stops the run
+    (:class:`NonFiniteLossError`)."""
+    splits = {"test": (run.ds.x_test, run.ds.y_test)}
+    if run.ds.x_val is not None:
+        splits = {"val": (run.ds.x_val, run.ds.y_val), **splits}
+    out = {}
+    for split, (x, y) in splits.items():
+        loss, accuracy = evaluate(run, state, x, y)
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"{'validation' if split == 'val' else split} loss is {loss} at step {progress.step} "
+                f"(epoch {progress.epoch + 1}) though the train loss is finite: the parameters have grown too "
+                f"large; training stopped. {_kept(run)} Try a smaller learning rate (--lr)."
+            )
+        out[f"{split}_loss"], out[f"{split}_accuracy"] = loss, accuracy
+    return out
 
 
 def end_epoch(run: Run, state: TrainState, progress: Progress, t_epoch: float) -> None:
-    """Evaluate on the test split, record the epoch, move to the next and checkpoint."""
-    test_loss, test_acc = _evaluate_test(run, state, progress)
+    """Evaluate on the validation (if any) and test splits, record the epoch, move to the
+    next and checkpoint."""
+    scores = evaluate_splits(run, state, progress)
     acc = progress.epoch_acc
     n = max(acc.count, 1)
     rec = {
         "kind": "eval", "step": progress.step, "epoch": progress.epoch + 1,
-        "train_loss": acc.loss_sum / n, "train_accuracy": acc.correct / n,
-        "test_loss": test_loss, "test_accuracy": test_acc,
+        "train_loss": acc.loss_sum / n, "train_accuracy": acc.correct / n, **scores,
         "epoch_time_s": time.perf_counter() - t_epoch, "examples_per_s": acc.examples_per_s,
     }  # fmt: skip
     progress.history.append(rec)
@@ -285,7 +303,7 @@ def _fit(config: TrainConfig, progress_arg, ops, overwrite: bool) -> TrainResult
     mesh = parallel.make_mesh(config.devices)
     parallel.check_batch_size(config.batch_size, mesh)
     primary = parallel.is_primary()  # only process 0 writes files and shows progress
-    ds = data.load(config.dataset, config.data_dir, seed=config.seed)
+    ds = data.load(config.dataset, config.data_dir, seed=config.seed, val_split=config.val_split)
     config.check_against_data(len(ds.x_train), ds.input_shape)
     steps_per_epoch = data.num_batches(len(ds.x_train), config.batch_size, config.drop_last)
     model, train_step, eval_step, optimizer = steps.compiled(
@@ -297,7 +315,7 @@ def _fit(config: TrainConfig, progress_arg, ops, overwrite: bool) -> TrainResult
             "max_steps", f"is {config.max_steps} but the checkpoint is at step {progress.step} already; "
             "give a larger one, or 0 to run to the end"
         )  # fmt: skip
-    out = Path(config.out) if config.out else resume_folder or Path("runs") / f"{ds.name}-{config.model}-{config.grad}"
+    out = Path(config.out) if config.out else resume_folder or Path(config.default_out(ds.name))
     with _open_folder(out, overwrite, resume_folder, progress.step, primary) as folder:
         display = Display(
             progress_arg if primary else False, last_step(config, steps_per_epoch), progress.step,
@@ -314,7 +332,7 @@ def _fit(config: TrainConfig, progress_arg, ops, overwrite: bool) -> TrainResult
             folder.write_json("summary", _summary(run, progress, "running", None, None))
             state = parallel.replicate(state, mesh)
             state, status, stop_eval = _train(run, state, progress)
-        except (GradientMismatchError, NonFiniteLossError, RunFolderError, ConfigError) as err:
+        except (GradientMismatchError, NonFiniteLossError, RunFolderError, ConfigError, models.ModelError) as err:
             status = {GradientMismatchError: "gradient_mismatch", NonFiniteLossError: "diverged"}.get(
                 type(err), "failed"
             )
@@ -329,7 +347,7 @@ def _fit(config: TrainConfig, progress_arg, ops, overwrite: bool) -> TrainResult
         steps=progress.step, epochs_completed=progress.epoch, wall_time_s=summary["wall_time_s"],
         compile_time_s=run.timing.compile_s, examples_per_s=summary["examples_per_s"], out_dir=out,
         paths=folder.paths, worst_agreement=progress.worst, status=status,
-        params=state.params, model_state=state.model_state,
+        val_accuracy=summary["val_accuracy"], val_loss=summary["val_loss"], params=state.params, model_state=state.model_state,
     )  # fmt: skip
 
 
@@ -355,6 +373,8 @@ def _start(config: TrainConfig, model, optimizer, ds: data.Dataset) -> tuple[Tra
     """The initial state and progress, or the checkpoint's, and the folder resumed from."""
     try:
         fresh = TrainState(**steps.init_state(model, optimizer, ds.input_shape, config.dtype, config.seed))
+    except models.ModelError as err:  # a user's model that cannot be built: name the spec
+        raise models.ModelError(f"{config.model!r}: {err}") from None
     except (ZeroDivisionError, ValueError) as err:  # e.g. a cnn's pooling leaves nothing of 1x1 images
         shape = "x".join(map(str, ds.input_shape))
         raise ConfigError("model", f"is {config.model!r}, which cannot take the {shape} images of {ds.name}: {err}")
@@ -378,9 +398,9 @@ def _start(config: TrainConfig, model, optimizer, ds: data.Dataset) -> tuple[Tra
     return TrainState(**loaded), progress, path.parent
 
 
-def _train(run: Run, state: TrainState, progress: Progress) -> tuple[TrainState, str, tuple[float, float] | None]:
-    """Epochs until the end, ``max_steps`` or a signal: ``(state, status, (test loss, accuracy)
-    of a mid-epoch stop or None)``."""
+def _train(run: Run, state: TrainState, progress: Progress) -> tuple[TrainState, str, dict[str, float] | None]:
+    """Epochs until the end, ``max_steps`` or a signal: ``(state, status, the scores of
+    :func:`evaluate_splits` after a mid-epoch stop, or None)``."""
     config = run.config
     with StopSignal() as stop:
         while progress.epoch < config.epochs:
@@ -390,7 +410,7 @@ def _train(run: Run, state: TrainState, progress: Progress) -> tuple[TrainState,
                 end_epoch(run, state, progress, t_epoch)
             elif stop.signum is None:  # max_steps, mid-epoch: checkpoint, then evaluate
                 save(run, state, progress)
-                return state, "stopped", _evaluate_test(run, state, progress)
+                return state, "stopped", evaluate_splits(run, state, progress)
             else:
                 save(run, state, progress)
             if stop.signum is not None:
@@ -429,12 +449,14 @@ def _finish(run: Run, progress: Progress, status: str, error, stop_eval, best_ef
 def _summary(run: Run, progress: Progress, status: str, error, stop_eval) -> dict[str, Any]:
     config, ds, timing = run.config, run.ds, run.timing
     last = progress.history[-1] if progress.history else {}
-    test_loss, test_acc = stop_eval if stop_eval else (last.get("test_loss"), last.get("test_accuracy"))
+    scores = stop_eval or last
     return {
         "status": status,
         "error": error,
-        "test_accuracy": test_acc,
-        "test_loss": test_loss,
+        "test_accuracy": scores.get("test_accuracy"),
+        "test_loss": scores.get("test_loss"),
+        "val_accuracy": scores.get("val_accuracy"),
+        "val_loss": scores.get("val_loss"),
         "evaluated_at_step": (progress.step if stop_eval else last.get("step")),
         "epochs_completed": progress.epoch,
         "steps": progress.step,
@@ -446,6 +468,7 @@ def _summary(run: Run, progress: Progress, status: str, error, stop_eval) -> dic
         "dataset": {
             "name": ds.name,
             "train": len(ds.x_train),
+            "val": 0 if ds.x_val is None else len(ds.x_val),
             "test": len(ds.x_test),
             "input_shape": list(ds.input_shape),
         },

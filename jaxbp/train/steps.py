@@ -168,10 +168,12 @@ def make_eval_step(model: models.Model, *, ops=None) -> Callable:
 def compiled(key: tuple, num_classes: int, total_steps: int, ops) -> tuple[models.Model, Callable, Callable, Any]:
     """Model, train step, eval step and optimizer for a config, cached (reruns in one process,
     as in the tests and experiments, reuse the compiled steps) unless ``ops`` is an injected,
-    unhashable namespace."""
+    unhashable namespace or the model is a user's (built anew from its module every run)."""
     try:
         hash(ops)
     except TypeError:
+        return _build(key, num_classes, total_steps, ops)
+    if dict(key)["model"] not in models.MODELS:  # a user's model file may change between two runs
         return _build(key, num_classes, total_steps, ops)
     return _build_cached(key, num_classes, total_steps, ops)
 
