@@ -8,7 +8,13 @@ notebook ``docs/build_notebook.py`` makes from the markdown.
 
 from __future__ import annotations
 
+import doctest
+import importlib.util
 import itertools
+import json
+import re
+import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -90,3 +96,73 @@ def test_rows_with_nonzero_gradient_are_exactly_the_rows_the_forward_reads(rows,
     for (n, k, s, d, pad), axis in ((rows, 1), (cols, 0)):
         if d == 1 and s <= k:
             assert set(np.flatnonzero(~nonzero.any(axis))) == rows_unread_by_the_guide(n, k, s, d, *pad)
+
+
+# ---------------------------------------------------------------------- the notebook
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def load_builder():
+    spec = importlib.util.spec_from_file_location("build_notebook", DOCS / "build_notebook.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_committed_notebook_is_the_one_built_from_the_markdown():
+    builder = load_builder()
+    committed = (DOCS / "derivations.ipynb").read_text(encoding="utf-8")
+    assert committed == builder.render((DOCS / "derivations.md").read_text(encoding="utf-8")), (
+        "docs/derivations.ipynb is out of date: run python docs/build_notebook.py"
+    )
+
+
+def test_the_notebook_is_nbformat_4_with_the_guide_s_examples_as_code_cells_in_order():
+    nb = json.loads((DOCS / "derivations.ipynb").read_text(encoding="utf-8"))
+    assert (nb["nbformat"], nb["nbformat_minor"]) == (4, 5)
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    ids = [c["id"] for c in nb["cells"]]
+    assert len(set(ids)) == len(ids) and all(re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", i) for i in ids)
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    for c in nb["cells"]:
+        assert set(c) == (
+            {"cell_type", "id", "metadata", "source"} | ({"execution_count", "outputs"} if c in code else set())
+        )
+    examples = doctest.DocTestParser().get_examples((DOCS / "derivations.md").read_text(encoding="utf-8"))
+    assert "".join("".join(c["source"]) + "\n" for c in code) == "".join(e.source for e in examples)
+    for c in code:
+        compile("".join(c["source"]), c["id"], "exec")
+
+
+def test_the_builder_splits_prose_and_doctest_blocks_and_its_check_fails_on_a_stale_notebook(tmp_path):
+    builder = load_builder()
+    md = tmp_path / "guide.md"
+    md.write_text("# Title\n\nSome prose.\n\n```python\n>>> x = 1\n>>> print(x +\n...       1)\n2\n\n```\n\nMore.\n")
+    cells = builder.build(md.read_text())["cells"]
+    assert [c["cell_type"] for c in cells] == ["markdown", "markdown", "code", "markdown"]
+    assert "".join(cells[1]["source"]) == "# Title\n\nSome prose."
+    assert "".join(cells[2]["source"]) == "x = 1\nprint(x +\n      1)"
+    assert cells[2]["outputs"][0]["text"] == ["2\n"]
+    out = tmp_path / "guide.ipynb"
+    assert builder.main(["--markdown", str(md), "--out", str(out), "--check"]) == 1
+    assert builder.main(["--markdown", str(md), "--out", str(out)]) == 0
+    assert builder.main(["--markdown", str(md), "--out", str(out), "--check"]) == 0
+    md.write_text(md.read_text().replace("More.", "Changed."))
+    assert builder.main(["--markdown", str(md), "--out", str(out), "--check"]) == 1
+
+
+@pytest.mark.experiment
+def test_the_notebook_runs_top_to_bottom_and_prints_what_it_stores(monkeypatch, capsys):
+    """Kept out of the default suite: the doctest of derivations.md already runs these same sources,
+    in the same order, in one namespace. Run with ``-m experiment``."""
+    nb = json.loads((DOCS / "derivations.ipynb").read_text(encoding="utf-8"))
+    monkeypatch.chdir(DOCS)  # where Jupyter starts the kernel
+    namespace: dict = {}
+    start = time.perf_counter()
+    for cell in (c for c in nb["cells"] if c["cell_type"] == "code"):
+        exec(compile("".join(cell["source"]), cell["id"], "exec"), namespace)
+        printed = capsys.readouterr().out
+        stored = "".join("".join(o["text"]) for o in cell["outputs"])
+        assert printed == stored, cell["id"]
+    assert time.perf_counter() - start < 60
