@@ -159,10 +159,10 @@ def test_the_notebook_runs_top_to_bottom_and_prints_what_it_stores(monkeypatch, 
     nb = json.loads((DOCS / "derivations.ipynb").read_text(encoding="utf-8"))
     monkeypatch.chdir(DOCS)  # where Jupyter starts the kernel
     namespace: dict = {}
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: wall time on a shared machine measures the neighbours
     for cell in (c for c in nb["cells"] if c["cell_type"] == "code"):
         exec(compile("".join(cell["source"]), cell["id"], "exec"), namespace)
         printed = capsys.readouterr().out
         stored = "".join("".join(o["text"]) for o in cell["outputs"])
         assert printed == stored, cell["id"]
-    assert time.perf_counter() - start < 60
+    assert time.process_time() - start < 60
