@@ -77,6 +77,7 @@ jaxbp's initial parameters and batches. ``--also DIR ...`` adds other runs' summ
     python experiments/fashion_mnist.py                 # both runs, one after the other (recorded: 20 and 33 min as two processes at once)
     python experiments/fashion_mnist.py --grads manual  # one
     python experiments/fashion_mnist.py --epochs 1      # a smoke run (not written to results/)
+    python experiments/fashion_mnist.py --plot-only     # redraw fashion_mnist.png from fashion_mnist.json
 
 The two runs may also go in two processes at once (``--grads manual`` and
 ``--grads autodiff``). A run that was stopped (Ctrl-C, SIGTERM) continues from its
@@ -157,7 +158,13 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--results", default=str(HERE / "results"), help="where the JSON and PNG go")
     p.add_argument("--also", nargs="*", default=[], metavar="DIR", help="other runs to record (their summaries)")
+    p.add_argument("--plot-only", action="store_true", help="only redraw the PNG from the recorded JSON")
     args = p.parse_args(argv)
+    if args.plot_only:
+        json_path = Path(args.results) / "fashion_mnist.json"
+        png = plot_results(json.loads(json_path.read_text()), Path(args.results) / "fashion_mnist.png")
+        print(f"wrote {png} from {json_path}", file=sys.stderr)
+        return 0
     cli.set_default_xla_flags()  # the flags `jaxbp train` runs under; before JAX starts its backend
 
     grads = [g.strip() for g in args.grads.split(",") if g.strip()]
@@ -241,12 +248,25 @@ def main(argv=None) -> int:
             )
         results["other_configs"] = others
     json_path.write_text(json.dumps(results, indent=2) + "\n")
-    done = {g: Path(args.runs) / g for g in ("manual", "autodiff") if (Path(args.runs) / g / "metrics.jsonl").exists()}
-    png = plots.plot_training(
-        done, results_dir / "fashion_mnist.png", title="Fashion-MNIST, cnn-bn: manual vs autodiff"
-    )
+    png = plot_results(results, results_dir / "fashion_mnist.png")
     print(f"wrote {json_path} and {png}", file=sys.stderr)
     return 0
+
+
+def plot_results(results: dict, out: Path) -> Path:
+    """The curves recorded in the results JSON (train loss and test accuracy per epoch of the
+    manual and autodiff runs) and the target, drawn by :func:`jaxbp.plots.plot_curves` (the
+    figure :func:`jaxbp.plots.plot_runs` makes from run folders)."""
+    curves = [
+        plots.RunCurves(
+            grad,
+            list(range(1, len(run["test_accuracy_per_epoch"]) + 1)),
+            {"train_loss": run["train_loss_per_epoch"], "test_accuracy": run["test_accuracy_per_epoch"]},
+        )
+        for grad, run in sorted(results["runs"].items(), key=lambda kv: kv[0] != "manual")  # manual first: underneath
+    ]
+    title = "Fashion-MNIST, cnn-bn: hand-derived (manual) vs autodiff gradients, same config and seed"
+    return plots.plot_curves(curves, out, target=results.get("target_test_accuracy"), title=title)
 
 
 if __name__ == "__main__":

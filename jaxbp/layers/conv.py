@@ -8,8 +8,10 @@ Shapes: ``x`` [N, H, W, Cin], ``w`` [KH, KW, Cin/G, Cout], ``b`` [Cout], ``y`` [
 
     backward:  dx = conv(pad(dilate_s(dy)), rot180(w)^T)
                    the output gradient with s - 1 zeros between its rows/cols, padded by
-                   d (K - 1) - lo before and by whatever brings it back to H after (rows/cols
-                   the forward never read, when s does not divide the input, get 0), convolved
+                   d (K - 1) - lo before and by whatever brings it back to H after: rows/cols
+                   the forward never read get 0 (the last (H + lo + hi - d (K - 1) - 1) mod s
+                   of the padded input, less those that are padding; with s > K or d > 1 also
+                   those the taps step over), convolved
                    at stride 1 and dilation d with the kernel rotated 180 degrees and its
                    in/out feature axes swapped inside each group
                dw[i,j,k,c] = sum_{n,o,p} xp[n, s o + d i, s p + d j, g(c) Cin/G + k] dy[n,o,p,c]
