@@ -467,6 +467,47 @@ def _run_devices(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------- main
 
 
+# ------------------------------------------------------------------------- plot
+
+
+def _add_plot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plot",
+        help="overlay the curves of several training runs (e.g. manual vs autodiff)",
+        description="Overlay the per-epoch loss and accuracy (train, validation where recorded, test) of "
+        "run folders written by `jaxbp train` in one PNG.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (each holds a metrics.jsonl)")
+    p.add_argument("--out", required=True, metavar="FILE.png", help="the figure to write")
+    p.add_argument("--labels", metavar="A,B,...", help="comma-separated names of the runs (default: folder names)")
+    p.add_argument("--target", type=float, metavar="ACCURACY", help="draw this accuracy as a target, e.g. 0.93")
+    p.add_argument("--title", help="the figure's title")
+    p.set_defaults(run=_run_plot)
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    from jaxbp import files, plots
+
+    labels = None if args.labels is None else [label.strip() for label in args.labels.split(",")]
+    try:
+        if labels is not None and len(labels) != len(args.runs):
+            raise ValueError(f"--labels names {len(labels)} runs, but {len(args.runs)} RUN folders are given")
+        if args.target is not None and not 0.0 < args.target <= 1.0:
+            raise ValueError(f"--target {args.target} is not an accuracy in (0, 1]")
+        out = files.check_output_file(args.out, "--out")
+        path = plots.plot_runs(args.runs, out, labels=labels, target=args.target, title=args.title)
+    except OSError as err:
+        if err.errno is None:  # a RUN without metrics.jsonl: plots says which
+            return _error(err, "jaxbp plot")
+        if err.filename is not None and str(err.filename) != str(args.out):  # a metrics file that cannot be read
+            return _error(f"{err.filename}: cannot read: {err.strerror}", "jaxbp plot")
+        return _error(files.describe_os_error(err, args.out), "jaxbp plot")
+    except ValueError as err:  # OutputError, a run without an epoch, a torn metrics file
+        return _error(err, "jaxbp plot")
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxbp",
@@ -477,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"jaxbp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_train, _add_data, _add_check, _add_bench, _add_devices):
+    for add in (_add_train, _add_data, _add_check, _add_bench, _add_devices, _add_plot):
         add(sub)
     return parser
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -38,8 +39,16 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
+    records = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip("\x00 \n"):
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}: line {number} is not a JSON record ({err.msg})") from None
+    return records
 
 
 def plot_training(
@@ -323,11 +332,25 @@ def plot_gradient_heatmaps(
 
 
 def _save(fig, path) -> Path:
+    """Write the PNG through a temp file and a rename, so that a failed write (disk full)
+    leaves the previous figure whole; an ``OSError`` names ``path``."""
     plt = _pyplot()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+        os.close(fd)
+        tmp = Path(name)
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from None
+    finally:
+        plt.close(fig)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
     return path
 
 

@@ -92,3 +92,53 @@ def test_the_compare_panel_names_its_series_and_draws_the_run_s_tolerance(tmp_pa
     assert "tolerance (compare_rtol 0.001)" in {
         ln[0] for ln in figures[-1]["gradient agreement, manual vs autodiff"].lines_seen
     }
+
+
+# ------------------------------------------------------------------ jaxbp plot
+
+
+def _plot_cli(argv, capsys):
+    from jaxbp import cli
+
+    code = cli.main(["plot", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_jaxbp_plot_overlays_run_folders(tmp_path, capsys, figures):
+    manual, autodiff = write_run(tmp_path / "manual", val=True), write_run(tmp_path / "autodiff", val=True)
+    out = tmp_path / "figs" / "compare.png"
+    code, stdout, _ = _plot_cli([manual, autodiff, "--out", out, "--labels", "m,a", "--target", "0.93"], capsys)
+    assert code == 0 and stdout == f"wrote {out}\n"
+    assert out.read_bytes().startswith(PNG_MAGIC)
+    assert not [p for p in out.parent.iterdir() if p != out]  # no temp file left beside it
+    legend = " ".join(t.get_text() for ax in figures[-1].values() if ax.get_legend() for t in ax.get_legend().texts)
+    assert "m" in legend and "a" in legend and "val" in legend
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["{run}", "--out", "{tmp}/x.png", "--labels", "a,b"], "--labels names 2 runs, but 1 RUN folders are given"),
+        (["{run}", "--out", "{tmp}/x.png", "--target", "93"], "--target 93.0 is not an accuracy in (0, 1]"),
+        (["{tmp}/absent", "--out", "{tmp}/x.png"], "absent: no metrics.jsonl"),
+        (["{run}", "--out", "{tmp}"], "--out {tmp}: is a folder"),
+        (["{torn}", "--out", "{tmp}/x.png"], "metrics.jsonl: line 2 is not a JSON record"),
+        (["{unreadable}", "--out", "{tmp}/x.png"], "unreadable: no metrics.jsonl"),
+    ],
+)
+def test_jaxbp_plot_errors_are_one_line_exit_2(tmp_path, capsys, argv, message):
+    run = write_run(tmp_path / "run")
+    torn = write_run(tmp_path / "torn")
+    with open(torn / "metrics.jsonl", "r+") as f:  # cut the second record in half
+        lines = f.readlines()
+        f.seek(0)
+        f.truncate()
+        f.write(lines[0] + lines[1][:20])
+    (tmp_path / "unreadable" / "metrics.jsonl").mkdir(parents=True)
+    fill = {"run": run, "tmp": tmp_path, "torn": torn, "unreadable": tmp_path / "unreadable"}
+    code, _, err = _plot_cli([a.format(**fill) for a in argv], capsys)
+    assert code == 2
+    assert err.startswith("jaxbp plot: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert message.format(**fill) in err
+    assert not (tmp_path / "x.png").exists()
