@@ -4,9 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from jaxbp import verify_vjp
-from jaxbp.testing import assert_vjp
+from jaxbp.testing import assert_vjp, inputs_like
 
 X = np.linspace(-1.0, 1.0, 4)
 FAST = {"dtypes": ("float64",), "transforms": False, "explore": False}
@@ -45,3 +46,12 @@ def test_raise_if_failed_on_the_report_itself():
     with pytest.raises(AssertionError, match="FAIL dx"):
         report.raise_if_failed()
     assert verify_vjp(make_tanh(False), tanh_reference, X, **FAST).raise_if_failed().passed
+
+
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(args=inputs_like(X, np.array([1, 2]), min_value=-2.0, max_value=2.0))
+def test_inputs_like_redraws_float_leaves_and_keeps_the_others(args):
+    x, labels = args
+    assert x.shape == X.shape and x.dtype == np.float64 and np.all(np.abs(x) <= 2.0)
+    assert labels.tolist() == [1, 2]
+    assert_vjp(make_tanh(False), tanh_reference, x, **FAST)
