@@ -196,3 +196,18 @@ def test_each_transform_check_can_run_alone_and_unknown_names_are_refused():
 def test_a_negative_or_nan_rtol_is_a_value_error(rtol):
     with pytest.raises(ValueError, match="rtol"):
         verify_vjp(make_sin("ok"), sin_reference, X, rtol=rtol)
+
+
+def test_the_table_shows_each_layers_derivation_once_and_json_keeps_the_new_rows():
+    def failed(config):
+        g = verify.GradCheck("x", "float64", 1.0, 1.0, (0,), 1.0, 2.0, 1e-10, "default")
+        e = verify.ExploreCheck("x100", "float64", 0.5, 1e-3, False, "x", (1,), 1 + 2j, 3.0)
+        return verify.Report("relu", [g], layer="relu", config=config, derivation="relu: dx = dy [x > 0]",
+                             explored=[e], skipped=[{"label": "n", "reason": "int64"}])  # fmt: skip
+
+    table = verify.format_table([failed("a"), failed("b")], ("float64",))
+    assert table.count("dx = dy [x > 0]") == 1 and table.count("FAIL at 100x the example inputs") == 2
+    data = verify.reports_to_dict([failed("a")], ("float64",))
+    row = data["reports"][0]
+    assert row["explored"][0]["manual_value"] == [1.0, 2.0] and row["skipped"] == [{"label": "n", "reason": "int64"}]
+    assert data["summary"][0]["explore"] == "FAIL"

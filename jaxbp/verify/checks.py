@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp.loading import first_line
-from jaxbp.verify.numerics import directional_error, finite_differences, rel_err, tree_err
+from jaxbp.verify.numerics import cast, directional_error, finite_differences, rel_err, tree_err
 from jaxbp.verify.report import (
     KNOWN_LIMITATION_FORWARD_MODE,
     ExploreCheck,
@@ -84,8 +84,6 @@ class Probe:
     """The checks of one dtype; build it, then call the checks (each returns report rows)."""
 
     def __init__(self, problem: Problem, dtype: str, tol: float, tol_src: str, fd_tol: float, rng):
-        from jaxbp.verify.numerics import cast
-
         p = self.p = problem
         self.dtype, self.tol, self.tol_src, self.fd_tol, self.rng = dtype, tol, tol_src, fd_tol, rng
         self.args = tuple(jax.tree.map(lambda a: cast(a, dtype), a) for a in p.args64)
