@@ -14,7 +14,7 @@ import numpy as np
 from jaxbp.loading import first_line
 from jaxbp.verify.checks import EXPLORE_REGIONS, FD_BASIS_MAX, Probe, Problem, pairing
 from jaxbp.verify.numerics import cast, is_inexact
-from jaxbp.verify.report import TRANSFORMS, Report
+from jaxbp.verify.report import TRANSFORMS, Report, TransformCheck
 from jaxbp.verify.structure import Inputs, Outputs
 from jaxbp.verify.tolerances import FD_DIRECTIONS, FD_TOLERANCE, tolerance_for, validate_rtol
 
@@ -243,8 +243,6 @@ def verify_vjp(
 
 def _guard(name: str, probe: Probe, check: Callable[[], Any]) -> list:
     """Run one transform check; an exception becomes a failed check that says what was raised."""
-    from jaxbp.verify.report import TransformCheck
-
     try:
         rows = check()
     except Exception as e:  # noqa: BLE001 - report, do not crash
