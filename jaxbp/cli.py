@@ -238,8 +238,10 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
         "check",
         help="verify hand-derived VJPs against autodiff and finite differences",
         description="Compare every registered layer's hand-derived VJP (or your own --target) with jax.grad of "
-        "its plain-JAX twin and with central finite differences, in float64 and float32, and under jit, vmap "
-        "and grad-of-grad. Prints one row per layer and configuration; exits 1 if any check fails.",
+        "its plain-JAX twin and with central finite differences, in float64 and float32, under jit, vmap "
+        "and grad-of-grad (in the inputs and in the cotangent), and at inputs beyond the examples. Prints one "
+        "row per layer and configuration (and a line per configuration as it completes when the output is not "
+        "a terminal); exits 1 if any check fails, 2 on bad input.",
     )
     p.add_argument(
         "--layer",
@@ -267,8 +269,14 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
         help="also draw conv2d and max_pool2d gradient heat maps and the max-pool routing into DIR",
     )
     own = p.add_argument_group("your own function (instead of the registry)")
-    own.add_argument("--target", metavar="MODULE:FUNCTION", help="the function with a hand-derived VJP")
-    own.add_argument("--reference", metavar="MODULE:FUNCTION", help="its plain-JAX twin, differentiated by jax.grad")
+    own.add_argument(
+        "--target", metavar="MODULE:FUNCTION", help="the function with a hand-derived VJP (or path/to/file.py:FUNCTION)"
+    )
+    own.add_argument(
+        "--reference",
+        metavar="MODULE:FUNCTION",
+        help="its plain-JAX twin, differentiated by jax.grad (without it: finite differences only, a weaker check)",
+    )
     own.add_argument(
         "--shapes",
         nargs="+",
@@ -276,35 +284,88 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
         help='the shape of each positional argument, e.g. --shapes "3,4" "4,2" (random float64 inputs)',
     )
     own.add_argument(
+        "--example",
+        metavar="MODULE:FUNCTION",
+        help="a function returning the example arguments (a tuple; called with --seed if it takes one): "
+        "for integer labels, PRNG keys, pytrees, positive-only inputs",
+    )
+    own.add_argument(
         "--argnums", nargs="+", type=int, metavar="I", help="the positions to differentiate (default: every argument)"
+    )
+    own.add_argument("--rtol", metavar="TOL", help="tolerance for every dtype (default: per dtype)")
+    own.add_argument("--no-explore", action="store_true", help="do not check inputs beyond the examples")
+    own.add_argument(
+        "--jacobian", action="store_true", help="on failure, print manual and reference Jacobians of small arguments"
     )
     p.set_defaults(run=_run_check, check_parser=p)
 
 
+def _check_rtol(parser: argparse.ArgumentParser, text: str | None) -> float | None:
+    from jaxbp.verify import tolerances
+
+    if text is None:
+        return None
+    try:
+        rtol = float(text)
+        tolerances.validate_rtol(rtol, "--rtol")
+    except ValueError as err:
+        parser.error(f"--rtol {text!r}: {err}" if "--rtol" not in str(err) else str(err))
+    return rtol
+
+
+def _check_destinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--json and --plot must be writable before the run starts: nothing is lost after it."""
+    from jaxbp import verify
+
+    for flag, path, folder in (("--json", args.json, False), ("--plot", args.plot, True)):
+        problem = path and verify.check_output_path(path, folder=folder)
+        if problem:
+            parser.error(f"{flag}: {problem}")
+
+
 def _run_check(args: argparse.Namespace) -> int:
+    try:
+        return _check(args)
+    except BrokenPipeError:  # `jaxbp check | head`: the reader left; stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
+        return 141  # 128 + SIGPIPE, as a shell reports a pipeline writer cut short
+
+
+def _check(args: argparse.Namespace) -> int:
     from jaxbp import verify
 
     parser: argparse.ArgumentParser = args.check_parser
     dtypes = tuple(dict.fromkeys(args.dtype or ("float64", "float32")))
     common = {"dtypes": dtypes, "seed": args.seed, "matmul_precision": args.matmul_precision}
-    if args.target or args.reference or args.shapes or args.argnums:
-        if not (args.target and args.reference and args.shapes):
-            parser.error("--target needs --reference and --shapes (and optionally --argnums)")
+    own = args.target or args.reference or args.shapes or args.example or args.argnums or args.rtol
+    _check_destinations(parser, args)
+    if own:
+        if not (args.target and (args.shapes or args.example)):
+            parser.error("--target needs --shapes or --example (and optionally --reference, --argnums, --rtol)")
         if args.layer:
             parser.error("--layer picks registered layers; it cannot be combined with --target")
+        rtol = _check_rtol(parser, args.rtol)
         try:
-            reports = [verify.check_target(args.target, args.reference, args.shapes, argnums=args.argnums, **common)]
+            report = verify.check_target(
+                args.target, args.reference, args.shapes, example=args.example, argnums=args.argnums, rtol=rtol,
+                explore=not args.no_explore, jacobian=args.jacobian, **common,
+            )  # fmt: skip
         except verify.TargetError as err:
             parser.error(str(err))
-        print(reports[0])
+        reports = [report]
+        print(report, flush=True)
     else:
         from jaxbp import registry
 
         unknown = [name for name in args.layer or () if name not in registry.REGISTRY]
         if unknown:
             parser.error(f"unknown layer {', '.join(map(repr, unknown))} (choose from {', '.join(registry.REGISTRY)})")
-        reports = verify.check_registry(args.layer, progress=sys.stderr.isatty(), **common)
-        print(verify.format_table(reports, dtypes))
+        stream = None if sys.stdout.isatty() else lambda r: print(verify.status_line(r), flush=True)
+        reports = verify.check_registry(args.layer, progress=sys.stderr.isatty(), on_report=stream, **common)
+        if stream is not None:
+            print(flush=True)
+        print(verify.format_table(reports, dtypes), flush=True)
     if args.plot:
         from jaxbp import plots
 

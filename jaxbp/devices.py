@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp import registry, verify
+from jaxbp.verify import numerics
 
 GOLDEN_PATH = Path(__file__).parent / "golden" / "golden.npz"
 GOLDEN_VERSION = 1
@@ -133,8 +134,8 @@ def case_gradients(spec: registry.LayerSpec, case: registry.Case, dtype: str, se
     with jax.enable_x64(True):
         args = case.args(seed)
     with jax.enable_x64(dtype == "float64"):
-        cast = tuple(verify._cast(a, dtype) for a in args)
-        fn = lambda *d: spec.manual(*verify._substitute(cast, case.argnums, d), **case.kwargs)  # noqa: E731
+        cast = tuple(numerics.cast(a, dtype) for a in args)
+        fn = lambda *d: spec.manual(*numerics.substitute(cast, case.argnums, d), **case.kwargs)  # noqa: E731
         diff = tuple(cast[i] for i in case.argnums)
         out, pullback = jax.vjp(fn, *diff)
         rng = np.random.default_rng(seed + 1)
@@ -247,7 +248,7 @@ def check_device(
             for key, g in grads.items():
                 if key not in golden:
                     raise KeyError(f"golden file has no entry {key}: regenerate it with `jaxbp devices --write-golden`")
-                errs.append(verify._rel_err(g, golden[key])[1])
+                errs.append(numerics.rel_err(g, golden[key])[1])
             tol = GOLDEN_F64_RTOL if f64 else spec.rtol_float32
             ok = None
             if suite:

@@ -57,6 +57,7 @@ def test_check_layers_prints_a_table_and_writes_json(capsys, tmp_path):
     out = tmp_path / "report.json"
     assert main(["check", "--layer", "relu", "--layer", "dense", "--json", str(out)]) == 0
     text = capsys.readouterr().out
+    text = text[text.index("\nlayer ") + 1 :]  # after the line per configuration streamed to a non-terminal
     header = text.splitlines()[0].split()
     assert header[:2] == ["layer", "config"] and "result" in header
     from jaxbp import registry
@@ -120,7 +121,7 @@ def test_target_wrong_pair_exits_1_with_the_worst_element_and_derivation(capsys,
     assert code == 1
     assert f"{mod}:matmul: FAIL" in out
     assert "FAIL da (float64, shape (3, 3))" in out and "worst element a[" in out  # the argument and element
-    assert "the equations for da:" in out and "y = a b;  da = dy b^T;  db = a^T dy" in out
+    assert "the equations for da:" in out and out.count("y = a b;  da = dy b^T;  db = a^T dy") == 1  # once
     data = json.loads(json_path.read_text())
     grads = {g["arg"]: g["passed"] for g in data["reports"][0]["grads"]}
     assert grads == {"a": False, "b": True}
@@ -152,7 +153,11 @@ def test_target_bad_specs_exit_2(capsys, tmp_path, monkeypatch, target, message)
         (["--shapes", "3,a"], "malformed shape '3,a'"),
         (["--shapes", "3", "4"], "cannot take the 2 argument(s)"),
         (["--shapes", "3", "--argnums", "2"], "out of range"),
-        ([], "--target needs --reference and --shapes"),
+        ([], "--target needs --shapes or --example"),
+        (["--shapes", "3", "--rtol=-1e-3"], "--rtol must be a finite number >= 0"),
+        (["--shapes", "3", "--rtol", "nan"], "--rtol must be a finite number >= 0"),
+        (["--shapes", "3", "--rtol", "tight"], "--rtol 'tight'"),
+        (["--shapes", "3", "--example", "m:f"], "either --shapes or --example"),
     ],
 )
 def test_target_bad_shapes_exit_2(capsys, tmp_path, monkeypatch, argv, message):
@@ -188,3 +193,108 @@ def test_importing_jaxbp_does_not_import_matplotlib():
     code = "import sys, jaxbp, jaxbp.verify, jaxbp.plots, jaxbp.cli; print('matplotlib' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+EXAMPLE_MODULE = """
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def reference(x, labels, key):
+    keep = jax.random.bernoulli(key, 0.5, x.shape)
+    return jnp.sum(jnp.where(keep, x, 0.0) * labels)
+
+
+@jax.custom_vjp
+def masked(x, labels, key):
+    return reference(x, labels, key)
+
+
+def bwd(res, g):
+    x, labels, key = res
+    keep = jax.random.bernoulli(key, 0.5, x.shape)
+    return g * jnp.where(keep, labels * {scale}, 0.0), None, None
+
+
+masked.defvjp(lambda x, labels, key: (reference(x, labels, key), (x, labels, key)), bwd)
+
+
+def make_inputs(seed):
+    return np.abs(np.random.default_rng(seed).standard_normal((3, 4))) + 0.1, np.arange(4), jax.random.key(seed)
+"""
+
+
+@pytest.mark.parametrize("correct", [True, False])
+def test_example_inputs_from_a_file_path_with_integer_labels_and_a_key(capsys, tmp_path, correct):
+    path = tmp_path / "masked_layer.py"
+    path.write_text(EXAMPLE_MODULE.format(scale=1.0 if correct else 2.0))
+    code = main(["check", "--target", f"{path}:masked", "--reference", f"{path}:reference",
+                 "--example", f"{path}:make_inputs", "--dtype", "float64"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == (0 if correct else 1), out
+    assert "skipped labels: int64" in out and "skipped key: PRNG key" in out
+    assert ("FAIL dx (float64" in out) is not correct
+
+
+def test_without_a_reference_finite_differences_alone_catch_a_wrong_pair(capsys, tmp_path, monkeypatch):
+    mod = write_module(tmp_path, monkeypatch, "user_fd", correct=False)
+    code = main(["check", "--target", f"{mod}:softplus", "--shapes", "5", "--dtype", "float64"])
+    out = capsys.readouterr().out
+    assert code == 1 and "reference: finite differences only" in out and "FAIL dx (float64" in out
+
+
+@pytest.mark.parametrize(
+    ("flag", "make", "message"),
+    [
+        ("--json", lambda d: d, "is a folder, not a file"),
+        ("--json", lambda d: d / "missing" / "r.json", "does not exist"),
+        ("--plot", lambda d: d / "missing" / "plots", "does not exist"),
+        ("--plot", lambda d: (d / "file.txt").write_text("x") and d / "file.txt", "is a file, not a folder"),
+    ],
+)
+def test_output_destinations_are_checked_before_the_run(capsys, tmp_path, flag, make, message):
+    with pytest.raises(SystemExit) as info:
+        main(["check", "--layer", "relu", flag, str(make(tmp_path))])
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and flag in captured.err and captured.out == ""  # nothing ran
+
+
+def test_an_unwritable_destination_is_refused(capsys, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        import os
+
+        if os.access(locked, os.W_OK):  # running as root: permissions do not bind
+            pytest.skip("permissions are not enforced for this user")
+        with pytest.raises(SystemExit) as info:
+            main(["check", "--layer", "relu", "--json", str(locked / "r.json")])
+        assert info.value.code == 2 and "is not writable" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o700)
+
+
+def test_results_stream_line_by_line_when_stdout_is_not_a_terminal(capsys):
+    assert main(["check", "--layer", "relu", "--dtype", "float64"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    from jaxbp import registry
+
+    n = len(registry.get("relu").cases)
+    assert all(line.startswith("relu[") and ": PASS" in line for line in lines[:n])  # before the table
+    assert lines[n] == "" and lines[n + 1].split()[:2] == ["layer", "config"]
+
+
+def test_a_closed_pipe_ends_quietly():
+    import subprocess
+    import sys
+
+    code = "import sys; from jaxbp.cli import main; sys.exit(main(['check', '--layer', 'relu', '--dtype', 'float64']))"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()  # like `| head -1`
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and first.startswith(b"relu[")
+    assert "Traceback" not in err and "BrokenPipe" not in err

@@ -1,0 +1,80 @@
+"""Verify a hand-derived VJP against ``jax.grad`` and central finite differences.
+
+:func:`verify_vjp` takes a function with a custom backward (``manual_fn``) and a
+plain-JAX twin (``reference_fn``), any pytrees in and out, and returns a :class:`Report`:
+per differentiable leaf and dtype the VJP against autodiff (several random cotangents)
+and against float64 central differences; the transforms (forward equality, ``jit``,
+``vmap``, grad-of-grad with respect to the inputs and to the cotangent, each output
+alone with symbolic-zero cotangents for the others, forward mode); and the same
+compiled VJPs at inputs beyond the examples.
+
+The package, one job per module:
+
+* :mod:`~jaxbp.verify.tolerances` - the tolerance of each dtype and matmul precision;
+* :mod:`~jaxbp.verify.numerics` - errors, casting, finite differences (public helpers);
+* :mod:`~jaxbp.verify.structure` - which leaves are differentiated, named by key path;
+* :mod:`~jaxbp.verify.checks` - the checks of one dtype, methods of one ``Probe``;
+* :mod:`~jaxbp.verify.api` - :func:`verify_vjp`;
+* :mod:`~jaxbp.verify.report` - :class:`Report` and its rendering;
+* :mod:`~jaxbp.verify.suite` - the registry suite (``jaxbp check``) and its tables;
+* :mod:`~jaxbp.verify.target` - a user's function from the command line.
+"""
+
+from jaxbp.verify.api import verify_vjp
+from jaxbp.verify.checks import EXPLORE_REGIONS
+from jaxbp.verify.report import (
+    TRANSFORMS,
+    ExploreCheck,
+    GradCheck,
+    JacobianBlock,
+    Report,
+    TransformCheck,
+    equation_lines,
+)
+from jaxbp.verify.suite import (
+    check_output_path,
+    check_registry,
+    format_markdown,
+    format_table,
+    per_layer_rows,
+    reports_to_dict,
+    status_line,
+    summary_rows,
+    verify_layer,
+    write_json,
+)
+from jaxbp.verify.target import TargetError, check_target, example_inputs, load_example, load_function, parse_shape
+from jaxbp.verify.tolerances import FD_DIRECTIONS, FD_STEP, FD_TOLERANCE, default_tolerance, layer_tolerances
+
+__all__ = [
+    "EXPLORE_REGIONS",
+    "FD_DIRECTIONS",
+    "FD_STEP",
+    "FD_TOLERANCE",
+    "TRANSFORMS",
+    "ExploreCheck",
+    "GradCheck",
+    "JacobianBlock",
+    "Report",
+    "TargetError",
+    "TransformCheck",
+    "check_output_path",
+    "check_registry",
+    "check_target",
+    "default_tolerance",
+    "equation_lines",
+    "example_inputs",
+    "format_markdown",
+    "format_table",
+    "layer_tolerances",
+    "load_example",
+    "load_function",
+    "parse_shape",
+    "per_layer_rows",
+    "reports_to_dict",
+    "status_line",
+    "summary_rows",
+    "verify_layer",
+    "verify_vjp",
+    "write_json",
+]

@@ -1,0 +1,275 @@
+"""``verify_vjp``: check a hand-derived VJP against ``jax.grad`` of a twin and finite differences."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxbp.loading import first_line
+from jaxbp.verify.checks import EXPLORE_REGIONS, FD_BASIS_MAX, Probe, Problem, pairing
+from jaxbp.verify.numerics import cast, is_inexact
+from jaxbp.verify.report import TRANSFORMS, Report, TransformCheck
+from jaxbp.verify.structure import Inputs, Outputs
+from jaxbp.verify.tolerances import FD_DIRECTIONS, FD_TOLERANCE, tolerance_for, validate_rtol
+
+__all__ = ["verify_vjp"]
+
+CHECKABLE_TRANSFORMS = tuple(t for t in TRANSFORMS if t != "forward")
+# Without a reference, random directions per leaf for leaves above FD_BASIS_MAX elements.
+FD_ONLY_DIRECTIONS = 8
+
+
+def unwrap(fn: Callable) -> Callable:
+    """The function inside ``functools.partial`` wrappers."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return fn
+
+
+def _param_names(fn: Callable) -> list[str]:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def arg_names(manual_fn: Callable, reference_fn: Callable | None, n: int) -> list[str]:
+    """Argument names from the manual function's signature, else the reference's, else ``arg<i>``."""
+    for fn in (manual_fn, reference_fn):
+        names = _param_names(fn) if fn is not None else []
+        if len(names) >= n:
+            return names[:n]
+    return [f"arg{i}" for i in range(n)]
+
+
+def _has_inexact(arg: Any) -> bool:
+    return any(is_inexact(leaf) for leaf in jax.tree.leaves(arg))
+
+
+def _argnums(argnums, example_args) -> tuple[int, ...]:
+    if argnums is None:
+        argnums = tuple(i for i, a in enumerate(example_args) if _has_inexact(a))
+        if not argnums:
+            raise ValueError(
+                "verify_vjp: no floating-point or complex array among the arguments' leaves to differentiate"
+            )
+        return argnums
+    argnums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    for i in argnums:
+        if not 0 <= i < len(example_args):
+            raise ValueError(f"verify_vjp: argnum {i} is out of range for {len(example_args)} arguments")
+        if not _has_inexact(example_args[i]):
+            raise ValueError(
+                f"verify_vjp: argument {i} has no floating-point array leaf (it is not a floating-point array) "
+                "and cannot be differentiated"
+            )
+    return argnums
+
+
+def _transform_names(transforms: bool | Iterable[str]) -> frozenset[str]:
+    if transforms is True:
+        return frozenset(CHECKABLE_TRANSFORMS)
+    if transforms is False or transforms is None:
+        return frozenset()
+    names = frozenset([transforms] if isinstance(transforms, str) else transforms)
+    unknown = sorted(names - set(CHECKABLE_TRANSFORMS))
+    if unknown:
+        raise ValueError(
+            f"verify_vjp: unknown transform {', '.join(unknown)}; known: {', '.join(CHECKABLE_TRANSFORMS)}"
+        )
+    return names
+
+
+def _explore_regions(explore: bool | Iterable[str], fd: bool) -> tuple[str, ...]:
+    if explore is True:
+        # zeros and ties sit on kinks; only where the inputs are not declared to (fd=True)
+        return EXPLORE_REGIONS if fd else tuple(r for r in EXPLORE_REGIONS if r not in ("zeros", "ties"))
+    if not explore:
+        return ()
+    regions = tuple([explore] if isinstance(explore, str) else explore)
+    unknown = [r for r in regions if r not in EXPLORE_REGIONS]
+    if unknown:
+        raise ValueError(
+            f"verify_vjp: unknown explore region {', '.join(unknown)}; known: {', '.join(EXPLORE_REGIONS)}"
+        )
+    return regions
+
+
+def _directions(inputs: Inputs, diff64: list, rng: np.random.Generator, fd_only: bool) -> list:
+    """Unit directions per leaf (complex leaves: complex directions); every basis vector of small leaves
+    when there is no reference."""
+    out = []
+    for d in diff64:
+        shape, size, cplx = np.shape(d), int(np.size(d)), np.iscomplexobj(d)
+        if fd_only and size <= FD_BASIS_MAX:
+            eye = np.eye(size).reshape(size, *shape)
+            vs = list(eye) + (list(1j * eye) if cplx else [])
+        else:
+            vs = []
+            for _ in range(FD_ONLY_DIRECTIONS if fd_only else FD_DIRECTIONS):
+                v = rng.standard_normal(shape) + (1j * rng.standard_normal(shape) if cplx else 0)
+                vs.append(v / (np.linalg.norm(v) or 1.0))
+        out.append(vs if size else [])
+    return out
+
+
+def verify_vjp(
+    manual_fn: Callable,
+    reference_fn: Callable | None,
+    *example_args: Any,
+    argnums: int | Sequence[int] | None = None,
+    dtypes: Sequence[str] = ("float64", "float32"),
+    seed: int = 0,
+    num_cotangents: int = 3,
+    rtol: float | dict[str, float | tuple[float, str]] | None = None,
+    fd: bool = True,
+    transforms: bool | Iterable[str] = True,
+    explore: bool | Iterable[str] = True,
+    jacobian: bool = False,
+    matmul_precision: str | None = "highest",
+    name: str | None = None,
+    derivation: str | None = None,
+) -> Report:
+    """Compare the VJP of ``manual_fn`` with autodiff of ``reference_fn`` and with finite differences.
+
+    Args:
+      manual_fn: the function with a hand-derived backward (usually ``jax.custom_vjp``).
+      reference_fn: the same forward in plain JAX; its gradient comes from autodiff.
+        ``None`` checks against finite differences only: every basis direction of
+        leaves up to 64 elements, 8 random ones above, no second order; weaker (see
+        the README), but it needs no twin.
+      *example_args: positional arguments for both, any pytrees. Every floating or
+        complex array leaf of the selected arguments is differentiated and named by
+        its key path (``params['w']``); integer labels, PRNG keys, bools and Python
+        numbers pass through unchanged and are listed as skipped.
+      argnums: the arguments to differentiate (default: every one with a floating leaf).
+      dtypes: the dtypes to check in (all inexact leaves cast together); float64 runs
+        with ``jax_enable_x64`` switched on.
+      seed: seeds the cotangents, finite-difference directions, vmap batch and
+        second-order probes, so a report is reproducible.
+      num_cotangents: random cotangents per dtype; the worst is reported.
+      rtol: a tolerance for every dtype, or a ``{dtype: tol}`` dict (``tol`` may be a
+        ``(tol, where_it_comes_from)`` pair); default :func:`default_tolerance`.
+        Negative or NaN raises ``ValueError``.
+      fd: also check against central finite differences (turn off where the inputs
+        sit on a kink on purpose: ties of a max, ReLU at 0; also drops the zeros and
+        ties regions of ``explore``).
+      transforms: ``True`` (all), ``False`` (none: only the forward check) or the names
+        to run among ``jit``, ``vmap``, ``grad_of_grad``, ``grad_of_grad_ct``,
+        ``zero_cotangents``, ``forward_mode``.
+      explore: also check at inputs beyond the examples, in the most precise dtype
+        checked: ``True`` (scaled x1e-3, x10, x100; zeros and ties when ``fd``),
+        ``False``, or the region names. Same shapes, so nothing recompiles.
+      jacobian: on failure, add manual and reference Jacobian blocks of failing
+        leaves with at most 64 elements (outputs at most 64 elements in total).
+      matmul_precision: ``jax.default_matmul_precision`` in force during the checks;
+        None keeps whatever is configured (and records it).
+      name: label of the report (default the manual function's ``__name__``).
+      derivation: the math to show on failure (default the manual function's docstring).
+
+    Returns:
+      A :class:`Report`; ``report.passed`` says whether every check is within tolerance,
+      ``report.raise_if_failed()`` raises it as an ``AssertionError``. Exceptions raised
+      by either function are recorded in ``report.errors`` (and fail it).
+    """
+    argnums = _argnums(argnums, example_args)
+    if num_cotangents < 1:
+        raise ValueError("verify_vjp: num_cotangents must be >= 1")
+    validate_rtol(rtol)
+    transform_names = _transform_names(transforms)
+    regions = _explore_regions(explore, fd or reference_fn is None)
+    dtypes = [str(np.dtype(d)) if d != "bfloat16" else d for d in dtypes]
+    names = arg_names(manual_fn, reference_fn, len(example_args))
+    precision = matmul_precision or jax.config.jax_default_matmul_precision or "default"
+    if derivation is None:
+        derivation = inspect.getdoc(unwrap(manual_fn)) or ""
+    report = Report(
+        name=name or getattr(unwrap(manual_fn), "__name__", "function"),
+        matmul_precision=precision,
+        backend=jax.default_backend(),
+        derivation=derivation.strip(),
+        seed=seed,
+        reference="autodiff" if reference_fn is not None else "finite differences only",
+    )
+    # A stream of its own: the registry draws the example inputs from default_rng(seed), and a
+    # cotangent equal to an input (dy = x) makes some gradients vanish (batch norm's dx).
+    rng = np.random.default_rng([seed, 1])
+    inputs = Inputs(example_args, argnums, names)
+    report.skipped = [{"label": s.label, "reason": s.reason} for s in inputs.skipped]
+    with jax.enable_x64(True):
+        args64 = tuple(jax.tree.map(lambda a: cast(a, "float64"), a) for a in example_args)
+        target = reference_fn or manual_fn
+        try:
+            outputs = Outputs(jax.eval_shape(inputs.of(target, args64), *inputs.values(args64)))
+        except Exception as e:  # noqa: BLE001 - report, do not crash
+            which = "reference_fn" if reference_fn is not None else "manual_fn"
+            report.errors.append(f"{which} raised {type(e).__name__}: {first_line(e)}")
+            return report
+        report.skipped += [{"label": s.label, "reason": s.reason} for s in outputs.skipped]
+        if not any(outputs.inexact):
+            kinds = ", ".join(f"{lab}: {s.dtype}" for lab, s in zip(outputs.labels, outputs.structs)) or "none"
+            report.errors.append(f"no floating-point output to differentiate ({kinds}); nothing was checked")
+            return report
+        cts64 = [outputs.random_cotangent(rng) for _ in range(num_cotangents)]
+        directions = fd_pairing = None
+        if fd or reference_fn is None:
+            directions = _directions(inputs, inputs.values(args64), rng, reference_fn is None)
+            f64 = inputs.of(target, args64)
+            fd_pairing = jax.jit(jax.vmap(lambda d, c: pairing(outputs, f64(*d), c), in_axes=(0, None)))
+    random = any("PRNG key" in s.reason for s in inputs.skipped)
+    problem = Problem(
+        manual_fn, reference_fn, args64, inputs, cts64, directions, fd_pairing, transform_names, regions,
+        jacobian, random,
+    )  # fmt: skip
+    explore_dtype = "float64" if "float64" in dtypes else (dtypes[0] if dtypes else None)
+    for dtype in dtypes:
+        tol, src = tolerance_for(dtype, rtol, precision)
+        fd_tol = FD_TOLERANCE if dtype == "float64" else max(FD_TOLERANCE, tol)
+        context = jax.default_matmul_precision(matmul_precision) if matmul_precision else contextlib.nullcontext()
+        try:
+            with jax.enable_x64(dtype == "float64"), context:
+                _check_dtype(report, Probe(problem, dtype, tol, src, fd_tol, rng), dtype == explore_dtype)
+        except Exception as e:  # noqa: BLE001 - report, do not crash
+            report.errors.append(f"{dtype}: {type(e).__name__}: {first_line(e)}")
+    return report
+
+
+def _guard(name: str, probe: Probe, check: Callable[[], Any]) -> list:
+    """Run one transform check; an exception becomes a failed check that says what was raised."""
+    try:
+        rows = check()
+    except Exception as e:  # noqa: BLE001 - report, do not crash
+        return [
+            TransformCheck(name, probe.dtype, None, probe.tol, False, f"raised {type(e).__name__}: {first_line(e)}")
+        ]
+    return [] if rows is None else rows if isinstance(rows, list) else [rows]
+
+
+def _check_dtype(report: Report, probe: Probe, explore: bool) -> None:
+    """Every check of one probe, appended to the report as it completes."""
+    grads = probe.gradients()
+    report.grads += grads
+    report.transforms += _guard("forward", probe, probe.forward)
+    names = probe.p.transforms
+    for name, check in (
+        ("jit", probe.jit),
+        ("vmap", probe.vmap),
+        ("grad_of_grad", probe.grad_of_grad),
+        ("zero_cotangents", probe.zero_cotangents),
+        ("forward_mode", probe.forward_mode),
+    ):
+        if name in names or (name == "grad_of_grad" and "grad_of_grad_ct" in names):
+            rows = _guard(name, probe, check)
+            report.transforms += [r for r in rows if r.name in names or r.passed is False and r.name == name]
+    if explore:
+        report.explored += probe.explore()
+    if probe.p.jacobian:
+        failing = [k for k, g in enumerate(grads) if not g.passed]
+        report.jacobians += probe.jacobians(failing)

@@ -1,0 +1,138 @@
+"""A user's own function from the command line (``jaxbp check --target``): loading, example inputs.
+
+The function is loaded by :func:`jaxbp.loading.load_function` (``module:fn`` or
+``path/to/file.py:fn``); its example inputs come from ``--shapes`` (seeded standard-normal
+float64 arrays) or from the user's own ``make_inputs`` function (``--example``), which
+may return any pytrees: integer labels, PRNG keys, positive-only inputs.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Sequence
+
+import jax
+import numpy as np
+
+from jaxbp import loading
+from jaxbp.loading import LoadError, first_line
+from jaxbp.verify.api import unwrap, verify_vjp
+from jaxbp.verify.report import Report
+
+__all__ = ["TargetError", "check_target", "example_inputs", "load_example", "load_function", "parse_shape"]
+
+
+class TargetError(LoadError):
+    """A ``module:function`` spec, a shape or example inputs that cannot be used (the CLI exits with status 2)."""
+
+
+def load_function(spec: str, *, search_cwd: bool = True) -> Callable:
+    """:func:`jaxbp.loading.load_function`, its errors raised as :class:`TargetError`."""
+    try:
+        return loading.load_function(spec, search_cwd=search_cwd)
+    except TargetError:
+        raise
+    except LoadError as e:
+        raise TargetError(str(e)) from e
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"3,4"`` -> ``(3, 4)``; ``"7"`` -> ``(7,)``; ``""`` or ``"()"`` -> a scalar. Raises :class:`TargetError`."""
+    body = text.strip().strip("()[]").strip()
+    if not body:
+        return ()
+    parts = [p.strip() for p in body.replace("x", ",").split(",")]
+    if parts and parts[-1] == "":  # "3," is the 1-tuple (3,)
+        parts = parts[:-1]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise TargetError(f"malformed shape {text!r}: expected non-negative integers separated by commas, e.g. 3,4")
+    return tuple(int(p) for p in parts)
+
+
+def example_inputs(shapes: Sequence[tuple[int, ...]], seed: int = 0) -> tuple[np.ndarray, ...]:
+    """Seeded standard-normal float64 arrays of the given shapes."""
+    rng = np.random.default_rng(seed)
+    return tuple(rng.standard_normal(shape) for shape in shapes)
+
+
+def load_example(spec: str | Callable, seed: int = 0) -> tuple:
+    """The example arguments from a user's ``make_inputs`` (``module:fn``): called with ``seed`` if it takes
+    an argument, else with none; a tuple is the arguments, anything else the single argument.
+
+    Runs with x64 on, so float64 inputs stay float64 until each dtype's cast.
+    """
+    fn = load_function(spec) if isinstance(spec, str) else spec
+    label = spec if isinstance(spec, str) else getattr(fn, "__name__", "make_inputs")
+    try:
+        takes_seed = bool(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        takes_seed = False
+    try:
+        with jax.enable_x64(True):
+            args = fn(seed) if takes_seed else fn()
+    except Exception as e:  # a user's function may raise anything
+        raise TargetError(f"{label} raised {type(e).__name__}: {first_line(e)}") from e
+    return args if isinstance(args, tuple) else (args,)
+
+
+def _check_binds(spec: str | Callable, fn: Callable, args: tuple, source: str) -> None:
+    try:
+        inspect.signature(fn).bind(*args)
+    except TypeError as e:
+        label = spec if isinstance(spec, str) else getattr(fn, "__name__", "function")
+        raise TargetError(f"{label} cannot take the {len(args)} argument(s) given by {source}: {e}") from e
+    except ValueError:  # no signature to check (a builtin): let the call decide
+        pass
+
+
+def check_target(
+    target: str | Callable,
+    reference: str | Callable | None,
+    shapes: Sequence[str | tuple[int, ...]] | None = None,
+    *,
+    example: str | Callable | None = None,
+    argnums: Sequence[int] | None = None,
+    dtypes: Sequence[str] = ("float64", "float32"),
+    seed: int = 0,
+    matmul_precision: str | None = "highest",
+    rtol: float | None = None,
+    explore: bool | Iterable[str] = True,
+    jacobian: bool = False,
+) -> Report:
+    """:func:`verify_vjp` of a user's pair (``jaxbp check --target``), on random float64 inputs of the
+    given ``shapes`` or on the arguments ``example`` returns. ``reference=None``: finite differences only."""
+    manual_fn = load_function(target) if isinstance(target, str) else target
+    reference_fn = load_function(reference) if isinstance(reference, str) else reference
+    if example is not None:
+        if shapes:
+            raise TargetError("give either --shapes or --example, not both")
+        args, source = load_example(example, seed), "--example"
+    else:
+        if not shapes:
+            raise TargetError("give the shape of every argument, e.g. --shapes 3,4 4,2 (or --example mod:make_inputs)")
+        parsed = [parse_shape(s) if isinstance(s, str) else tuple(s) for s in shapes]
+        args, source = example_inputs(parsed, seed), "--shapes"
+    if argnums is not None:
+        bad = [i for i in argnums if not 0 <= i < len(args)]
+        if bad:
+            raise TargetError(f"argnums {bad} out of range for {len(args)} argument(s)")
+    for spec, fn in ((target, manual_fn), (reference, reference_fn)):
+        if fn is not None:
+            _check_binds(spec, fn, args, source)
+    name = target if isinstance(target, str) else getattr(unwrap(target), "__name__", "function")
+    try:
+        return verify_vjp(
+            manual_fn,
+            reference_fn,
+            *args,
+            argnums=None if argnums is None else tuple(argnums),
+            dtypes=dtypes,
+            seed=seed,
+            matmul_precision=matmul_precision,
+            rtol=rtol,
+            explore=explore,
+            jacobian=jacobian,
+            name=name,
+        )
+    except ValueError as e:  # argument problems found before any check ran
+        raise TargetError(str(e)) from e
