@@ -8,6 +8,7 @@ Bad flags exit with status 2 (argparse); failed checks exit with status 1.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
