@@ -426,14 +426,9 @@ def build_results(old: dict[str, Any], candidates: Sequence[Recipe], plan: Plan)
 
 
 def recipe_fields(recipe: Recipe) -> dict[str, Any]:
-    """The recipe's fields that differ from TrainConfig's defaults (seed, grad, out... excluded)."""
-    skip = {"seed", "grad", "val_split", "epochs", "out", "data_dir", "resume", "max_steps", "log_every"}
-    defaults = train.TrainConfig()
-    return {
-        f.name: getattr(recipe.config, f.name)
-        for f in dataclasses.fields(train.TrainConfig)
-        if f.name not in skip and getattr(recipe.config, f.name) != getattr(defaults, f.name)
-    }
+    """The recipe's whole config but what each run sets (seed, grad, val_split, epochs, where)."""
+    per_run = {"seed", "grad", "val_split", "epochs", "out", "data_dir", "resume", "max_steps"}
+    return {k: v for k, v in recipe.config.to_dict().items() if k not in per_run}
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -446,10 +441,10 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 def plot(selection: Selection, plan: Plan, out: Path) -> Path | None:
-    """The chosen recipe's seed-0 manual and autodiff final runs, overlaid, when both are done."""
+    """The chosen recipe's seed-0 manual and autodiff final runs, overlaid, once both completed."""
     dirs = [run_dir(plan, "final", selection.chosen, 0, g) for g in GRADS]
-    if not all((read_summary(d) or {}).get("status") in ("completed", "stopped") for d in dirs):
-        return None
+    if not all((read_summary(d) or {}).get("status") == "completed" for d in dirs):
+        return None  # e.g. a smoke run stopped by --max-steps before its first epoch's evaluation
     title = f"Fashion-MNIST, {selection.chosen} (chosen on validation), seed 0: manual vs autodiff"
     return plots.plot_runs(dirs, out, labels=list(GRADS), target=TARGET, title=title)
 
