@@ -31,12 +31,19 @@ under ``history_chosen_on_test``.
     python experiments/fashion_mnist.py --phase select --only resnet-uniform-shift1
     python experiments/fashion_mnist.py --epochs 1 --max-steps 20   # a smoke run (runs/fashion_mnist-smoke, never results/)
 
-How long: cnn-bn trained at 806 examples/s (manual) and 465 examples/s (autodiff) on this
-2-core machine in the recorded runs (two processes at once); a smoke run alone measured
-SMOKE_RATE (see below). A selection run (54,000 rows x 15 epochs = 810,000 examples) takes
-about 17 min manual; a final run (900,000 examples) about 19 min manual and 32 min autodiff.
-select: 5 runs, about 1.5 h; final: 2 recipes x 3 seeds x (19 + 32) min, about 5 h one after
-the other (about 3 h as two processes, one per gradient mode, if the two cores are free).
+How long (15 epochs; cnn-bn's rates are those of the recorded runs, resnet's scaled from
+cnn-bn by the ratio measured below). A selection run trains 54,000 rows x 15 = 810,000
+examples, a final run 900,000. cnn-bn trained at 806 examples/s manual and 465 autodiff (two
+processes at once on the 2 cores, otherwise quiet), so a selection run takes about 18 min and
+a final run 19 min manual, 32 min autodiff. Measured for this estimate (150 steps of batch 128
+on the whole training split, resumed from a smoke run, ``jaxbp train --resume DIR --max-steps
+170``, while other jobs kept the load near 9 on the 2 cores): cnn-bn 473 (manual) and 273
+(autodiff) examples/s, resnet 626 and 519; so resnet runs at about 1,070 / 885 examples/s on
+the quiet machine, 13 min per selection run, 14 min (manual) and 17 min (autodiff) per final
+run. In all: select 3 x 18 + 2 x 13 min, about 1.4 h; final 3 seeds x (19 + 32 + 14 + 17)
+min, about 4.1 h; about 5.5 h one run after the other, or about 4 h with the final phase in
+two processes (``--grads manual`` and ``--grads autodiff``). On a machine as loaded as during
+the measurement, about 1.7x longer.
 
 History (chosen on test, superseded). Before this protocol the recipe was chosen by test
 accuracy over more than thirty cnn-bn runs with no validation split (seed 0, manual, 15
@@ -44,9 +51,10 @@ epochs): He initialisation levelled off near 92.5 % whatever the regularisation 
 label smoothing, weight decay, SGD, flips); ``--init uniform`` (PyTorch's weight scale) with
 random shifts fitted faster and reached 92.96 % (2-pixel shifts), 93.14 % (2-pixel shifts,
 batch 64) and 93.15 % (1-pixel shifts, :data:`CONFIG`; 93.21 % and 92.96 % with seeds 1 and 2).
-Those numbers are optimistic estimates, being the maxima of many test-set looks; the list and
-the curves are in the JSON under ``history_chosen_on_test`` and the three best recipes are the
-cnn-bn candidates here.
+Those numbers are optimistic estimates, being the maxima of many test-set looks. The runs
+recorded then (curves and 24 other configurations) are in the JSON under
+``history_chosen_on_test``, the whole list of configurations in this file's docstring at
+commit 3e0d59c; its three best recipes are the cnn-bn candidates here. None of those runs held out a validation split, so none is reused.
 """
 
 from __future__ import annotations
@@ -454,7 +462,7 @@ def plot(selection: Selection, plan: Plan, out: Path) -> Path | None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--phase", choices=PHASES, default="all")
+    p.add_argument("--phase", choices=PHASES, default="all", help="select, final (needs select done), or all")
     p.add_argument("--only", action="append", default=[], metavar="NAME", help="only this recipe (repeatable)")
     p.add_argument("--seeds", default=",".join(map(str, FINAL_SEEDS)), help="final phase: comma-separated seeds")
     p.add_argument("--grads", default=",".join(GRADS), help="final phase: comma-separated: manual, autodiff")
