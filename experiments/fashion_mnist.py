@@ -507,9 +507,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"chosen: {selection.why}")
             recipes = [r for r in final_recipes(CANDIDATES, selection) if not args.only or r.name in args.only]
             final_phase(recipes, plan, log)
-    except (ProtocolError, ValueError) as err:  # ValueError: fit's ConfigError, RunFolderError, DataError
+    except (ProtocolError, ValueError) as err:  # ValueError: ConfigError, RunFolderError, DataError, CheckpointError
         print(f"fashion_mnist.py: {err}", file=sys.stderr)
         return 2
+    except train.TrainingInterrupted as err:
+        print(f"fashion_mnist.py: {err.message}; or run the same command again to resume", file=sys.stderr)
+        return 130
+    except train.TrainError as err:  # diverged or a gradient mismatch: the run folder keeps the details
+        print(f"fashion_mnist.py: {err}", file=sys.stderr)
+        return 1
     json_path = results_dir / "fashion_mnist.json"
     old = json.loads(json_path.read_text()) if json_path.exists() else {}
     results, selection = build_results(old, CANDIDATES, plan)

@@ -130,6 +130,26 @@ def test_a_folder_of_another_config_is_replaced_explicitly(tmp_path, monkeypatch
     assert "learning_rate: 0.5 -> 0.003" in lines[0]
 
 
+@pytest.mark.parametrize(
+    "status, has_checkpoint, expected",
+    [("interrupted", True, "resume"), ("running", True, "resume"), ("interrupted", False, "overwrite")],
+)
+def test_an_unfinished_run_resumes_from_its_checkpoint_or_restarts_without_one(
+    tmp_path, monkeypatch, status, has_checkpoint, expected
+):
+    """SIGINT leaves ``interrupted``, a hard kill ``running``: both continue from the checkpoint;
+    with none written yet there is nothing to keep, and the folder is retrained."""
+    config = fm.run_config(CANDIDATES[0], fm.Plan(tmp_path, epochs=1), "final", 0, "manual")
+    plant(config, val=None, test=0.5, status=status)
+    if has_checkpoint:
+        (Path(config.out) / "checkpoint.npz").write_bytes(b"")  # only its presence is looked at here
+    calls = []
+    monkeypatch.setattr(fm.train, "fit", lambda config, **kwargs: calls.append((config, kwargs)))
+    fm.ensure_run(config, log=lambda line: None)
+    resumed = dataclasses.replace(config, resume=config.out)
+    assert calls == ([(resumed, {"overwrite": False})] if expected == "resume" else [(config, {"overwrite": True})])
+
+
 def test_results_keep_the_old_history_and_record_the_machine(tmp_path, no_training):
     plan = fm.Plan(tmp_path, epochs=1)
     plant_selection(plan, [(0.90, 0.97, 23), (0.93, 0.91, 23), (0.85, 0.95, 23)])
