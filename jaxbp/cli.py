@@ -230,11 +230,9 @@ def _run_data(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------ check
 
 
-_CHECK_DTYPES = ("float64", "float32", "bfloat16", "float16")
-_MATMUL_PRECISIONS = ("highest", "float32", "high", "bfloat16_3x", "tensorfloat32", "default", "bfloat16")
-
-
 def _add_check(sub: argparse._SubParsersAction) -> None:
+    from jaxbp.verify.tolerances import MATMUL_PRECISIONS, TOLERANCE
+
     p = sub.add_parser(
         "check",
         help="verify hand-derived VJPs against autodiff and finite differences",
@@ -253,14 +251,14 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dtype",
         action="append",
-        choices=_CHECK_DTYPES,
+        choices=tuple(TOLERANCE),
         help="check in this dtype (repeatable; default: float64 and float32)",
     )
     p.add_argument("--seed", type=int, default=0, help="seeds inputs, cotangents and probes (default: 0)")
     p.add_argument(
         "--matmul-precision",
         default="highest",
-        choices=_MATMUL_PRECISIONS,
+        choices=MATMUL_PRECISIONS,
         help="jax.default_matmul_precision during the checks; the tolerance follows it (default: highest)",
     )
     p.add_argument("--json", metavar="FILE", help="also write the full report (every argument and check) as JSON")
