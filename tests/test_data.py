@@ -1,4 +1,9 @@
-"""jaxbp.data: digits, strict IDX loading, lookup order, fetch (local server), batches, `jaxbp data`."""
+"""jaxbp.data and jaxbp.datafiles: digits, strict IDX loading, lookup order, fetch (local server), batches,
+`jaxbp data`.
+
+The tests call everything through ``jaxbp.data`` (which re-exports the file side), but patch the
+globals of ``jaxbp.datafiles``: that is where the lookup and fetch code reads them.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxbp import data
+from jaxbp import data, datafiles
 from jaxbp.cli import main
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -55,12 +60,22 @@ def write_file(folder: Path, stem: str, payload: bytes, *, gz: bool) -> Path:
 @pytest.fixture
 def isolated(tmp_path, monkeypatch):
     """No $JAXBP_DATA, an empty cache and an empty system data folder."""
-    monkeypatch.delenv(data.ENV_DATA, raising=False)
+    monkeypatch.delenv(datafiles.ENV_DATA, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIR", tmp_path / "system")
-    cache = data.default_cache_dir
-    monkeypatch.setattr(data, "default_cache_dir", lambda platform=None: cache("linux"))  # honour XDG on any OS
+    monkeypatch.setattr(datafiles, "SYSTEM_DATA_DIR", tmp_path / "system")
+    cache = datafiles.default_cache_dir
+    monkeypatch.setattr(datafiles, "default_cache_dir", lambda platform=None: cache("linux"))  # honour XDG on any OS
+    # The patches reach the lookup (a patch of a re-exported alias would not): the last two
+    # folders looked in are the ones under tmp_path, not the user's cache or /usr/share/datasets.
+    assert data.search_dirs("mnist")[-2:] == [tmp_path / "xdg-cache" / "jaxbp" / "mnist", tmp_path / "system" / "mnist"]
     return tmp_path
+
+
+def test_data_reexports_every_public_name_of_datafiles():
+    # Callers use jaxbp.data.<name> for the file side too: the very same objects.
+    assert datafiles.__all__
+    for name in datafiles.__all__:
+        assert getattr(data, name) is getattr(datafiles, name), name
 
 
 # ------------------------------------------------------------------ digits
@@ -251,7 +266,7 @@ def test_lookup_order_data_dir_env_cache_system(isolated, monkeypatch):
     write_idx_set(isolated / "xdg-cache" / "jaxbp" / "mnist", n_train=12, gz=False)
     assert data.load("mnist").x_train.shape[0] == 12
     write_idx_set(isolated / "env" / "mnist", n_train=13)
-    monkeypatch.setenv(data.ENV_DATA, str(isolated / "env"))
+    monkeypatch.setenv(datafiles.ENV_DATA, str(isolated / "env"))
     assert data.load("mnist").x_train.shape[0] == 13
     write_idx_set(isolated / "arg", n_train=14)
     assert data.load("mnist", data_dir=isolated / "arg").x_train.shape[0] == 14
@@ -335,10 +350,10 @@ class _Server:
 
 @pytest.fixture
 def served(tmp_path, monkeypatch):
-    """A local HTTP server with a small valid gz IDX set; its digests patched into data.SHA256."""
+    """A local HTTP server with a small valid gz IDX set; its digests patched into datafiles.SHA256."""
     src = write_idx_set(tmp_path / "src")
     files = {p.name: p.read_bytes() for p in src["paths"].values()}
-    monkeypatch.setitem(data.SHA256, "mnist", {n: hashlib.sha256(b).hexdigest() for n, b in files.items()})
+    monkeypatch.setitem(datafiles.SHA256, "mnist", {n: hashlib.sha256(b).hexdigest() for n, b in files.items()})
     server = _Server(files)
     server.thread.start()
     try:
@@ -369,7 +384,7 @@ def test_fetch_downloads_verifies_and_is_atomic(tmp_path, served):
 def test_fetch_digest_mismatch_keeps_nothing(tmp_path, served, monkeypatch):
     name = "train-labels-idx1-ubyte.gz"
     wrong = "0" * 64
-    monkeypatch.setitem(data.SHA256["mnist"], name, wrong)
+    monkeypatch.setitem(datafiles.SHA256["mnist"], name, wrong)
     actual = hashlib.sha256(served.files[name]).hexdigest()
     with pytest.raises(data.DataError) as err:
         data.fetch("mnist", tmp_path, base_url=served.url, progress=False)

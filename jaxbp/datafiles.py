@@ -1,0 +1,484 @@
+"""The files of the IDX data sets: where they are looked for, how they are read, how they are fetched.
+
+The file side of :mod:`jaxbp.data` (which loads, splits, batches and augments what is read
+here, and re-exports every public name of this module, so ``jaxbp.data.fetch`` etc. keep
+working).
+
+* ``mnist`` and ``fashion-mnist`` are the four standard IDX files, gzipped (``.gz``)
+  or raw, looked up in this order (first folder holding all four wins):
+
+  1. the ``data_dir`` argument (``--data-dir``), and ``data_dir/<name>``;
+  2. ``$JAXBP_DATA`` and ``$JAXBP_DATA/<name>``;
+  3. the cache, ``<cache>/<name>`` (:func:`default_cache_dir`), where :func:`fetch` writes;
+  4. ``/usr/share/datasets/<name>`` (Debian's ``dataset-fashion-mnist`` installs there).
+
+  :func:`find_files` returns them, or raises :class:`MissingDataError` saying where it
+  looked and how to get them (:func:`missing_message`).
+* :func:`read_idx` parses them strictly; every problem raises :class:`DataError` naming
+  the file. :func:`read_split` reads and cross-checks one split's images and labels.
+* :func:`fetch` is the only code in jaxbp that touches the network: it downloads the
+  four ``.gz`` files, verifies each against a pinned SHA-256 (:data:`SHA256`) and moves
+  it into place atomically.
+
+The errors live here (``jaxbp.data`` imports this module, never the reverse).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import math
+import os
+import struct
+import sys
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from jaxbp.checkpoint import fsync_dir
+
+__all__ = [
+    "BASE_URLS",
+    "DATASETS",
+    "ENV_DATA",
+    "FILE_NAMES",
+    "IDX_DATASETS",
+    "IDX_FILES",
+    "NUM_CLASSES",
+    "SHA256",
+    "SYSTEM_DATA_DIR",
+    "SYSTEM_PACKAGES",
+    "DataError",
+    "Located",
+    "MissingDataError",
+    "canonical_name",
+    "default_cache_dir",
+    "fetch",
+    "find_files",
+    "locate",
+    "missing_message",
+    "read_idx",
+    "read_idx_header",
+    "read_split",
+    "remedies",
+    "search_dirs",
+]
+
+DATASETS = ("digits", "mnist", "fashion-mnist")
+IDX_DATASETS = ("mnist", "fashion-mnist")
+NUM_CLASSES = 10
+
+# The four files of an IDX data set: split -> (images, labels), names without ".gz".
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+FILE_NAMES = tuple(name for pair in IDX_FILES.values() for name in pair)
+
+BASE_URLS = {
+    "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
+}
+
+# SHA-256 of the gzipped files as served at BASE_URLS. The same values are pinned in
+# tensorflow/datasets (tensorflow_datasets/url_checksums/{mnist,fashion_mnist}.txt)
+# and in several independent projects; the Fashion-MNIST ones belong to the files
+# whose MD5s the Fashion-MNIST README publishes (8d4fb7e6..., 25c81989...,
+# bef4ecab..., bb300cfd...). Debian's dataset-fashion-mnist re-compresses the files,
+# so its .gz digests differ: load() does not check digests, only fetch() does; the
+# strict IDX parser checks what load() reads.
+SHA256 = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+        "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+        "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+        "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+    },
+    "fashion-mnist": {
+        "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+        "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+        "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+        "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+    },
+}
+
+# Where system packages put data sets (Debian: dataset-fashion-mnist).
+SYSTEM_DATA_DIR = Path("/usr/share/datasets")
+# Debian packages that provide a data set, for the "how to get it" hint.
+SYSTEM_PACKAGES = {"fashion-mnist": "dataset-fashion-mnist"}
+
+ENV_DATA = "JAXBP_DATA"
+
+_IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # ubyte (0x08) with 3 dims (images) / 1 dim (labels)
+_IDX_UBYTE = 0x08
+_CHUNK = 1 << 16
+
+
+class DataError(ValueError):
+    """A data set is unknown, malformed, inconsistent or failed to download."""
+
+
+class MissingDataError(DataError):
+    """The files of a data set were not found; the message says where it looked."""
+
+
+# ------------------------------------------------------------------ locations
+
+
+def canonical_name(name: str) -> str:
+    """``name`` as one of :data:`DATASETS` (``fashion_mnist`` is accepted too)."""
+    canon = str(name).strip().lower().replace("_", "-")
+    if canon not in DATASETS:
+        raise DataError(f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}")
+    return canon
+
+
+def default_cache_dir(platform: str | None = None) -> Path:
+    """The per-user cache root for jaxbp (no dependency, the usual conventions).
+
+    Linux/other: ``$XDG_CACHE_HOME/jaxbp`` or ``~/.cache/jaxbp``; macOS:
+    ``~/Library/Caches/jaxbp``; Windows: ``%LOCALAPPDATA%\\jaxbp``.
+    ``platform`` defaults to ``sys.platform``.
+    """
+    platform = sys.platform if platform is None else platform
+    if platform == "win32":
+        base = os.environ.get("LOCALAPPDATA")
+        root = Path(base) if base else Path.home() / "AppData" / "Local"
+    elif platform == "darwin":
+        root = Path.home() / "Library" / "Caches"
+    else:
+        base = os.environ.get("XDG_CACHE_HOME")
+        # The XDG spec says relative paths are invalid and must be ignored.
+        root = Path(base) if base and os.path.isabs(base) else Path.home() / ".cache"
+    return root / "jaxbp"
+
+
+def _search_plan(name: str, data_dir: str | os.PathLike | None) -> list[Path | str]:
+    """The folders to look in, in order, with a note (str) where ``$JAXBP_DATA`` is unset."""
+    plan: list[Path | str] = []
+    if data_dir is not None:
+        base = Path(data_dir).expanduser()
+        plan += [base, base / name]
+    env = os.environ.get(ENV_DATA)
+    if env:
+        base = Path(env).expanduser()
+        plan += [base, base / name]
+    else:
+        plan.append(f"(${ENV_DATA} is not set)")
+    plan += [default_cache_dir() / name, SYSTEM_DATA_DIR / name]
+    seen: set[Path | str] = set()
+    return [d for d in plan if not (d in seen or seen.add(d))]  # type: ignore[func-returns-value]
+
+
+def search_dirs(name: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The folders :func:`load` looks in for ``name``, in order."""
+    return [d for d in _search_plan(canonical_name(name), data_dir) if isinstance(d, Path)]
+
+
+def _file_in(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+class Located(NamedTuple):
+    """What :func:`locate` found: the four files (None unless one folder holds all of them)
+    and a line per folder looked in, saying what was there."""
+
+    files: dict[str, Path] | None
+    looked: list[str]
+
+
+def locate(name: str, data_dir: str | os.PathLike | None = None) -> Located:
+    """The four files of ``name`` (a canonical IDX data set name) from the first folder
+    holding all of them, and a line per folder looked in."""
+    looked: list[str] = []
+    for folder in _search_plan(name, data_dir):
+        if isinstance(folder, str):
+            looked.append(folder)
+            continue
+        if not folder.is_dir():
+            looked.append(f"{folder} (no such folder)")
+            continue
+        files = {stem: _file_in(folder, stem) for stem in FILE_NAMES}
+        missing = [stem for stem, path in files.items() if path is None]
+        if not missing:
+            return Located(files, looked + [f"{folder} (found)"])  # type: ignore[arg-type]
+        looked.append(f"{folder} (missing {', '.join(s + '[.gz]' for s in missing)})")
+    return Located(None, looked)
+
+
+def remedies(name: str) -> str:
+    """The ways to get the files of ``name``, one per line (indented by two spaces)."""
+    lines = [f"  jaxbp data fetch {name}    (downloads and verifies them into {default_cache_dir() / name})"]
+    if name in SYSTEM_PACKAGES:
+        lines.append(
+            f"  apt-get install {SYSTEM_PACKAGES[name]}    "
+            f"(Debian package, installs them into {SYSTEM_DATA_DIR / name})"
+        )
+    lines.append(
+        f"  or pass --data-dir DIR (data_dir=DIR), or set ${ENV_DATA}, to a folder holding "
+        f"{', '.join(FILE_NAMES)} (each .gz or raw)"
+    )
+    return "\n".join(lines)
+
+
+def missing_message(name: str, looked: list[str]) -> str:
+    """The message of :class:`MissingDataError`: where :func:`locate` looked, then :func:`remedies`."""
+    lines = [f"{name}: the IDX files were not found. Looked in:"]
+    lines += [f"  {line}" for line in looked]
+    lines.append("Get them with one of:")
+    lines.append(remedies(name))
+    return "\n".join(lines)
+
+
+def find_files(name: str, data_dir: str | os.PathLike | None = None) -> dict[str, Path]:
+    """The paths of the four IDX files of ``name`` (keys: file names without ``.gz``).
+
+    Raises :class:`MissingDataError` listing every folder looked in and the remedies.
+    """
+    name = canonical_name(name)
+    if name not in IDX_DATASETS:
+        raise DataError(f"{name!r} is bundled with scikit-learn and has no files")
+    files, looked = locate(name, data_dir)
+    if files is None:
+        raise MissingDataError(missing_message(name, looked))
+    return files
+
+
+# ------------------------------------------------------------------ IDX files
+
+
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _read_exact(f, n: int) -> bytes:
+    """Up to ``n`` bytes (fewer only at end of file); reads in chunks so a bogus huge
+    header cannot make us allocate more than the file actually holds."""
+    parts, got = [], 0
+    while got < n:
+        part = f.read(min(_CHUNK * 64, n - got))
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+def _parse_header(f, path: Path, ndim: int | None) -> tuple[int, ...]:
+    magic_bytes = f.read(4)
+    if len(magic_bytes) < 4:
+        raise DataError(f"{path}: truncated IDX header: {len(magic_bytes)} bytes, expected at least 4")
+    zero, dtype_code, dims = struct.unpack(">HBB", magic_bytes)
+    magic = int.from_bytes(magic_bytes, "big")
+    expected = f" (expected 0x{_IDX_MAGIC[ndim]:08x})" if ndim in _IDX_MAGIC else ""
+    if zero != 0:
+        raise DataError(f"{path}: bad magic number 0x{magic:08x}{expected}: not an IDX file")
+    if dtype_code != _IDX_UBYTE:
+        raise DataError(
+            f"{path}: bad magic number 0x{magic:08x}{expected}: element type 0x{dtype_code:02x} "
+            f"is not unsigned byte (0x08)"
+        )
+    if ndim is not None and dims != ndim:
+        raise DataError(f"{path}: bad magic number 0x{magic:08x}{expected}: {dims} dimensions, expected {ndim}")
+    if dims == 0:
+        raise DataError(f"{path}: bad magic number 0x{magic:08x}: zero dimensions")
+    raw = f.read(4 * dims)
+    if len(raw) < 4 * dims:
+        raise DataError(f"{path}: truncated IDX header: the {dims} dimension sizes need {4 * dims} bytes")
+    return struct.unpack(f">{dims}I", raw)
+
+
+@contextlib.contextmanager
+def _idx_errors(path: Path) -> Iterator[None]:
+    """Turn I/O and decompression failures into DataError naming the file."""
+    try:
+        yield
+    except DataError:
+        raise
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise DataError(f"{path}: corrupt gzip stream: {err}") from err
+    except OSError as err:
+        raise DataError(f"{path}: cannot read: {err}") from err
+
+
+def read_idx_header(path: str | os.PathLike, *, ndim: int | None = None) -> tuple[int, ...]:
+    """The dimension sizes from the header of an IDX ubyte file (payload not read)."""
+    path = Path(path)
+    with _idx_errors(path), _open(path) as f:
+        return _parse_header(f, path, ndim)
+
+
+def read_idx(path: str | os.PathLike, *, ndim: int | None = None) -> np.ndarray:
+    """Read an IDX file of unsigned bytes (gzipped if the name ends in ``.gz``).
+
+    Strict: the magic number must be ``0x0000 08 nd`` (``0x00000803`` images,
+    ``0x00000801`` labels; ``ndim`` fixes ``nd`` when given), the payload must hold
+    exactly ``prod(dims)`` bytes (truncation and trailing bytes are errors), and the
+    gzip stream must be intact (checked to its CRC). Returns a uint8 array of shape
+    ``dims``. Every problem raises :class:`DataError` naming the file.
+    """
+    path = Path(path)
+    with _idx_errors(path), _open(path) as f:
+        dims = _parse_header(f, path, ndim)
+        size = math.prod(dims)
+        if path.suffix != ".gz":
+            header = 4 + 4 * len(dims)
+            actual = os.fstat(f.fileno()).st_size - header
+            if actual != size:
+                what = "truncated payload" if actual < size else "trailing bytes after the payload"
+                raise DataError(
+                    f"{path}: {what}: header says {'x'.join(map(str, dims))} = {size} bytes, file holds {actual}"
+                )
+        payload = _read_exact(f, size)
+        if len(payload) < size:
+            raise DataError(
+                f"{path}: truncated payload: header says {'x'.join(map(str, dims))} = {size} bytes, "
+                f"only {len(payload)} present"
+            )
+        if f.read(1):  # also runs gzip's CRC and length check at end of stream
+            raise DataError(f"{path}: trailing bytes after the payload of {size} bytes")
+    return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
+
+
+def read_split(name: str, split: str, files: dict[str, Path]) -> tuple[np.ndarray, np.ndarray]:
+    """``(images, labels)`` of one split (``"train"`` or ``"test"``, :data:`IDX_FILES`) of the
+    files :func:`find_files` returned: uint8 ``[N, H, W]`` and ``[N]``, checked to hold as many
+    images as labels, at least one, and labels below :data:`NUM_CLASSES`."""
+    img_path, lbl_path = (files[stem] for stem in IDX_FILES[split])
+    images = read_idx(img_path, ndim=3)
+    labels = read_idx(lbl_path, ndim=1)
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(
+            f"{name}: {split} count mismatch: {img_path} holds {images.shape[0]} images "
+            f"but {lbl_path} holds {labels.shape[0]} labels"
+        )
+    if images.shape[0] == 0:
+        raise DataError(f"{name}: {img_path} holds no images")
+    if labels.max() >= NUM_CLASSES:
+        bad = int(np.argmax(labels >= NUM_CLASSES))
+        raise DataError(f"{lbl_path}: label {int(labels[bad])} at index {bad} is out of range 0..{NUM_CLASSES - 1}")
+    return images, labels
+
+
+# ------------------------------------------------------------------ fetch
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK * 16), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _download(url: str, dest: Path, expected: str, progress: bool) -> None:
+    """Stream ``url`` into a temp file next to ``dest``, verify, fsync, os.replace."""
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out:
+            try:
+                response = urllib.request.urlopen(url, timeout=60)  # fetch() allows http(s) only
+            except urllib.error.HTTPError as err:
+                raise DataError(f"could not download {url}: HTTP {err.code} {err.reason}") from err
+            except (urllib.error.URLError, OSError) as err:
+                raise DataError(f"could not download {url}: {getattr(err, 'reason', err)}") from err
+            with response:
+                total = response.headers.get("Content-Length")
+                bar = None
+                if progress and sys.stderr.isatty():
+                    from tqdm import tqdm
+
+                    bar = tqdm(
+                        total=int(total) if total and total.isdigit() else None,
+                        unit="B",
+                        unit_scale=True,
+                        unit_divisor=1024,
+                        desc=dest.name,
+                        leave=False,
+                    )
+                try:
+                    while True:
+                        try:
+                            chunk = response.read(_CHUNK)
+                        except OSError as err:
+                            raise DataError(f"could not download {url}: {err}") from err
+                        if not chunk:
+                            break
+                        out.write(chunk)
+                        digest.update(chunk)
+                        if bar is not None:
+                            bar.update(len(chunk))
+                finally:
+                    if bar is not None:
+                        bar.close()
+            out.flush()
+            os.fsync(out.fileno())
+        actual = digest.hexdigest()
+        if actual != expected:
+            raise DataError(
+                f"{dest.name}: SHA-256 mismatch for {url}: expected {expected}, got {actual}; "
+                f"the download was discarded"
+            )
+        os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def fetch(
+    name: str,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    base_url: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Download the four ``.gz`` files of ``name`` into ``<cache_dir>/<name>`` and verify them.
+
+    ``cache_dir`` defaults to :func:`default_cache_dir` (where :func:`load` looks);
+    ``base_url`` (http or https) replaces the canonical :data:`BASE_URLS` entry.
+    Each file is checked against its pinned SHA-256 (:data:`SHA256`); a file already
+    present with the right digest is not downloaded again. Downloads go to a temp
+    file in the same folder, are fsynced and moved into place with ``os.replace``,
+    so a file under its final name is always complete and verified. A digest
+    mismatch deletes the temp file and raises :class:`DataError` with both digests.
+    A tqdm progress bar is shown when ``progress`` and stderr is a terminal.
+    Returns the folder holding the files.
+    """
+    name = canonical_name(name)
+    if name not in IDX_DATASETS:
+        raise DataError(
+            f"{name!r} ships with scikit-learn and needs no download; fetch one of: {', '.join(IDX_DATASETS)}"
+        )
+    base = base_url or BASE_URLS[name]
+    scheme = urllib.parse.urlsplit(base).scheme
+    if scheme not in ("http", "https"):
+        raise DataError(f"base URL {base!r} must be http:// or https://")
+    if not base.endswith("/"):
+        base += "/"
+    folder = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"cannot create {folder}: {err}") from err
+    digests = SHA256[name]
+    for stem in FILE_NAMES:
+        fname = f"{stem}.gz"
+        dest = folder / fname
+        if dest.is_file() and _sha256_file(dest) == digests[fname]:
+            continue  # present and verified
+        _download(base + fname, dest, digests[fname], progress)
+    return folder
