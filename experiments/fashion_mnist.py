@@ -20,7 +20,7 @@ Rerunning the script reuses every finished run (summary ``completed`` with the s
 resumes an interrupted one from its checkpoint (bitwise as if never stopped) and replaces,
 saying so, a run folder that holds a different config. ``experiments/results/fashion_mnist.json``
 is rebuilt from the run folders each time (selection table, choice and why, final runs, mean ±
-std, machine); ``fashion_mnist.png`` is :func:`jaxbp.plots.plot_runs` of the chosen recipe's
+std, machine); ``fashion_mnist.png`` is :func:`jaxbp.curves.plot_runs` of the chosen recipe's
 seed-0 manual and autodiff runs. The results recorded before this protocol are kept in the JSON
 under ``history_chosen_on_test``.
 
@@ -71,7 +71,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jaxbp import checkpoint, plots, train
+from jaxbp import checkpoint, curves, train
 from jaxbp.xla_flags import set_default_xla_flags
 
 HERE = Path(__file__).resolve().parent
@@ -454,7 +454,7 @@ def plot(selection: Selection, plan: Plan, out: Path) -> Path | None:
     if not all((read_summary(d) or {}).get("status") == "completed" for d in dirs):
         return None  # e.g. a smoke run stopped by --max-steps before its first epoch's evaluation
     title = f"Fashion-MNIST, {selection.chosen} (chosen on validation), seed 0: manual vs autodiff"
-    return plots.plot_runs(dirs, out, labels=list(GRADS), target=TARGET, title=title)
+    return curves.plot_runs(dirs, out, labels=list(GRADS), target=TARGET, title=title)
 
 
 # ------------------------------------------------------------------ command line

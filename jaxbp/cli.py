@@ -546,7 +546,7 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_plot(args: argparse.Namespace) -> int:
-    from jaxbp import files, plots
+    from jaxbp import curves, files
 
     labels = None if args.labels is None else [label.strip() for label in args.labels.split(",")]
     try:
@@ -555,9 +555,9 @@ def _run_plot(args: argparse.Namespace) -> int:
         if args.target is not None and not 0.0 < args.target <= 1.0:
             raise ValueError(f"--target {args.target} is not an accuracy in (0, 1]")
         out = files.check_output_file(args.out, "--out")
-        path = plots.plot_runs(args.runs, out, labels=labels, target=args.target, title=args.title)
+        path = curves.plot_runs(args.runs, out, labels=labels, target=args.target, title=args.title)
     except OSError as err:
-        if err.errno is None:  # a RUN without metrics.jsonl: plots says which
+        if err.errno is None:  # a RUN without metrics.jsonl: curves says which
             return _error(err, "jaxbp plot")
         if err.filename is not None and str(err.filename) != str(args.out):  # a metrics file that cannot be read
             return _error(f"{err.filename}: cannot read: {err.strerror}", "jaxbp plot")

@@ -190,7 +190,7 @@ def test_importing_jaxbp_does_not_import_matplotlib():
     import subprocess
     import sys
 
-    code = "import sys, jaxbp, jaxbp.verify, jaxbp.plots, jaxbp.cli; print('matplotlib' in sys.modules)"
+    code = "import sys, jaxbp, jaxbp.verify, jaxbp.plots, jaxbp.curves, jaxbp.figure, jaxbp.cli; print('matplotlib' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 

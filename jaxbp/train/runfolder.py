@@ -221,12 +221,12 @@ class RunFolder:
         """``training.png``: the curves of ``metrics.jsonl`` (process 0 only)."""
         if not self.primary:
             return
-        from jaxbp import plots
+        from jaxbp import curves
 
         label = "manual" if config.grad == "compare" else config.grad  # compare mode updates with the manual grads
         title = f"{config.dataset} / {config.model} / {config.grad}"
         try:
-            plots.plot_training({label: self.paths["metrics"]}, self.paths["plot"], title=title)
+            curves.plot_training({label: self.paths["metrics"]}, self.paths["plot"], title=title)
         except OSError as err:
             raise RunFolderError(describe_os_error(err, self.paths["plot"])) from None
 

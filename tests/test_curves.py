@@ -1,4 +1,4 @@
-"""jaxbp.plots: the run-overlay figure (plot_runs) and the compare panel of plot_training."""
+"""jaxbp.curves: the run-overlay figure (plot_runs), the compare panel of plot_training, `jaxbp plot`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from jaxbp import plots
+from jaxbp import curves, figure, plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -32,9 +32,10 @@ def write_run(folder, *, epochs=3, val=False, compare_rtol=None, compare=False):
 
 @pytest.fixture
 def figures(monkeypatch):
-    """The figures the plots save, kept open for inspection."""
+    """The figures the curves save, kept open for inspection (every figure goes through
+    ``figure.save_png``: a test that reads ``figures[-1]`` fails if the patch misses)."""
     saved = []
-    save = plots._save
+    save = figure.save_png
 
     def keep(fig, path):
         saved.append({ax.get_title(): ax for ax in fig.axes})
@@ -44,15 +45,15 @@ def figures(monkeypatch):
             ]
         return save(fig, path)
 
-    monkeypatch.setattr(plots, "_save", keep)
+    monkeypatch.setattr(figure, "save_png", keep)
     return saved
 
 
 def test_plot_runs_overlays_runs_with_and_without_validation_and_draws_the_target(tmp_path, figures):
     a = write_run(tmp_path / "a", val=True)
     b = write_run(tmp_path / "b")
-    out = plots.plot_runs([a, b], tmp_path / "runs.png", labels=["manual", "autodiff"], target=0.93)
-    assert out.read_bytes()[:8] == PNG_MAGIC
+    out = curves.plot_runs([a, b], tmp_path / "runs.png", labels=["manual", "autodiff"], target=0.93)
+    assert out.read_bytes()[:8] == PNG_MAGIC and len(figures) == 1
     loss, acc = figures[-1]["loss"], figures[-1]["accuracy"]
     labels = {ln[0]: ln for ln in acc.lines_seen}
     assert {"manual train", "manual test", "manual val", "autodiff train", "autodiff test"} <= set(labels)
@@ -69,26 +70,27 @@ def test_plot_runs_names_the_folder_without_metrics_and_the_one_without_an_epoch
     good = write_run(tmp_path / "good")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"empty: no metrics.jsonl"):
-        plots.plot_runs([good, tmp_path / "empty"], tmp_path / "x.png")
+        curves.plot_runs([good, tmp_path / "empty"], tmp_path / "x.png")
     started = write_run(tmp_path / "started", epochs=0)
     with pytest.raises(ValueError, match=r"started: metrics.jsonl holds no eval record"):
-        plots.plot_runs([started], tmp_path / "x.png")
+        curves.plot_runs([started], tmp_path / "x.png")
     with pytest.raises(ValueError, match="2 labels for 1 run folders"):
-        plots.plot_runs([good], tmp_path / "x.png", labels=["a", "b"])
+        curves.plot_runs([good], tmp_path / "x.png", labels=["a", "b"])
     assert not (tmp_path / "x.png").exists()
-    assert plots.run_curves(good).label == "good"
+    assert curves.run_curves(good).label == "good"
 
 
 def test_the_compare_panel_names_its_series_and_draws_the_run_s_tolerance(tmp_path, figures):
     run = write_run(tmp_path / "cmp", compare=True, compare_rtol=1e-4)
-    plots.plot_training({"manual": run / "metrics.jsonl"}, tmp_path / "training.png")
+    curves.plot_training({"manual": run / "metrics.jsonl"}, tmp_path / "training.png")
+    assert len(figures) == 1
     panel = figures[-1]["gradient agreement, manual vs autodiff"]
     labels = {ln[0]: ln for ln in panel.lines_seen}
     assert labels["tolerance (compare_rtol 0.0001)"][3] == [1e-4, 1e-4]
     assert labels["manual: worst parameter's max|g_manual - g_autodiff| / max|g_autodiff|"][3] == pytest.approx(
         [1e-6, 2e-6, 3e-6]
     )
-    plots.plot_training({"manual": run}, tmp_path / "t2.png", tolerance=1e-3)  # an explicit tolerance wins
+    curves.plot_training({"manual": run}, tmp_path / "t2.png", tolerance=1e-3)  # an explicit tolerance wins
     assert "tolerance (compare_rtol 0.001)" in {
         ln[0] for ln in figures[-1]["gradient agreement, manual vs autodiff"].lines_seen
     }
@@ -142,3 +144,9 @@ def test_jaxbp_plot_errors_are_one_line_exit_2(tmp_path, capsys, argv, message):
     assert err.startswith("jaxbp plot: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert message.format(**fill) in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_jaxbp_plots_still_offers_the_curves():
+    """Code written against ``jaxbp.plots.plot_training`` and friends keeps working."""
+    for name in ("read_metrics", "plot_training", "run_curves", "RunCurves", "plot_runs", "plot_curves", "SPLITS"):
+        assert getattr(plots, name) is getattr(curves, name), name
