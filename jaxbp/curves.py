@@ -55,7 +55,8 @@ def plot_training(
 
     ``runs`` maps a label (``"manual"``) to a run folder, a ``metrics.jsonl`` file or
     the records themselves. Train records (``kind == "train"``) are lines, test
-    records (``kind == "eval"``) are dots joined by dashes. Where records carry
+    records (``kind == "eval"``) are dots joined by dashes, and validation ones (a run
+    with a validation split) squares joined by dots. Where records carry
     ``loss_autodiff`` (compare mode) the autodiff loss is drawn too, and where they
     carry ``grad_max_rel_err`` a third panel shows the agreement on a log scale with
     the ``tolerance`` it must stay under (by default the ``compare_rtol`` of the
@@ -91,6 +92,9 @@ def plot_training(
             es = [r["step"] for r in evals]
             axes[0].plot(es, [r["test_loss"] for r in evals], "o--", color=c, ms=4, label=f"{label} test")
             axes[1].plot(es, [r["test_accuracy"] for r in evals], "o--", color=c, ms=4, label=f"{label} test")
+            if all("val_loss" in r for r in evals):  # a run with a validation split
+                axes[0].plot(es, [r["val_loss"] for r in evals], "s:", color=c, ms=4, label=f"{label} validation")
+                axes[1].plot(es, [r["val_accuracy"] for r in evals], "s:", color=c, ms=4, label=f"{label} validation")
         if compare and any("grad_max_rel_err" in r for r in train):
             axes[2].semilogy(
                 steps,

@@ -10,6 +10,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from jaxbp.files import NEW_FILE_MODE
+
 
 def pyplot():
     """``matplotlib.pyplot``, with the Agg backend unless one was already chosen."""
@@ -32,6 +34,7 @@ def save_png(fig, path: str | os.PathLike) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+        os.fchmod(fd, NEW_FILE_MODE)  # as readable as any other file the user writes, not mkstemp's 0o600
         os.close(fd)
         tmp = Path(name)
         fig.savefig(tmp, dpi=110)

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from jaxbp.checkpoint import fsync_dir
 
-__all__ = ["OutputError", "atomic_write_text", "check_output_file", "describe_os_error"]
+__all__ = ["NEW_FILE_MODE", "OutputError", "atomic_write_text", "check_output_file", "describe_os_error"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once: files written here get the usual 0o666 & ~umask, not mkstemp's 0o600
+NEW_FILE_MODE = 0o666 & ~_UMASK  # the mode a plain open() would give a new file
 
 
 class OutputError(ValueError):
@@ -73,7 +74,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         tmp = Path(tmp_name)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
+            os.fchmod(f.fileno(), NEW_FILE_MODE)
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

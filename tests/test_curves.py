@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from jaxbp import curves, figure, plots
+from jaxbp import curves, figure, files, plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -94,6 +94,15 @@ def test_the_compare_panel_names_its_series_and_draws_the_run_s_tolerance(tmp_pa
     assert "tolerance (compare_rtol 0.001)" in {
         ln[0] for ln in figures[-1]["gradient agreement, manual vs autodiff"].lines_seen
     }
+
+
+def test_training_png_shows_the_validation_split_where_the_run_has_one(tmp_path, figures):
+    curves.plot_training({"manual": write_run(tmp_path / "v", val=True)}, tmp_path / "v.png")
+    labels = {ln[0]: ln[3] for ln in figures[-1]["accuracy"].lines_seen}
+    assert labels["manual validation"] == pytest.approx([0.57, 0.67, 0.77])
+    curves.plot_training({"manual": write_run(tmp_path / "n")}, tmp_path / "n.png")
+    assert "manual validation" not in {ln[0] for ln in figures[-1]["accuracy"].lines_seen}
+    assert (tmp_path / "v.png").stat().st_mode & 0o777 == files.NEW_FILE_MODE  # not mkstemp's 0o600
 
 
 # ------------------------------------------------------------------ jaxbp plot

@@ -33,7 +33,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from jaxbp import checkpoint
+from jaxbp import checkpoint, models
 from jaxbp.files import OutputError, atomic_write_text, describe_os_error
 
 try:
@@ -224,7 +224,7 @@ class RunFolder:
         from jaxbp import curves
 
         label = "manual" if config.grad == "compare" else config.grad  # compare mode updates with the manual grads
-        title = f"{config.dataset} / {config.model} / {config.grad}"
+        title = f"{config.dataset} / {models.short_name(config.model)} / {config.grad}"
         try:
             curves.plot_training({label: self.paths["metrics"]}, self.paths["plot"], title=title)
         except OSError as err:
