@@ -203,15 +203,14 @@ if torch is not None:
 
 @dataclass
 class Case:
-    """One row: what is planted, and a thunk per checker (None in torch: ``torch_reason`` says why)."""
+    """One row: what is planted, a thunk per checker, and ``notes`` where torch cannot say it the same way."""
 
     name: str
     row: str  # the README row it measures
     bug: bool
     jaxbp: Callable[[], dict]
     check_grads: list[Callable[[], dict]]
-    torch: Callable[[], dict] | None = None
-    torch_reason: str = ""
+    torch: Callable[[], dict]
     notes: str = ""
     no_reference: Callable[[], dict] | None = None  # jaxbp with reference_fn=None as well
     results: dict = field(default_factory=dict)
@@ -478,8 +477,6 @@ def run_case(case: Case) -> dict:
     case.results["check_grads"] = [go() for go in case.check_grads]
     if torch is None:
         case.results["torch"] = {"not run": "torch not installed"}
-    elif case.torch is None:
-        case.results["torch"] = {"not run": case.torch_reason}
     else:
         case.results["torch"] = case.torch()
     return {"name": case.name, "row": case.row, "planted_bug": case.bug, "notes": case.notes, **case.results}
