@@ -67,8 +67,10 @@ def main(argv=None) -> int:
         ),
         (
             "* **fwd** forward outputs equal, **jit** op by op and compiled, **vmap** per-example VJPs of a "
-            "batch vs a loop, **g(g)** grad-of-grad; **jvp** `n/a`: `jax.custom_vjp` has no forward mode "
-            "(a known limitation, not a failure)."
+            "batch vs a loop, **g(g)** grad-of-grad in the inputs, **g(ct)** in the cotangent, **0ct** each "
+            "output alone with symbolic-zero cotangents for the others (multi-output layers only), **expl** "
+            "the same VJPs at the inputs scaled by 1e-3, 10 and 100 (and zeros and ties where smooth), float64; "
+            "**jvp** `n/a`: `jax.custom_vjp` has no forward mode (a known limitation, not a failure)."
         ),
         "",
         "## Per layer (the worst of its configurations)",
