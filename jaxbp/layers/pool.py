@@ -195,14 +195,26 @@ def _untile(t, cfg):
 
 
 def _max_pool2d_dx_tiles(x, y, dy, cfg):
-    """Non-overlapping windows: dx = dy * one-hot(first maximum of each tile)."""
+    """Non-overlapping windows: dx = dy * one-hot(first maximum of each tile).
+
+    The one-hot is a chain over the tile's cells in row-major order, with no reduction:
+    cell t wins when it equals the maximum and no earlier cell did (``taken`` holds
+    "an earlier cell equals the maximum"). Every cell's dx is then an element-wise
+    function of a few strided slices of x, y and dy, which XLA fuses into one loop.
+    """
     kh, kw = cfg.window
     xt = _tile(x, -jnp.inf, y.shape, cfg)  # [N, Ho, kh, Wo, kw, C]
-    is_max = xt == y[:, :, None, :, None, :]
-    order = jnp.arange(kh * kw, dtype=jnp.int32).reshape(1, 1, kh, 1, kw, 1)  # row-major index in the window
-    first = jnp.min(jnp.where(is_max, order, kh * kw), axis=(2, 4), keepdims=True)
-    dxt = jnp.where(order == first, dy[:, :, None, :, None, :], jnp.zeros((), dy.dtype))  # dx = dy * [first max]
-    return _untile(dxt, cfg)
+    zero = jnp.zeros((), dy.dtype)
+    taken = jnp.zeros(y.shape, bool)
+    rows = []
+    for i in range(kh):
+        cols = []
+        for j in range(kw):
+            is_max = xt[:, :, i, :, j, :] == y
+            cols.append(jnp.where(is_max & ~taken, dy, zero))  # dx = dy * [(i, j) is the first maximum]
+            taken = taken | is_max
+        rows.append(jnp.stack(cols, axis=3))  # [N, Ho, Wo, kw, C]
+    return _untile(jnp.stack(rows, axis=2), cfg)  # [N, Ho, kh, Wo, kw, C] -> [N, H, W, C]
 
 
 def _max_pool2d_dx_offsets(x, y, dy, cfg):
