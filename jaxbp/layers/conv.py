@@ -273,11 +273,15 @@ def _conv2d_dw_im2col(x, dy, w_shape, cfg):
     blocks = -(-n // block)
     extra = blocks * block - n
     xp = jnp.pad(x, ((0, extra), *cfg.padding, (0, 0)))
-    xp = xp.reshape(blocks, block, *xp.shape[1:])
-    dy_b = jnp.pad(dy, ((0, extra), (0, 0), (0, 0), (0, 0))).reshape(blocks, block * ho * wo, g, cout // g)
+    xp_block = (block, *xp.shape[1:])
+    # The blocks go to the loop as 2-D arrays: XLA lays out size-1 axes (Cin = 1, G = 1) of a
+    # 4-D block array in an order the loop then copies the whole array to undo.
+    xp = xp.reshape(blocks, -1)
+    dy_b = jnp.pad(dy, ((0, extra), (0, 0), (0, 0), (0, 0))).reshape(blocks, -1)
 
     def add_block(dw, block_args):
-        xb, dyb = block_args
+        xb_flat, dyb_flat = block_args
+        xb, dyb = xb_flat.reshape(xp_block), dyb_flat.reshape(block * ho * wo, g, cout // g)
         # The (i, j) column block of im2col: the input cells that tap (i, j) met, one per output position.
         cols = [window_tap(xb, i, j, (ho, wo), cfg.stride, cfg.dilation) for i in range(kh) for j in range(kw)]
         patches = jnp.stack(cols, axis=3).reshape(block * ho * wo, kh, kw, g, cin_g)  # [M, KH, KW, G, Cin/G]
@@ -289,7 +293,10 @@ def _conv2d_dw_im2col(x, dy, w_shape, cfg):
         return dw + jnp.einsum("mijgk,mgc->ijkgc", patches, dyb), None  # patches^T dy per group, over M
 
     zero = jnp.zeros((kh, kw, cin_g, g, cout // g), jnp.result_type(x, dy))
-    dw, _ = lax.scan(add_block, zero, (xp, dy_b))
+    if blocks == 1:  # the whole batch at once: no loop
+        dw, _ = add_block(zero, (xp[0], dy_b[0]))
+    else:
+        dw, _ = lax.scan(add_block, zero, (xp, dy_b))
     return dw.reshape(kh, kw, cin_g, cout)
 
 
