@@ -14,12 +14,14 @@ step into its layers and the time outside them: the optimizer update (timed alon
 jaxbp's jitted optax update and PyTorch's ``opt.step()``) and the rest (glue, copies,
 what the layers lose or gain from being fused with their neighbours in one program).
 
-XLA's CPU flags change convolution timings a lot, and they can only be set before
-JAX starts. This process runs under the flags the ``jaxbp`` command sets when XLA_FLAGS
-is unset (:data:`jaxbp.xla_flags.CPU_XLA_FLAGS`, chosen for this CPU's instruction
-set); a second process repeats the train-step table, PyTorch included, under XLA's own
-defaults (``XLA_FLAGS=""``), and ``--xla-sweep`` re-runs the JAX step in a subprocess per
-flag set. Every ratio is taken within one process, never across.
+XLA's CPU flags change convolution timings a lot. This process runs under the flags the
+``jaxbp`` command sets when XLA_FLAGS is unset (:data:`jaxbp.xla_flags.CPU_XLA_FLAGS`,
+chosen for this CPU's instruction set); a second process repeats the train-step table,
+PyTorch included, under XLA's own defaults (``XLA_FLAGS=""``). ``--xla-sweep`` compiles
+the steps under every flag set of :data:`XLA_FLAG_SETS` in one more process (started
+under XLA's defaults; each set applied to its own compilations as compile options) and
+times them all interleaved: the measurement the flags per instruction set in
+:mod:`jaxbp.xla_flags` are chosen by. Every ratio is taken within one process, never across.
 
     python experiments/throughput.py                      # writes experiments/results/throughput.json
     python experiments/throughput.py --model cnn-bn --json experiments/results/throughput_cnn_bn.json
@@ -29,6 +31,7 @@ flag set. Every ratio is taken within one process, never across.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -198,6 +201,49 @@ def format_accounting(acc: dict) -> str:
     return "\n".join(lines)
 
 
+def sweep(args) -> dict:
+    """Every flag set of :data:`XLA_FLAG_SETS`, applied per compilation (so all in this one
+    process, started under XLA's defaults), the manual and autodiff steps timed interleaved."""
+    from jaxbp import bench, xla_flags
+
+    calls, compiled = {}, {}
+    for name, flags in XLA_FLAG_SETS.items():
+        try:
+            steps, step_args = bench.compile_train_steps(
+                args.model, batch_size=args.batch_size, compiler_options=bench.flag_options(flags)
+            )
+        except Exception as err:  # noqa: BLE001 - a flag this jaxlib does not know
+            compiled[name] = {"flags": flags, "error": str(err).splitlines()[0]}
+            continue
+        for g, c in steps.items():
+            calls[f"{name}/{g}"] = lambda c=c, a=step_args: c.executable(*a)
+        compiled[name] = {"flags": flags, "temp_bytes": steps["manual"].temp_bytes}
+    timings = bench.time_interleaved(calls, repeats=args.repeats, warmup=args.warmup)
+    for name, entry in compiled.items():
+        for g in ("manual", "autodiff") if "error" not in entry else ():
+            t = timings[f"{name}/{g}"]
+            entry[g] = {"median_ms": 1e3 * t.median, "spread": t.spread, "timing": dataclasses.asdict(t)}
+    return {"model": args.model, "batch_size": args.batch_size, "repeats": args.repeats,
+            "cpu": xla_flags.cpu_model(), "isa": xla_flags.CPU_ISA, "flag_sets": compiled}  # fmt: skip
+
+
+def format_sweep(result: dict) -> str:
+    sets = result["flag_sets"]
+    ok = {k: v for k, v in sets.items() if "error" not in v}
+    ref = ok.get("default", next(iter(ok.values()), None))
+    lines = [f"  {'flag set':<16} {'manual ms':>10} {'IQR %':>6} {'autodiff ms':>12} {'vs default':>10}  flags"]
+    for name, v in sets.items():
+        if "error" in v:
+            lines.append(f"  {name:<16} failed: {v['error']}")
+            continue
+        m, a = v["manual"], v["autodiff"]
+        lines.append(
+            f"  {name:<16} {m['median_ms']:10.2f} {100 * m['spread']:6.1f} {a['median_ms']:12.2f} "
+            f"{ref['manual']['median_ms'] / m['median_ms']:9.3f}x  {v['flags'] or '(none)'}"
+        )
+    return "\n".join(lines)
+
+
 def measure(args) -> dict:
     import jax
 
@@ -253,7 +299,12 @@ def main() -> None:
     parser.add_argument("--xla-sweep", action="store_true", help="also time the JAX steps under each XLA flag set")
     parser.add_argument("--json", type=Path, default=RESULTS / "throughput.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--sweep-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+
+    if args.sweep_child:  # every flag set in this one process: JSON on stdout's last line
+        print(json.dumps(sweep(args)))
+        return
 
     if args.child:  # one flag set: JSON on stdout's last line
         args.no_layers = True
@@ -265,9 +316,21 @@ def main() -> None:
     xla_flags.set_default_xla_flags()  # what `jaxbp bench` runs under, before JAX starts
     result = measure(args)
 
-    def child(flags: str, torch: bool) -> dict:
-        cmd = [sys.executable, __file__, "--child", "--model", args.model, "--batch-size", str(args.batch_size),
-               "--repeats", str(args.repeats), "--warmup", str(args.warmup)] + ([] if torch else ["--no-torch"])  # fmt: skip
+    def child(flags: str, torch: bool, sweep: bool = False) -> dict:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--sweep-child" if sweep else "--child",
+            "--model",
+            args.model,
+            "--batch-size",
+            str(args.batch_size),
+            "--repeats",
+            str(args.repeats),
+            "--warmup",
+            str(args.warmup),
+        ]
+        cmd += [] if torch else ["--no-torch"]  # fmt: skip
         proc = subprocess.run(cmd, check=False, env={**os.environ, "XLA_FLAGS": flags}, capture_output=True, text=True)
         if proc.returncode != 0:
             return {"flags": flags, "error": proc.stderr.strip().splitlines()[-1:]}
@@ -281,25 +344,13 @@ def main() -> None:
             bench.format_train_step(default["train_step"]) if "error" not in default else default["error"], flush=True
         )
     if args.xla_sweep:
-        result["xla_sweep"] = {}
-        for name, flags in XLA_FLAG_SETS.items():
-            out = child(flags, torch=False)
-            if "error" in out:
-                result["xla_sweep"][name] = out
-                print(f"XLA flags {name!r}: failed: {out['error']}")
-                continue
-            child_step = out["train_step"]
-            result["xla_sweep"][name] = {
-                "flags": flags,
-                "manual_ms": child_step["manual"]["median_ms"],
-                "manual_spread": child_step["manual"]["spread"],
-                "autodiff_ms": child_step["autodiff"]["median_ms"],
-                "matmul_gflops_per_s": child_step["matmul_peak"]["gflops_per_s"],
-                "speedup": child_step["speedup"],
-            }
-            print(f"XLA flags {name!r} ({flags or 'none'}): manual {child_step['manual']['median_ms']:.1f} ms "
-                  f"(IQR {100 * child_step['manual']['spread']:.0f} %), autodiff "
-                  f"{child_step['autodiff']['median_ms']:.1f} ms, speedup {child_step['speedup']:.2f}x", flush=True)  # fmt: skip
+        print("\nXLA flag sweep: every flag set compiled in one process started under XLA's defaults, interleaved:")
+        out = child("", torch=False, sweep=True)
+        result["xla_sweep"] = out
+        if "error" in out:
+            print(f"failed: {out['error']}")
+        else:
+            print(format_sweep(out), flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.json}")

@@ -85,11 +85,15 @@ class Compiled:
     output_bytes: int | None
 
 
-def compile_ahead(fn: Callable, *args: Any) -> Compiled:
-    """Lower and compile ``jax.jit(fn)`` for ``args``, timing the compilation and reading its memory."""
+def compile_ahead(fn: Callable, *args: Any, compiler_options: dict[str, Any] | None = None) -> Compiled:
+    """Lower and compile ``jax.jit(fn)`` for ``args``, timing the compilation and reading its memory.
+
+    ``compiler_options`` are XLA debug options for this one compilation (the fields
+    ``XLA_FLAGS`` sets for the whole process, without the ``--``): see :func:`flag_options`.
+    """
     jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
     t0 = time.perf_counter()
-    executable = jitted.lower(*args).compile()
+    executable = jitted.lower(*args).compile(compiler_options)
     compile_s = time.perf_counter() - t0
     try:
         mem = executable.memory_analysis()
@@ -110,6 +114,29 @@ def _inputs(batch_size: int, input_shape: tuple[int, ...], num_classes: int, dty
 
 def _cast_floats(tree: Any, dtype: str) -> Any:
     return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def flag_options(flags: str) -> dict[str, Any]:
+    """``XLA_FLAGS``-style flags as :func:`compile_ahead`'s per-compilation options, so that
+    several flag sets can be compiled, and timed against each other, in one process.
+
+    ``"--xla_cpu_prefer_vector_width=512 --xla_cpu_experimental_ynn_fusion_type=eltwise,reduce"``
+    -> ``{"xla_cpu_prefer_vector_width": 512, "xla_cpu_experimental_ynn_fusion_type":
+    "LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"}`` (the library fusion types
+    are an enum whose names the compile options spell out in full).
+    """
+    options: dict[str, Any] = {}
+    for flag in flags.split():
+        name, _, value = flag.removeprefix("--").partition("=")
+        if name.endswith("_fusion_type"):
+            options[name] = ",".join(f"LIBRARY_FUSION_TYPE_{v.upper()}" for v in value.split(",") if v)
+        elif value.lstrip("-").isdigit():
+            options[name] = int(value)
+        elif value in ("true", "false"):
+            options[name] = value == "true"
+        else:
+            options[name] = value
+    return options
 
 
 #: Side of the square float32 matmul whose speed stands for the machine's peak.
@@ -145,6 +172,32 @@ def check_settings(model_name: str, input_shape: Sequence[int], *, warmup: int =
         ) from None
 
 
+def compile_train_steps(
+    model_name: str = "cnn",
+    *,
+    batch_size: int = 128,
+    dtype: str = "float32",
+    input_shape: tuple[int, int, int] = (28, 28, 1),
+    num_classes: int = 10,
+    seed: int = 0,
+    grads: Sequence[str] = ("manual", "autodiff"),
+    compiler_options: dict[str, Any] | None = None,
+) -> tuple[dict[str, Compiled], tuple]:
+    """The model's jitted train step (SGD with momentum) per gradient mode, compiled ahead
+    (with ``compiler_options``, see :func:`compile_ahead`), and the arguments to call it with."""
+    from jaxbp import train
+
+    model = models.get_model(model_name, num_classes)
+    _, params, state = model.init(jax.random.key(seed), input_shape)
+    params, state = _cast_floats(params, dtype), _cast_floats(state, dtype)
+    optimizer = optax.sgd(0.01, momentum=0.9)
+    opt_state = optimizer.init(params)
+    x, y = _inputs(batch_size, input_shape, num_classes, dtype, seed)
+    args = (params, opt_state, state, x, y, jnp.asarray(batch_size, jnp.int32), jax.random.key(seed))
+    step = {g: train.make_train_step(model, optimizer, grad=g) for g in grads}
+    return {g: compile_ahead(step[g], *args, compiler_options=compiler_options) for g in grads}, args
+
+
 def bench_train_step(
     model_name: str = "cnn",
     *,
@@ -156,6 +209,7 @@ def bench_train_step(
     warmup: int = 2,
     seed: int = 0,
     extra_calls: dict[str, Callable[[], Any]] | None = None,
+    peak_size: int = PEAK_MATMUL_SIZE,
 ) -> dict[str, Any]:
     """Time the jitted train step with manual and with autodiff gradients, interleaved.
 
@@ -163,26 +217,16 @@ def bench_train_step(
     bytes, examples/s, achieved GFLOP/s (a train step counted as 3x the forward
     FLOPs: forward, input gradient, weight gradient) and its fraction of the
     ``matmul_peak`` measured in the same rounds; ``speedup`` = autodiff median /
-    manual median; ``xla``: the XLA flags in effect, the CPU and why. ``extra_calls`` (for example a PyTorch step of the
-    same architecture) are interleaved with the two and reported under ``"extra"``
-    with their ratio to the manual step.
+    manual median; ``xla``: the XLA flags in effect, the CPU and why. ``extra_calls``
+    (for example a PyTorch step of the same architecture) are interleaved with the two
+    and reported under ``"extra"`` with their ratio to the manual step.
     """
-    from jaxbp import train
-
     check_settings(model_name, input_shape, warmup=warmup, repeats=repeats)
     model = models.get_model(model_name, num_classes)
-    _, params, state = model.init(jax.random.key(seed), input_shape)
-    params, state = _cast_floats(params, dtype), _cast_floats(state, dtype)
-    optimizer = optax.sgd(0.01, momentum=0.9)
-    opt_state = optimizer.init(params)
-    x, y = _inputs(batch_size, input_shape, num_classes, dtype, seed)
-    args = (params, opt_state, state, x, y, jnp.asarray(batch_size, jnp.int32), jax.random.key(seed))
-
-    compiled = {
-        g: compile_ahead(train.make_train_step(model, optimizer, grad=g), *args) for g in ("manual", "autodiff")
-    }
+    compiled, args = compile_train_steps(model_name, batch_size=batch_size, dtype=dtype, input_shape=input_shape,
+                                         num_classes=num_classes, seed=seed)  # fmt: skip
     calls = {g: (lambda c=c: c.executable(*args)) for g, c in compiled.items()}
-    peak_call, peak_flops = matmul_call(dtype=dtype)
+    peak_call, peak_flops = matmul_call(peak_size, dtype=dtype)
     calls["matmul"] = peak_call
     timings = time_interleaved({**calls, **(extra_calls or {})}, repeats=repeats, warmup=warmup)
     step_flops = 3 * models.flops(model, input_shape) * batch_size
@@ -198,7 +242,7 @@ def bench_train_step(
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "xla": xla_flags.describe(),  # the flags, the CPU (model, instruction set) and why these flags
         "matmul_peak": {
-            "size": PEAK_MATMUL_SIZE,
+            "size": peak_size,
             "timing": asdict(timings["matmul"]),
             "gflops_per_s": peak,
         },

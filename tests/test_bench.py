@@ -36,9 +36,20 @@ def _timings(**seconds):
 
 
 def test_bench_train_step_records_the_flags_and_the_peak_it_is_a_fraction_of():
-    result = bench.bench_train_step("mlp", batch_size=4, repeats=1, warmup=0)
+    result = bench.bench_train_step("mlp", batch_size=4, repeats=1, warmup=0, peak_size=64)
     assert result["xla"] == xla_flags.describe()
     peak = result["matmul_peak"]
-    assert peak["size"] == bench.PEAK_MATMUL_SIZE and peak["gflops_per_s"] > 0
+    assert peak["size"] == 64 and peak["gflops_per_s"] > 0
     for g in ("manual", "autodiff"):
         assert math.isclose(result[g]["fraction_of_peak"], result[g]["gflops_per_s"] / peak["gflops_per_s"])
+
+
+def test_flag_options_spell_xla_flags_as_compile_options():
+    flags = "--xla_cpu_experimental_ynn_fusion_type=individual_dot,eltwise --xla_cpu_prefer_vector_width=512"
+    assert bench.flag_options(flags) == {
+        "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_ELTWISE",
+        "xla_cpu_prefer_vector_width": 512,
+    }
+    assert bench.flag_options("--xla_cpu_experimental_ynn_fusion_type=") == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    assert bench.flag_options("--xla_cpu_use_thunk_runtime=true") == {"xla_cpu_use_thunk_runtime": True}
+    assert bench.flag_options("") == {}
