@@ -42,17 +42,23 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 _YNN = "--xla_cpu_experimental_ynn_fusion_type="
-# XLA:CPU flag sets (jaxlib 0.10): which ops go to YNNPACK / XNNPACK / oneDNN kernels, and
-# the vector width XLA's own loops are compiled for (256 bits unless told; AVX-512 has 512).
+_YNN_ALL = _YNN + "individual_convolution,individual_dot,eltwise,reduce"
+# XLA:CPU flag sets (jaxlib 0.10): which ops go to YNNPACK / XNNPACK / oneDNN kernels, the
+# vector width XLA's own loops are compiled for (256 bits unless told; AVX-512 has 512),
+# how the program is scheduled, and whether Eigen's matmuls use the thread pool.
 XLA_FLAG_SETS = {
     "default": "",
     "ynn-none": _YNN,
     "ynn-conv-dot": _YNN + "individual_convolution,individual_dot",
-    "ynn-all": _YNN + "individual_convolution,individual_dot,eltwise,reduce",
+    "ynn-all": _YNN_ALL,
     "xnn-conv-dot": "--xla_cpu_experimental_xnn_fusion_type=individual_convolution,individual_dot",
     "onednn-dot": "--xla_cpu_experimental_onednn_fusion_type=dot",
-    "ynn-all-vec512": _YNN + "individual_convolution,individual_dot,eltwise,reduce --xla_cpu_prefer_vector_width=512",
     "default-vec512": "--xla_cpu_prefer_vector_width=512",
+    "ynn-all-vec512": _YNN_ALL + " --xla_cpu_prefer_vector_width=512",
+    "ynn-all-concurrency": _YNN_ALL + " --xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED",
+    "ynn-all-memory": _YNN_ALL + " --xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
+    "ynn-all-fast-runtime": _YNN_ALL + " --xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_RUNTIME",
+    "ynn-all-eigen-1-thread": _YNN_ALL + " --xla_cpu_multi_thread_eigen=false",
 }
 
 
