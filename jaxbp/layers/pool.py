@@ -207,7 +207,9 @@ def _first_max_in_tiles(x, y, cfg):
 
     A min over the window's cells (t where the cell equals the maximum, kh kw elsewhere):
     as a reduction, XLA computes it once, in the forward, instead of fusing it into the
-    backward, where each of a window's cells would redo the whole window's comparisons.
+    backward, where each of a window's cells would redo the whole window's comparisons. Its
+    combiner is spelled as a select, not ``lax.min``, which YNNPACK's reduce fusion would
+    take after materialising every cell's candidates.
     """
     kh, kw = cfg.window
     xt = _tile(x, -jnp.inf, y.shape, cfg)  # [N, Ho, kh, Wo, kw, C]
