@@ -272,16 +272,17 @@ def _conv2d_dw_im2col(x, dy, w_shape, cfg):
     n, ho, wo, _ = dy.shape
     blocks = -(-n // block)
     extra = blocks * block - n
-    xp = jnp.pad(x, ((0, extra), *cfg.padding, (0, 0)))
-    xp_block = (block, *xp.shape[1:])
+    x_block = (block, *x.shape[1:])
     # The blocks go to the loop as 2-D arrays: XLA lays out size-1 axes (Cin = 1, G = 1) of a
     # 4-D block array in an order the loop then copies the whole array to undo.
-    xp = xp.reshape(blocks, -1)
+    x_b = jnp.pad(x, ((0, extra), (0, 0), (0, 0), (0, 0))).reshape(blocks, -1)
     dy_b = jnp.pad(dy, ((0, extra), (0, 0), (0, 0), (0, 0))).reshape(blocks, -1)
 
     def add_block(dw, block_args):
         xb_flat, dyb_flat = block_args
-        xb, dyb = xb_flat.reshape(xp_block), dyb_flat.reshape(block * ho * wo, g, cout // g)
+        dyb = dyb_flat.reshape(block * ho * wo, g, cout // g)
+        xb = jnp.pad(xb_flat.reshape(x_block), ((0, 0), *cfg.padding, (0, 0)))  # padded per block: XLA fuses
+        # the padding into each tap's slice below, where padding all of x first costs a pass over it
         # The (i, j) column block of im2col: the input cells that tap (i, j) met, one per output position.
         cols = [window_tap(xb, i, j, (ho, wo), cfg.stride, cfg.dilation) for i in range(kh) for j in range(kw)]
         patches = jnp.stack(cols, axis=3).reshape(block * ho * wo, kh, kw, g, cin_g)  # [M, KH, KW, G, Cin/G]
@@ -294,9 +295,9 @@ def _conv2d_dw_im2col(x, dy, w_shape, cfg):
 
     zero = jnp.zeros((kh, kw, cin_g, g, cout // g), jnp.result_type(x, dy))
     if blocks == 1:  # the whole batch at once: no loop
-        dw, _ = add_block(zero, (xp[0], dy_b[0]))
+        dw, _ = add_block(zero, (x_b[0], dy_b[0]))
     else:
-        dw, _ = lax.scan(add_block, zero, (xp, dy_b))
+        dw, _ = lax.scan(add_block, zero, (x_b, dy_b))
     return dw.reshape(kh, kw, cin_g, cout)
 
 
