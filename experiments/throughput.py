@@ -51,6 +51,7 @@ XLA_FLAG_SETS = {
     "ynn-none": _YNN,
     "ynn-conv-dot": _YNN + "individual_convolution,individual_dot",
     "ynn-all": _YNN_ALL,
+    "ynn-no-reduce": _YNN + "individual_convolution,individual_dot,eltwise",
     "xnn-conv-dot": "--xla_cpu_experimental_xnn_fusion_type=individual_convolution,individual_dot",
     "onednn-dot": "--xla_cpu_experimental_onednn_fusion_type=dot",
     "default-vec512": "--xla_cpu_prefer_vector_width=512",
