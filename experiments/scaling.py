@@ -85,6 +85,7 @@ def measure(model: str, batches: list[int], repeats: int, warmup: int, torch: bo
 
 def plot(result: dict, path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -111,6 +112,7 @@ def plot(result: dict, path: Path) -> None:
         mem.plot(batches, [r[who]["temp_bytes"] / 2**20 for r in rows], marker=marker, color=color, label=label)
     mem.set_xscale("log", base=2)
     mem.set_yscale("log")
+    mem.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     mem.set_xticks(batches, [str(b) for b in batches])
     mem.set_xlabel("batch size")
     mem.set_ylabel("compiled temp memory (MiB)")
