@@ -17,15 +17,17 @@ and PyTorch's (oneDNN) forward, backward-data and backward-weights kernels when 
 importable; each with its GFLOP/s.
 
     python experiments/layer_timing.py [--repeats 30] [--batch 128]
-    python experiments/layer_timing.py --kernels
+    python experiments/layer_timing.py --kernels --json experiments/results/throughput_kernels.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from functools import partial
+from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -127,16 +129,20 @@ def _kernel_calls(batch: int, rng):
     return calls
 
 
-def kernels(batch: int, repeats: int, warmup: int) -> None:
+def kernels(batch: int, repeats: int, warmup: int) -> dict:
     """The bare kernels of the cnn's convolutions, jax and PyTorch, interleaved in one process."""
+    from jaxbp import xla_flags
     from jaxbp.bench import time_interleaved
 
     calls = _kernel_calls(batch, np.random.default_rng(0))
     timings = time_interleaved({k: c for k, (c, _) in calls.items()}, repeats=repeats, warmup=warmup)
     print(f"bare kernels, batch {batch}, float32, {repeats} interleaved rounds (median ms, IQR %, GFLOP/s)")
+    rows = {}
     for name, (_, flops) in calls.items():
         t = timings[name]
+        rows[name] = {"median_ms": 1e3 * t.median, "spread": t.spread, "gflops_per_s": flops / t.median / 1e9}
         print(f"  {name:<26} {1e3 * t.median:8.2f} {100 * t.spread:6.1f} {flops / t.median / 1e9:8.1f}", flush=True)
+    return {"batch_size": batch, "repeats": repeats, "xla": xla_flags.describe(), "kernels": rows}
 
 
 def main(argv=None) -> None:
@@ -146,12 +152,16 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--only", default="", help="run the configurations whose name contains this")
     parser.add_argument("--kernels", action="store_true", help="time the bare convolution kernels instead")
+    parser.add_argument("--json", type=Path, help="with --kernels: write the timings there")
     opts = parser.parse_args(argv)
     if opts.kernels:
         from jaxbp.xla_flags import set_default_xla_flags
 
         set_default_xla_flags()  # (before any computation) the flags the jaxbp command runs under
-        kernels(opts.batch, opts.repeats, opts.warmup)
+        result = kernels(opts.batch, opts.repeats, opts.warmup)
+        if opts.json:
+            opts.json.write_text(json.dumps(result, indent=2) + "\n")
+            print(f"wrote {opts.json}")
         return
     rng = np.random.default_rng(0)
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} CPUs, repeats {opts.repeats}")
