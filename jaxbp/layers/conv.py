@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxbp.layers import _checks
+from jaxbp.xla_flags import CPU_ISA
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
@@ -69,14 +70,19 @@ def padding_pairs(layer: str, padding, in_hw, window, stride, context: str = "")
     return pads
 
 
-# dw goes through im2col and matmuls when the input has at most this many channels per group,
-# through one convolution otherwise; im2col works through the batch in blocks of images whose
-# patches take about IM2COL_BLOCK_BYTES, so each block's patches stay in cache between being
-# written and being multiplied. On the 2-core CPU this was tuned on (batch 128, float32), the
-# blocked im2col beats XLA's convolution for dw by 1.4-6x at Cin/G = 1..32 and is a toss-up at
-# 64; one unblocked im2col over the whole batch loses to the convolution from Cin/G = 16 on
-# (experiments/layer_timing.py). Both routes are exact; the tests run both.
-IM2COL_MAX_CHANNELS = 32
+# dw goes through im2col and matmuls when the input has at most IM2COL_MAX_CHANNELS channels per
+# group, through one convolution otherwise; im2col works through the batch in blocks of images
+# whose patches take about IM2COL_BLOCK_BYTES, so each block's patches stay in cache between
+# being written and being multiplied. Where the crossover lies depends on the CPU's kernels, so
+# it is measured per instruction set (batch 128, float32, 2 cores). AVX2: the blocked im2col
+# beats XLA's convolution for dw by 1.4-6x at Cin/G = 1..32 and is a toss-up at 64; one
+# unblocked im2col over the whole batch loses to the convolution from Cin/G = 16 on
+# (experiments/layer_timing.py). AVX-512 (YNNPACK's convolution): the convolution wins at
+# Cin/G = 32, the cnn's conv2 (46.8 against 49.1 ms per train step, interleaved in one
+# process), im2col at 1 (conv1); in between it was not measured. Both routes are exact; the
+# tests run both.
+IM2COL_MAX_CHANNELS_BY_ISA = {"avx2": 32, "avx512": 16}
+IM2COL_MAX_CHANNELS = IM2COL_MAX_CHANNELS_BY_ISA.get(CPU_ISA, 32)
 IM2COL_BLOCK_BYTES = 2**20
 
 
