@@ -77,10 +77,10 @@ def padding_pairs(layer: str, padding, in_hw, window, stride, context: str = "")
 # it is measured per instruction set (batch 128, float32, 2 cores). AVX2: the blocked im2col
 # beats XLA's convolution for dw by 1.4-6x at Cin/G = 1..32 and is a toss-up at 64; one
 # unblocked im2col over the whole batch loses to the convolution from Cin/G = 16 on
-# (experiments/layer_timing.py). AVX-512 (YNNPACK's convolution): the convolution wins at
-# Cin/G = 32, the cnn's conv2 (46.8 against 49.1 ms per train step, interleaved in one
-# process), im2col at 1 (conv1); in between it was not measured. Both routes are exact; the
-# tests run both.
+# (experiments/layer_timing.py). AVX-512, under jaxbp's flags for it (xla_flags.py): the
+# convolution wins at Cin/G = 32, the cnn's conv2 (cnn train step 26.9 ms against 32.9 ms
+# with im2col, interleaved in one process), im2col at 1, conv1 (41.2 ms with the convolution);
+# in between it was not measured. Both routes are exact; the tests run both.
 IM2COL_MAX_CHANNELS_BY_ISA = {"avx2": 32, "avx512": 16}
 IM2COL_MAX_CHANNELS = IM2COL_MAX_CHANNELS_BY_ISA.get(CPU_ISA, 32)
 IM2COL_BLOCK_BYTES = 2**20
