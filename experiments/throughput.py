@@ -253,6 +253,34 @@ def format_sweep(result: dict) -> str:
     return "\n".join(lines)
 
 
+def pair_timing(model_name: str, batch_size: int, repeats: int, warmup: int, torch_step) -> dict:
+    """The manual step against PyTorch's (and the matmul peak), interleaved WITHOUT the autodiff
+    step: autodiff's 135 MiB of temp buffers, mapped and unmapped each call, slow down whichever
+    call follows it, so in the full table the manual step's times split in two groups."""
+    from jaxbp import bench
+
+    steps, step_args = bench.compile_train_steps(model_name, batch_size=batch_size, grads=("manual",))
+    peak_call, peak_flops = bench.matmul_call()
+    calls = {"manual": lambda: steps["manual"].executable(*step_args), "matmul": peak_call}
+    if torch_step is not None:
+        calls["pytorch"] = torch_step
+    t = bench.time_interleaved(calls, repeats=repeats, warmup=warmup)
+    out = {k: {"median_ms": 1e3 * v.median, "spread": v.spread, "timing": dataclasses.asdict(v)} for k, v in t.items()}
+    out["matmul"]["gflops_per_s"] = peak_flops / t["matmul"].median / 1e9
+    if "pytorch" in t:
+        out["pytorch_median_over_manual_median"] = t["pytorch"].median / t["manual"].median
+    return out
+
+
+def format_pair(pair: dict) -> str:
+    m = pair["manual"]
+    line = f"manual vs PyTorch without autodiff in the rounds: manual {m['median_ms']:.2f} ms (IQR {100 * m['spread']:.0f} %)"
+    if "pytorch" in pair:
+        p = pair["pytorch"]
+        line += f", PyTorch {p['median_ms']:.2f} ms (IQR {100 * p['spread']:.0f} %): {pair['pytorch_median_over_manual_median']:.2f}x"
+    return line + f"; matmul {pair['matmul']['gflops_per_s']:.1f} GFLOP/s"
+
+
 def measure(args) -> dict:
     import jax
 
@@ -283,6 +311,10 @@ def measure(args) -> dict:
         },
     }
     print(bench.format_train_step(result["train_step"]), flush=True)
+    result["manual_vs_pytorch"] = pair_timing(
+        args.model, args.batch_size, args.repeats, args.warmup, extra.get("pytorch")
+    )
+    print(format_pair(result["manual_vs_pytorch"]), flush=True)
     if not args.no_layers:
         torch_calls = {} if args.no_torch else pytorch_layer_calls(args.model, args.batch_size)
         result["layers"] = bench.bench_layers(
@@ -349,9 +381,11 @@ def main() -> None:
         print("\nthe same under XLA's default flags (XLA_FLAGS=''), in a second process:", flush=True)
         default = child("", torch=not args.no_torch)
         result["xla_default_flags"] = default
-        print(
-            bench.format_train_step(default["train_step"]) if "error" not in default else default["error"], flush=True
-        )
+        if "error" in default:
+            print(default["error"], flush=True)
+        else:
+            print(bench.format_train_step(default["train_step"]), flush=True)
+            print(format_pair(default["manual_vs_pytorch"]), flush=True)
     if args.xla_sweep:
         print("\nXLA flag sweep: every flag set compiled in one process started under XLA's defaults, interleaved:")
         out = child("", torch=False, sweep=True)
