@@ -52,7 +52,8 @@ CPU_XLA_FLAGS_BY_ISA: dict[str, FlagChoice] = {
         _YNN + "individual_dot,eltwise,reduce",
         "measured on a 2-core AMD EPYC with AVX-512: matmuls, element-wise ops and reductions as "
         "YNNPACK fusions but not the convolutions (slower there than XLA's own), manual cnn step "
-        "26.9 ms against 36.2 ms with YNNPACK convolutions too and 41.5 ms under XLA's defaults",
+        "38.8 ms against 48.5 ms with YNNPACK convolutions too and 56.3 ms under XLA's defaults "
+        "(experiments/throughput.py --xla-sweep, one process)",
     ),
 }
 #: jaxlib series the flags were measured on. XLA aborts the process on a flag it does not
