@@ -3,7 +3,8 @@
 For each batch size, in ONE process, interleaved after warm-up (:func:`jaxbp.bench.bench_train_step`):
 the jitted ``cnn`` train step with manual VJPs and with autodiff, and, when PyTorch is
 importable, the PyTorch eager step of the same architecture; plus the compiled temp
-memory of the two JAX steps (``memory_analysis()``). Runs under the XLA flags the
+memory of the two JAX steps (``memory_analysis()``); then the manual and PyTorch steps again,
+interleaved without the autodiff step, which slows down whichever call follows it. Runs under the XLA flags the
 ``jaxbp`` command sets (:mod:`jaxbp.xla_flags`). Writes ``experiments/results/scaling.json``
 and ``scaling.png`` (examples/s and temp memory against the batch size, log axes).
 
@@ -27,7 +28,7 @@ sys.path.insert(0, str(HERE))
 
 def measure(model: str, batches: list[int], repeats: int, warmup: int, torch: bool) -> dict:
     import jax
-    from throughput import pytorch_step
+    from throughput import pair_timing, pytorch_step
 
     from jaxbp import bench, xla_flags
 
@@ -54,8 +55,17 @@ def measure(model: str, batches: list[int], repeats: int, warmup: int, torch: bo
         if "pytorch" in r["extra"]:
             p = r["extra"]["pytorch"]
             row["pytorch"] = {"median_ms": p["median_ms"], "spread": p["spread"], "examples_per_s": p["examples_per_s"]}
+        # The manual step against PyTorch's without the autodiff step in the rounds (it slows
+        # down whichever call follows it): what a training run of either sees.
+        pair = pair_timing(model, batch, repeats, warmup, extra.get("pytorch"))
+        row["without_autodiff"] = {
+            g: {"median_ms": v["median_ms"], "spread": v["spread"], "examples_per_s": 1e3 * batch / v["median_ms"]}
+            for g, v in pair.items()
+            if g in ("manual", "pytorch")
+        }
         rows.append(row)
         cells = [f"{g} {row[g]['examples_per_s']:7.0f} ex/s" for g in ("manual", "autodiff", "pytorch") if g in row]
+        cells += [f"{g} alone {v['examples_per_s']:7.0f} ex/s" for g, v in row["without_autodiff"].items()]
         temps = [f"{g} {row[g]['temp_bytes'] / 2**20:.1f} MiB" for g in ("manual", "autodiff")]
         print(f"batch {batch:4d}: {', '.join(cells)}; temp {', '.join(temps)}", flush=True)
     torch_version = None
@@ -94,18 +104,24 @@ def plot(result: dict, path: Path) -> None:
     batches = [r["batch_size"] for r in rows]
     fig, (ax, mem) = plt.subplots(1, 2, figsize=(11, 4.2))
     styles = {"manual": ("C0", "o", "manual VJPs"), "autodiff": ("C1", "s", "autodiff"), "pytorch": ("C2", "^", "")}
+    torch_label = f"PyTorch {result['machine']['pytorch']} eager"
     for who, (color, marker, label) in styles.items():
         if who not in rows[0]:
             continue
-        label = label or f"PyTorch {result['machine']['pytorch']} eager"
-        ax.plot(batches, [r[who]["examples_per_s"] for r in rows], marker=marker, color=color, label=label)
+        label = (label or torch_label) + (", all three in the rounds" if who != "autodiff" else "")
+        dashed = who != "autodiff"
+        ax.plot(batches, [r[who]["examples_per_s"] for r in rows], marker=marker, color=color, label=label,
+                linestyle="--" if dashed else "-", alpha=0.5 if dashed else 1.0)  # fmt: skip
+        if who in rows[0].get("without_autodiff", {}):
+            ax.plot(batches, [r["without_autodiff"][who]["examples_per_s"] for r in rows], marker=marker,
+                    color=color, label=(styles[who][2] or torch_label) + ", without autodiff")  # fmt: skip
     ax.set_xscale("log", base=2)
     ax.set_xticks(batches, [str(b) for b in batches])
     ax.set_xlabel("batch size")
     ax.set_ylabel("examples / s (median of interleaved rounds)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     ax.set_title(f"{result['model']} train step, float32")
     for who in ("manual", "autodiff"):
         color, marker, label = styles[who]
@@ -113,6 +129,7 @@ def plot(result: dict, path: Path) -> None:
     mem.set_xscale("log", base=2)
     mem.set_yscale("log")
     mem.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    mem.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     mem.set_xticks(batches, [str(b) for b in batches])
     mem.set_xlabel("batch size")
     mem.set_ylabel("compiled temp memory (MiB)")
