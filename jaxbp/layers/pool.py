@@ -22,8 +22,9 @@ mask (max), and a reshape and a crop put it back; rows/cols no window covers get
 of the per-offset contribution, dilated by the stride and shifted by the offset (a strided pad).
 
 max_pool2d with tiling windows saves only the row-major position of each window's first
-maximum (int8, found in the forward, while ``x`` is fresh in cache, by a chain of comparisons
-with ``y``, no reduction), so its backward is a select per cell; with overlapping or gapped
+maximum (int8, found in the forward, while ``x`` is fresh in cache, by one reduction over the
+window's cells that keeps the earliest one equal to ``y``), so its backward is a select per
+cell; with overlapping or gapped
 windows it saves ``x`` and ``y`` (the mask compares the two). avg_pool2d saves nothing (the
 shapes are static).
 """
