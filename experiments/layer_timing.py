@@ -10,15 +10,24 @@ All variants run in one process, interleaved round by round (so a noisy neighbou
 both alike), after a warm-up; the table reports medians (and minima) over the rounds and the
 ratio autodiff / manual (above 1: the manual backward is faster).
 
+``--kernels`` times instead the bare kernels of the cnn's two convolutions, the floor a
+train step cannot go under on this machine: ``lax.conv_general_dilated`` forward, the
+manual ``dx`` (a convolution) and both ``dw`` routes, the same FLOPs as one plain matmul,
+and PyTorch's (oneDNN) forward, backward-data and backward-weights kernels when PyTorch is
+importable; each with its GFLOP/s.
+
     python experiments/layer_timing.py [--repeats 30] [--batch 128]
+    python experiments/layer_timing.py --kernels --json experiments/results/throughput_kernels.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from functools import partial
+from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -69,13 +78,91 @@ def _candidates(layer: str, shapes, kwargs, rng):
     return out, err
 
 
+def _kernel_calls(batch: int, rng):
+    """{name: (zero-argument call, FLOPs)} for conv1 (no dx: the model's input) and conv2 of the cnn."""
+    from jax import lax
+
+    from jaxbp.bench import compile_ahead
+    from jaxbp.layers import conv as conv_module
+
+    try:
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)
+    except ImportError:
+        torch = None
+    calls = {}
+    for name, (h, cin, cout) in {"conv1": (28, 1, 32), "conv2": (14, 32, 64)}.items():
+        x = jnp.asarray(rng.standard_normal((batch, h, h, cin)), jnp.float32)
+        w = jnp.asarray(rng.standard_normal((3, 3, cin, cout)), jnp.float32)
+        dy = jnp.asarray(rng.standard_normal((batch, h, h, cout)), jnp.float32)
+        flops = 2 * batch * h * h * 9 * cin * cout
+        cfg = conv_module._check_conv(x, w, None, 1, "SAME", 1, 1)
+        fns = {
+            "fwd": (lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")), (x, w)),
+            "dw im2col": (lambda x, dy: conv_module._conv2d_dw_im2col(x, dy, w.shape, cfg._replace(im2col_block=cfg.im2col_block or 4)), (x, dy)),
+            "dw conv": (lambda x, dy: conv_module._conv2d_dw_conv(x, dy, w.shape, cfg), (x, dy)),
+            "matmul": (jnp.matmul, (jnp.ones((batch * h * h, 9 * cin), jnp.float32), jnp.ones((9 * cin, cout), jnp.float32))),
+            "matmul dw-shaped": (jnp.matmul, (jnp.ones((cout, batch * h * h), jnp.float32), jnp.ones((batch * h * h, 9 * cin), jnp.float32))),
+        }  # fmt: skip
+        if name != "conv1":
+            fns["dx"] = (lambda dy, w: conv_module._conv2d_dx(dy, w, x.shape, cfg), (dy, w))
+        for what, (fn, args) in fns.items():
+            executable = compile_ahead(fn, *args).executable
+            calls[f"{name} jax {what}"] = (lambda e=executable, a=args: e(*a), flops)
+        if torch is not None:
+            xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).requires_grad_(name != "conv1")
+            wt = torch.from_numpy(np.asarray(w).transpose(3, 2, 0, 1).copy())
+            dyt = torch.from_numpy(np.asarray(dy).transpose(0, 3, 1, 2).copy())
+
+            def backward(mask, xt=xt, wt=wt, dyt=dyt, cout=cout):
+                args = ([cout], [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask)
+                return lambda: torch.ops.aten.convolution_backward(dyt, xt, wt, *args)
+
+            calls[f"{name} torch fwd"] = (
+                lambda xt=xt, wt=wt: torch.nn.functional.conv2d(xt.detach(), wt, padding=1),
+                flops,
+            )
+            calls[f"{name} torch dw"] = (backward([False, True, False]), flops)
+            if name != "conv1":
+                calls[f"{name} torch dx"] = (backward([True, False, False]), flops)
+    return calls
+
+
+def kernels(batch: int, repeats: int, warmup: int) -> dict:
+    """The bare kernels of the cnn's convolutions, jax and PyTorch, interleaved in one process."""
+    from jaxbp import xla_flags
+    from jaxbp.bench import time_interleaved
+
+    calls = _kernel_calls(batch, np.random.default_rng(0))
+    timings = time_interleaved({k: c for k, (c, _) in calls.items()}, repeats=repeats, warmup=warmup)
+    print(f"bare kernels, batch {batch}, float32, {repeats} interleaved rounds (median ms, IQR %, GFLOP/s)")
+    rows = {}
+    for name, (_, flops) in calls.items():
+        t = timings[name]
+        rows[name] = {"median_ms": 1e3 * t.median, "spread": t.spread, "gflops_per_s": flops / t.median / 1e9}
+        print(f"  {name:<26} {1e3 * t.median:8.2f} {100 * t.spread:6.1f} {flops / t.median / 1e9:8.1f}", flush=True)
+    return {"batch_size": batch, "repeats": repeats, "xla": xla_flags.describe(), "kernels": rows}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--only", default="", help="run the configurations whose name contains this")
+    parser.add_argument("--kernels", action="store_true", help="time the bare convolution kernels instead")
+    parser.add_argument("--json", type=Path, help="with --kernels: write the timings there")
     opts = parser.parse_args(argv)
+    if opts.kernels:
+        from jaxbp.xla_flags import set_default_xla_flags
+
+        set_default_xla_flags()  # (before any computation) the flags the jaxbp command runs under
+        result = kernels(opts.batch, opts.repeats, opts.warmup)
+        if opts.json:
+            opts.json.write_text(json.dumps(result, indent=2) + "\n")
+            print(f"wrote {opts.json}")
+        return
     rng = np.random.default_rng(0)
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} CPUs, repeats {opts.repeats}")
     header = f"{'configuration':<32} {'what':<8} {'manual ms':>16} {'autodiff ms':>16} {'ratio':>6}  rel err"

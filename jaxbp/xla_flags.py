@@ -1,29 +1,111 @@
-"""The XLA:CPU flag policy of the ``jaxbp`` command: which flags it sets, and when.
+"""The XLA:CPU flag policy of the ``jaxbp`` command: which flags it sets, when, and why.
 
-:func:`set_default_xla_flags` sets :data:`CPU_XLA_FLAGS` for the command's own process
-when the user has not set ``XLA_FLAGS`` (even to ``""``, which is how to opt out) and
-jaxlib is a version they were measured on. Calling :func:`jaxbp.cli.main` from Python
-leaves the environment alone.
+:func:`set_default_xla_flags` sets the flags measured for this CPU's instruction set
+(:data:`CPU_XLA_FLAGS`, chosen from :data:`CPU_XLA_FLAGS_BY_ISA` by the flags that
+``/proc/cpuinfo`` lists at start-up) for the command's own process, when the user has
+not set ``XLA_FLAGS`` (even to ``""``, which is how to opt out) and jaxlib is a version
+they were measured on. Calling :func:`jaxbp.cli.main` from Python leaves the
+environment alone. :func:`describe` says which flags are in effect and why; ``jaxbp
+bench`` records it.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
+from typing import NamedTuple
 
-__all__ = ["CPU_XLA_FLAGS", "CPU_XLA_FLAGS_JAXLIB", "set_default_xla_flags"]
+__all__ = [
+    "CPU_ISA",
+    "CPU_XLA_FLAGS",
+    "CPU_XLA_FLAGS_BY_ISA",
+    "CPU_XLA_FLAGS_JAXLIB",
+    "FlagChoice",
+    "cpu_isa",
+    "cpu_model",
+    "describe",
+    "flags_for",
+    "set_default_xla_flags",
+]
 
-#: XLA:CPU flags the ``jaxbp`` command sets for its own process when ``XLA_FLAGS`` is
-#: unset: convolutions, matmuls, element-wise ops and reductions go to YNNPACK kernels.
-#: Measured in one process each (experiments/results/throughput.json, cnn, batch 128,
-#: float32, 2-core CPU): the manual train step 60-63 ms against 68-73 ms under XLA's
-#: defaults, 1.9-2.1x faster than autodiff and level with PyTorch eager (1.03x, 0.99x)
-#: where XLA's defaults trail it (0.91x, 0.85x). It only concerns the CPU backend.
-CPU_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=individual_convolution,individual_dot,eltwise,reduce"
-#: jaxlib series the flag was measured on. XLA aborts the process on a flag it does not
+_YNN = "--xla_cpu_experimental_ynn_fusion_type="
+
+
+class FlagChoice(NamedTuple):
+    """The flags for one instruction set and the measurement they rest on."""
+
+    flags: str
+    reason: str
+
+
+#: XLA:CPU flags per instruction set, each chosen by measurement on a CPU that has it
+#: (``experiments/throughput.py --xla-sweep``: the manual ``cnn`` train step, batch 128,
+#: float32, one process per flag set). They only concern the CPU backend.
+CPU_XLA_FLAGS_BY_ISA: dict[str, FlagChoice] = {
+    "avx2": FlagChoice(
+        _YNN + "individual_convolution,individual_dot,eltwise,reduce",
+        "measured on a 2-core AVX2 CPU: convolutions, matmuls, element-wise ops and reductions "
+        "as YNNPACK fusions, manual cnn step 62.6 ms against 73.1 ms under XLA's defaults",
+    ),
+    "avx512": FlagChoice(
+        _YNN + "individual_dot,eltwise,reduce",
+        "measured on a 2-core AMD EPYC with AVX-512: matmuls, element-wise ops and reductions as "
+        "YNNPACK fusions but not the convolutions, XLA's own being faster there: conv2 of the cnn "
+        "forward 5.4 ms and input gradient 7.9 ms against 10.6 and 10.9 ms with YNNPACK's "
+        "(experiments/layer_timing.py --kernels); whole cnn steps within the noise of each other",
+    ),
+}
+#: jaxlib series the flags were measured on. XLA aborts the process on a flag it does not
 #: know, and experimental flags come and go, so other versions get XLA's defaults.
 CPU_XLA_FLAGS_JAXLIB = ("0.10.",)
+
+
+def _cpuinfo(path: str = "/proc/cpuinfo") -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _field(cpuinfo: str, name: str) -> str:
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == name:
+            return value.strip()
+    return ""
+
+
+def cpu_isa(cpuinfo: str | None = None) -> str:
+    """``"avx512"`` (``avx512f`` listed), ``"avx2"``, or ``"other"`` (neither, or no
+    ``/proc/cpuinfo``), from the first processor's ``flags`` line of ``cpuinfo``
+    (default: this machine's ``/proc/cpuinfo``)."""
+    flags = set(_field(_cpuinfo() if cpuinfo is None else cpuinfo, "flags").split())
+    if "avx512f" in flags:
+        return "avx512"
+    if "avx2" in flags:
+        return "avx2"
+    return "other"
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The ``model name`` of the first processor in ``cpuinfo`` (default: this machine's), or ""."""
+    return _field(_cpuinfo() if cpuinfo is None else cpuinfo, "model name")
+
+
+def flags_for(isa: str) -> FlagChoice:
+    """The flags for an instruction set; one that was never measured gets the AVX2 choice
+    (the flags select library kernels, which exist on every CPU XLA supports)."""
+    if isa in CPU_XLA_FLAGS_BY_ISA:
+        return CPU_XLA_FLAGS_BY_ISA[isa]
+    avx2 = CPU_XLA_FLAGS_BY_ISA["avx2"]
+    return FlagChoice(avx2.flags, f"no measurement for a CPU without AVX2 ({isa}); the AVX2 choice: {avx2.reason}")
+
+
+#: This machine's instruction set, read once at start-up, and the flags chosen for it.
+CPU_ISA = cpu_isa()
+CPU_XLA_FLAGS = flags_for(CPU_ISA).flags
 
 
 def set_default_xla_flags(environ: MutableMapping[str, str] | None = None, jaxlib: str | None = None) -> str | None:
@@ -45,3 +127,21 @@ def set_default_xla_flags(environ: MutableMapping[str, str] | None = None, jaxli
         return None
     environ["XLA_FLAGS"] = CPU_XLA_FLAGS
     return CPU_XLA_FLAGS
+
+
+def describe(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Which XLA flags this process runs under and why: ``flags``, ``cpu`` (model name),
+    ``isa``, and ``why``: jaxbp's choice for this instruction set (with the measurement),
+    the user's own ``XLA_FLAGS``, or XLA's defaults."""
+    environ = os.environ if environ is None else environ
+    flags = environ.get("XLA_FLAGS")
+    choice = flags_for(CPU_ISA)
+    if flags is None:
+        why = "XLA_FLAGS unset and not set by jaxbp (not the jaxbp command, or a jaxlib the flags were not measured on): XLA's defaults"
+    elif flags == choice.flags:
+        why = f"jaxbp's flags for {CPU_ISA}: {choice.reason}"
+    elif flags == "":
+        why = "XLA_FLAGS set to '' by the user: XLA's defaults"
+    else:
+        why = "the user's own XLA_FLAGS"
+    return {"flags": flags or "", "cpu": cpu_model(), "isa": CPU_ISA, "why": why}

@@ -21,7 +21,11 @@ mask (max), and a reshape and a crop put it back; rows/cols no window covers get
 (overlapping or gapped windows) the gradient is a sum over the kh kw window offsets ``(i, j)``
 of the per-offset contribution, dilated by the stride and shifted by the offset (a strided pad).
 
-max_pool2d saves ``x`` and ``y`` (the mask compares the two); avg_pool2d saves nothing (the
+max_pool2d with tiling windows saves only the row-major position of each window's first
+maximum (int8, found in the forward, while ``x`` is fresh in cache, by one reduction over the
+window's cells that keeps the earliest one equal to ``y``), so its backward is a select per
+cell; with overlapping or gapped
+windows it saves ``x`` and ``y`` (the mask compares the two). avg_pool2d saves nothing (the
 shapes are static).
 """
 
@@ -103,13 +107,16 @@ def _max_pool2d(x, cfg):
 
 def _max_pool2d_fwd(x, cfg):
     y = max_pool2d_reference(x, cfg.window, cfg.stride, cfg.padding)
+    if cfg.stride == cfg.window:  # tiles: each window's first maximum, found while x is fresh
+        return y, (_first_max_in_tiles(x, y, cfg),)
     return y, (x, y)  # the backward finds each window's maximum by comparing x with y
 
 
 def _max_pool2d_bwd(cfg, res, dy):
-    x, y = res
     if cfg.stride == cfg.window:
-        return (_max_pool2d_dx_tiles(x, y, dy, cfg),)
+        (first,) = res
+        return (_max_pool2d_dx_tiles(first, dy, cfg),)
+    x, y = res
     return (_max_pool2d_dx_offsets(x, y, dy, cfg),)
 
 
@@ -194,15 +201,33 @@ def _untile(t, cfg):
     )
 
 
-def _max_pool2d_dx_tiles(x, y, dy, cfg):
-    """Non-overlapping windows: dx = dy * one-hot(first maximum of each tile)."""
+def _first_max_in_tiles(x, y, cfg):
+    """Non-overlapping windows: the row-major position t = i kw + j of each window's first
+    maximum, [N, Ho, Wo, C], int8 (int32 for windows of over 127 cells); kh kw where no cell
+    equals the maximum (a NaN window), so that no cell gets its gradient.
+
+    A min over the window's cells (t where the cell equals the maximum, kh kw elsewhere):
+    as a reduction, XLA computes it once, in the forward, instead of fusing it into the
+    backward, where each of a window's cells would redo the whole window's comparisons. Its
+    combiner is spelled as a select, not ``lax.min``, which YNNPACK's reduce fusion would
+    take after materialising every cell's candidates.
+    """
     kh, kw = cfg.window
     xt = _tile(x, -jnp.inf, y.shape, cfg)  # [N, Ho, kh, Wo, kw, C]
-    is_max = xt == y[:, :, None, :, None, :]
-    order = jnp.arange(kh * kw, dtype=jnp.int32).reshape(1, 1, kh, 1, kw, 1)  # row-major index in the window
-    first = jnp.min(jnp.where(is_max, order, kh * kw), axis=(2, 4), keepdims=True)
-    dxt = jnp.where(order == first, dy[:, :, None, :, None, :], jnp.zeros((), dy.dtype))  # dx = dy * [first max]
-    return _untile(dxt, cfg)
+    dtype = jnp.int8 if kh * kw < 128 else jnp.int32
+    none = jnp.asarray(kh * kw, dtype)
+    cells = [jnp.where(xt[:, :, t // kw, :, t % kw, :] == y, jnp.asarray(t, dtype), none) for t in range(kh * kw)]
+    earlier = lambda a, b: lax.select(a < b, a, b)  # noqa: E731
+    return lax.reduce(jnp.stack(cells, axis=-1), none, earlier, (y.ndim,))
+
+
+def _max_pool2d_dx_tiles(first, dy, cfg):
+    """Non-overlapping windows: dx = dy * one-hot(first maximum of each tile), cell by cell."""
+    kh, kw = cfg.window
+    zero = jnp.zeros((), dy.dtype)
+    cells = [jnp.where(first == i * kw + j, dy, zero) for i in range(kh) for j in range(kw)]  # dx = dy [t is first]
+    dxt = jnp.stack(cells, axis=3).reshape(*dy.shape[:3], kh, kw, dy.shape[3])  # [N, Ho, Wo, kh, kw, C]
+    return _untile(dxt.transpose(0, 1, 3, 2, 4, 5), cfg)  # [N, Ho, kh, Wo, kw, C] -> [N, H, W, C]
 
 
 def _max_pool2d_dx_offsets(x, y, dy, cfg):

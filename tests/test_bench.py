@@ -1,0 +1,55 @@
+"""The benchmark's bookkeeping: the layer plan a PyTorch twin is built from, the per-layer
+table with extra columns, and a (tiny) train-step benchmark that records the flags and the
+matmul peak it is compared with."""
+
+import math
+
+import pytest
+
+from jaxbp import bench, models, xla_flags
+
+
+def test_layer_plan_names_kinds_and_shapes_of_the_cnn():
+    plan = bench.layer_plan(models.get_model("cnn", 10), (28, 28, 1))
+    assert [p.kind for p in plan] == [
+        "conv", "relu", "max_pool2d", "conv", "relu", "max_pool2d", "flatten", "dense", "relu", "dense",
+    ]  # fmt: skip
+    assert plan[0].name == "conv1" and plan[0].param_shapes == {"w": (3, 3, 1, 32), "b": (32,)}
+    assert plan[2].input_shape == (28, 28, 32) and plan[2].output_shape == (14, 14, 32)
+    assert plan[6].output_shape == (3136,) and plan[-1].output_shape == (10,)
+    assert [p.kind for p in bench.layer_plan(models.get_model("cnn-bn", 10), (28, 28, 1))][:3] == ["conv", "bn", "relu"]
+
+
+def test_format_layers_adds_a_column_per_extra_call_and_the_sums():
+    rows = [
+        bench._layer_row("conv1", "conv", (2, 4, 4, 1), _timings(forward=1, manual=2, autodiff=4, pytorch=3)),
+        bench._layer_row("loss", "softmax_cross_entropy", (2, 10), _timings(forward=1, manual=1, autodiff=1)),
+    ]
+    assert rows[0]["extra_ms"] == {"pytorch": pytest.approx(3e3)} and rows[1]["extra_ms"] == {}
+    text = bench.format_layers(rows)
+    assert "pytorch" in text.splitlines()[1]
+    assert text.splitlines()[-1].split()[1:] == ["2000.00", "3000.00", "5000.00", "1.67x", "3000.00"]
+
+
+def _timings(**seconds):
+    return {k: bench.Timing(v, v, v, v, 1) for k, v in seconds.items()}
+
+
+def test_bench_train_step_records_the_flags_and_the_peak_it_is_a_fraction_of():
+    result = bench.bench_train_step("mlp", batch_size=4, repeats=1, warmup=0, peak_size=64)
+    assert result["xla"] == xla_flags.describe()
+    peak = result["matmul_peak"]
+    assert peak["size"] == 64 and peak["gflops_per_s"] > 0
+    for g in ("manual", "autodiff"):
+        assert math.isclose(result[g]["fraction_of_peak"], result[g]["gflops_per_s"] / peak["gflops_per_s"])
+
+
+def test_flag_options_spell_xla_flags_as_compile_options():
+    flags = "--xla_cpu_experimental_ynn_fusion_type=individual_dot,eltwise --xla_cpu_prefer_vector_width=512"
+    assert bench.flag_options(flags) == {
+        "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_ELTWISE",
+        "xla_cpu_prefer_vector_width": 512,
+    }
+    assert bench.flag_options("--xla_cpu_experimental_ynn_fusion_type=") == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    assert bench.flag_options("--xla_cpu_use_thunk_runtime=true") == {"xla_cpu_use_thunk_runtime": True}
+    assert bench.flag_options("") == {}
