@@ -114,12 +114,7 @@ def plot_training(
                 tolerance, color="crimson", ls="--", lw=1.5, label=f"tolerance (compare_rtol {tolerance:g})"
             )
         axes[2].set(xlabel="step", ylabel="relative error (log scale)", title="gradient agreement, manual vs autodiff")
-    for ax in axes:
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    return figure.save_png(fig, path)
+    return _finish(fig, axes, title, path)
 
 
 def _compare_rtol(src) -> float | None:
@@ -219,9 +214,14 @@ def plot_curves(
     axes[0].set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     axes[0].set_yscale("log")
     axes[1].set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    return _finish(fig, axes, title, out)
+
+
+def _finish(fig, axes, title: str | None, path: str | os.PathLike) -> Path:
+    """Grid and legend on every panel, the title, and the atomic PNG write."""
     for ax in axes:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    return figure.save_png(fig, out)
+    return figure.save_png(fig, path)
