@@ -22,6 +22,7 @@ __all__ = [
     "TRANSFORMS",
     "ExploreCheck",
     "GradCheck",
+    "element_label",
     "JacobianBlock",
     "Report",
     "TransformCheck",
@@ -58,6 +59,11 @@ def _value(v: Any) -> str:
     if isinstance(v, complex):
         return f"{v:.6g}"
     return f"{v:.6g}"
+
+
+def element_label(arg: str, index: tuple[int, ...]) -> str:
+    """An element of an argument as an expression: ``x[0, 2, 1, 0]`` (the argument alone for a scalar)."""
+    return f"{arg}[{', '.join(map(str, index))}]" if index else arg
 
 
 @dataclass
@@ -100,7 +106,7 @@ class GradCheck:
     @property
     def element(self) -> str:
         """The worst element as an expression: ``x[0, 2, 1, 0]``."""
-        return f"{self.arg}[{', '.join(map(str, self.worst_index))}]" if self.worst_index else self.arg
+        return element_label(self.arg, self.worst_index)
 
 
 @dataclass
@@ -136,7 +142,8 @@ class ExploreCheck:
 
     @property
     def element(self) -> str:
-        return f"{self.arg}[{', '.join(map(str, self.worst_index))}]" if self.worst_index else self.arg
+        """The worst element as an expression: ``x[0, 2, 1, 0]``."""
+        return element_label(self.arg, self.worst_index)
 
 
 @dataclass
