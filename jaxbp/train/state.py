@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from jaxbp import checkpoint
 
-__all__ = ["Accumulator", "Progress", "TrainState"]
+__all__ = ["Accumulator", "Agreement", "Progress", "TrainState"]
 
 
 class TrainState(NamedTuple):
@@ -26,11 +26,20 @@ class TrainState(NamedTuple):
     rng: Any  # dropout key of step s: fold_in(rng, s)
 
 
+class Agreement(NamedTuple):
+    """Compare mode, over some steps: the worst parameter's relative error and the lowest
+    cosine of any parameter (a checkpoint stores it as a JSON list in this order)."""
+
+    max_rel_err: float
+    param: str
+    min_cos: float
+
+
 @dataclass
 class Accumulator:
     """Sums over some steps (a logging window, an epoch): loss and accuracy weighted by the
     real rows, throughput over the steps that did not compile, and in compare mode the
-    autodiff loss and the worst gradient agreement ``[rel err, parameter, min cosine]``."""
+    autodiff loss and the worst gradient agreement (:class:`Agreement`)."""
 
     loss_sum: float = 0.0
     correct: int = 0
@@ -38,7 +47,7 @@ class Accumulator:
     seconds: float = 0.0
     timed: int = 0
     loss_autodiff_sum: float = 0.0
-    worst: list | None = None
+    worst: Agreement | None = None
 
     def add(self, loss: float, correct: int, n: int, seconds: float | None, loss_autodiff: float | None) -> None:
         self.loss_sum += loss * n
@@ -52,11 +61,11 @@ class Accumulator:
 
     def add_agreement(self, rel: float, name: str, cos: float) -> None:
         if self.worst is None:
-            self.worst = [rel, name, cos]
-        elif rel > self.worst[0]:
-            self.worst = [rel, name, min(cos, self.worst[2])]
+            self.worst = Agreement(rel, name, cos)
+        elif rel > self.worst.max_rel_err:
+            self.worst = Agreement(rel, name, min(cos, self.worst.min_cos))
         else:
-            self.worst[2] = min(cos, self.worst[2])
+            self.worst = self.worst._replace(min_cos=min(cos, self.worst.min_cos))
 
     @property
     def examples_per_s(self) -> float:
@@ -79,6 +88,9 @@ class Accumulator:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Accumulator:
+        d = dict(d)
+        if d.get("worst") is not None:  # a JSON list in a checkpoint
+            d["worst"] = Agreement(*d["worst"])
         return cls(**d)
 
 
