@@ -16,6 +16,14 @@ paths through ``mu`` and ``var``, which every element of a channel shares. So th
 gradient of one example depends on the whole batch: it is not a sum of per-example
 gradients. The forward saves only ``xhat``, ``inv_std`` and ``gamma``.
 
+``gamma`` is constant within a channel, so it leaves the sums: ``sum(dxhat) = gamma dbeta``
+and ``sum(dxhat xhat) = gamma dgamma``. The backward therefore makes two reductions, the
+parameter gradients, and reuses them in
+
+               dx     = gamma inv_std / M * (M dy - dbeta - xhat dgamma)
+
+(four reductions otherwise, each over an [N, ..., C] product with a broadcast ``gamma``).
+
 Running statistics for evaluation are the caller's business: :func:`batch_norm_stats`
 returns the batch mean and biased variance that the forward normalises with.
 """
@@ -125,12 +133,11 @@ def _batch_norm_bwd(eps, res, dy):
     xhat, inv_std, gamma = res
     axes = _reduce_axes(xhat)
     m = math.prod(xhat.shape[:-1])
-    dxhat = dy * gamma  # dxhat = dy gamma
-    sum_dxhat = jnp.sum(dxhat, axis=axes)  # path through the mean
-    sum_dxhat_xhat = jnp.sum(dxhat * xhat, axis=axes)  # path through the variance
-    dx = (inv_std / m) * (m * dxhat - sum_dxhat - xhat * sum_dxhat_xhat)  # the three-term dx
     dgamma = jnp.sum(dy * xhat, axis=axes)  # dgamma = sum(dy xhat)
     dbeta = jnp.sum(dy, axis=axes)  # dbeta = sum(dy)
+    # dx = inv_std/M (M dxhat - sum(dxhat) - xhat sum(dxhat xhat)) with dxhat = dy gamma,
+    # sum(dxhat) = gamma dbeta (path through the mean), sum(dxhat xhat) = gamma dgamma (the variance)
+    dx = (gamma * inv_std / m) * (m * dy - dbeta - xhat * dgamma)
     # dy has the promoted dtype of x, gamma and beta; each gradient takes its input's (beta's is gamma's).
     return dx.astype(xhat.dtype), dgamma.astype(gamma.dtype), dbeta.astype(gamma.dtype)
 
