@@ -29,6 +29,8 @@ under ``history_chosen_on_test``.
     python experiments/fashion_mnist.py --phase final --grads manual    # two processes at once:
     python experiments/fashion_mnist.py --phase final --grads autodiff  #   one per gradient mode
     python experiments/fashion_mnist.py --phase select --only resnet-uniform-shift1
+    python experiments/fashion_mnist.py --phase final --only cnnbn-uniform-shift1 --grads manual
+        # a model's best recipe, as soon as that model's candidates are done
     python experiments/fashion_mnist.py --epochs 1 --max-steps 20   # a smoke run (runs/fashion_mnist-smoke, never results/)
 
 How long (15 epochs; cnn-bn's rates are those of the recorded runs, resnet's scaled from
@@ -297,6 +299,27 @@ def selection_table(candidates: Sequence[Recipe], plan: Plan) -> list[dict[str, 
     return rows
 
 
+def rank(table: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Finished rows, best first by :data:`SELECTION_RULE`."""
+
+    def key(item: tuple[int, dict]) -> tuple:
+        index, row = item
+        return (-row["run"]["val_accuracy"], row["run"]["steps"], index)
+
+    return [row for _, row in sorted(enumerate(table), key=key) if row["run"] is not None]
+
+
+def best_of_model(table: Sequence[dict[str, Any]], model: str) -> str:
+    """The best recipe of one model, known as soon as that model's candidates are finished
+    (the final runs of a model can start while another model's selection runs go on: they
+    are trained whichever model wins)."""
+    rows = [row for row in table if row["model"] == model]
+    missing = [row["name"] for row in rows if row["run"] is None]
+    if missing:
+        raise ProtocolError(f"the {model} candidates are not finished ({', '.join(missing)}); run --phase select")
+    return rank(rows)[0]["name"]
+
+
 def choose(table: Sequence[dict[str, Any]]) -> Selection:
     """The winner by :data:`SELECTION_RULE`, and the best recipe of each model; every
     candidate must have its finished run (``ProtocolError`` names those that do not)."""
@@ -306,11 +329,7 @@ def choose(table: Sequence[dict[str, Any]]) -> Selection:
             f"the select phase is not finished ({', '.join(missing)}); run it first with --phase select"
         )
 
-    def key(item: tuple[int, dict]) -> tuple:
-        index, row = item
-        return (-row["run"]["val_accuracy"], row["run"]["steps"], index)
-
-    ranked = [row for _, row in sorted(enumerate(table), key=key)]
+    ranked = rank(table)
     best_per_model: dict[str, str] = {}
     for row in ranked:
         best_per_model.setdefault(row["model"], row["name"])
@@ -457,6 +476,26 @@ def plot(selection: Selection, plan: Plan, out: Path) -> Path | None:
     return curves.plot_runs(dirs, out, labels=list(GRADS), target=TARGET, title=title)
 
 
+def final_plan(candidates: Sequence[Recipe], only: Sequence[str], plan: Plan, log=print) -> list[Recipe]:
+    """The recipes the final phase trains: :func:`final_recipes` once the whole selection is
+    done; with ``only`` (``--only``), each named recipe as soon as it is the best of its model
+    on validation (another model's selection runs may still be going)."""
+    table = selection_table(candidates, plan)
+    if not only:
+        selection = choose(table)
+        log(f"chosen: {selection.why}")
+        return final_recipes(candidates, selection)
+    recipes = [r for r in candidates if r.name in only]
+    for recipe in recipes:
+        best = best_of_model(table, recipe.config.model)
+        if best != recipe.name:
+            raise ProtocolError(
+                f"--only {recipe.name}: not the best {recipe.config.model} recipe on validation ({best} is)"
+            )
+        log(f"best {recipe.config.model} recipe on validation: {recipe.name}")
+    return recipes
+
+
 # ------------------------------------------------------------------ command line
 
 
@@ -503,10 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.phase in ("select", "all"):
             select_phase(only, plan, log)
         if args.phase in ("final", "all"):
-            selection = choose(selection_table(CANDIDATES, plan))
-            log(f"chosen: {selection.why}")
-            recipes = [r for r in final_recipes(CANDIDATES, selection) if not args.only or r.name in args.only]
-            final_phase(recipes, plan, log)
+            final_phase(final_plan(CANDIDATES, args.only, plan, log), plan, log)
     except (ProtocolError, ValueError) as err:  # ValueError: ConfigError, RunFolderError, DataError, CheckpointError
         print(f"fashion_mnist.py: {err}", file=sys.stderr)
         return 2

@@ -82,6 +82,21 @@ def test_an_unfinished_or_failed_selection_is_refused(tmp_path, no_training):
         fm.select_phase(CANDIDATES[1:2], plan, log=lambda line: None)
 
 
+def test_a_models_best_recipe_can_go_to_the_final_phase_before_the_other_model_is_done(tmp_path, no_training):
+    plan = fm.Plan(tmp_path, epochs=1)
+    quiet = lambda line: None  # noqa: E731
+    # Both mlp candidates are done (mlp-b best on validation, mlp-a on test); cnn-c is not.
+    plant(fm.run_config(CANDIDATES[0], plan, "select", 0, "manual"), val=0.90, test=0.97)
+    plant(fm.run_config(CANDIDATES[1], plan, "select", 0, "manual"), val=0.93, test=0.91)
+    assert [r.name for r in fm.final_plan(CANDIDATES, ["mlp-b"], plan, quiet)] == ["mlp-b"]
+    with pytest.raises(fm.ProtocolError, match="--only mlp-a: not the best mlp recipe on validation .mlp-b is"):
+        fm.final_plan(CANDIDATES, ["mlp-a"], plan, quiet)
+    with pytest.raises(fm.ProtocolError, match="the cnn candidates are not finished .cnn-c"):
+        fm.final_plan(CANDIDATES, ["cnn-c"], plan, quiet)
+    with pytest.raises(fm.ProtocolError, match="select phase is not finished .cnn-c"):
+        fm.final_plan(CANDIDATES, [], plan, quiet)  # without --only: the whole selection first
+
+
 def test_final_reuses_finished_runs_resumes_a_stopped_one_and_summarises_per_mode(tmp_path, monkeypatch):
     plan = fm.Plan(tmp_path, epochs=1, seeds=(0, 1))
     recipe = CANDIDATES[0]
