@@ -33,19 +33,13 @@ under ``history_chosen_on_test``.
         # a model's best recipe, as soon as that model's candidates are done
     python experiments/fashion_mnist.py --epochs 1 --max-steps 20   # a smoke run (runs/fashion_mnist-smoke, never results/)
 
-How long (15 epochs; cnn-bn's rates are those of the recorded runs, resnet's scaled from
-cnn-bn by the ratio measured below). A selection run trains 54,000 rows x 15 = 810,000
-examples, a final run 900,000. cnn-bn trained at 806 examples/s manual and 465 autodiff (two
-processes at once on the 2 cores, otherwise quiet), so a selection run takes about 18 min and
-a final run 19 min manual, 32 min autodiff. Measured for this estimate (150 steps of batch 128
-on the whole training split, resumed from a smoke run, ``jaxbp train --resume DIR --max-steps
-170``, while other jobs kept the load near 9 on the 2 cores): cnn-bn 473 (manual) and 273
-(autodiff) examples/s, resnet 626 and 519; so resnet runs at about 1,070 / 885 examples/s on
-the quiet machine, 13 min per selection run, 14 min (manual) and 17 min (autodiff) per final
-run. In all: select 3 x 18 + 2 x 13 min, about 1.4 h; final 3 seeds x (19 + 32 + 14 + 17)
-min, about 4.1 h; about 5.5 h one run after the other, or about 4 h with the final phase in
-two processes (``--grads manual`` and ``--grads autodiff``). On a machine as loaded as during
-the measurement, about 1.7x longer.
+How long, measured (2-core AMD EPYC, AVX-512; 15 epochs). One cnn-bn run alone trains
+about 1,950 examples/s (manual); two runs sharing the cores about 1,100 each (manual) and
+550 (autodiff). The select phase as two processes (``--only``, 3 + 2 recipes) took 54 min;
+the final phase of the chosen recipe (``--grads manual`` and ``--grads autodiff`` at once,
+started while the last resnet selection run still trained, plus ``--seeds 2 --grads
+autodiff`` once the cnn-bn selection was long done) 67 min; 1 h 40 min in all. The final runs
+of the best resnet recipe (not made yet) would take about 50 min more.
 
 History (chosen on test, superseded). Before this protocol the recipe was chosen by test
 accuracy over more than thirty cnn-bn runs with no validation split (seed 0, manual, 15
