@@ -294,13 +294,14 @@ def selection_table(candidates: Sequence[Recipe], plan: Plan) -> list[dict[str, 
 
 
 def rank(table: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Finished rows, best first by :data:`SELECTION_RULE`."""
+    """Finished rows, best first by :data:`SELECTION_RULE` (unfinished ones left out)."""
 
     def key(item: tuple[int, dict]) -> tuple:
         index, row = item
         return (-row["run"]["val_accuracy"], row["run"]["steps"], index)
 
-    return [row for _, row in sorted(enumerate(table), key=key) if row["run"] is not None]
+    finished_rows = [(i, row) for i, row in enumerate(table) if row["run"] is not None]
+    return [row for _, row in sorted(finished_rows, key=key)]
 
 
 def best_of_model(table: Sequence[dict[str, Any]], model: str) -> str:

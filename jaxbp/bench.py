@@ -232,14 +232,15 @@ def bench_train_step(
     peak_call, peak_flops = matmul_call(peak_size, dtype=dtype)
     calls["matmul"] = peak_call
     timings = time_interleaved({**calls, **(extra_calls or {})}, repeats=repeats, warmup=warmup)
-    step_flops = 3 * models.flops(model, input_shape) * batch_size
+    forward_flops = models.flops(model, input_shape)
+    step_flops = 3 * forward_flops * batch_size
     peak = peak_flops / timings["matmul"].median / 1e9
     result: dict[str, Any] = {
         "model": model_name,
         "batch_size": batch_size,
         "dtype": dtype,
         "input_shape": list(input_shape),
-        "forward_flops_per_example": models.flops(model, input_shape),
+        "forward_flops_per_example": forward_flops,
         "repeats": repeats,
         "backend": jax.default_backend(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),

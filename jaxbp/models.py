@@ -215,14 +215,17 @@ def _masked_moments(x: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, ja
         from jaxbp.layers.norm import batch_norm_stats
 
         return batch_norm_stats(x)
-    w = mask.astype(x.dtype)
+    w = mask.astype(x.dtype)[:, None]  # [N, 1]
     count = jnp.maximum(jnp.sum(w), 1.0) * math.prod(x.shape[1:-1])
-    # Sum each example's rows first, then weight the [N, C] sums by the mask: weighting x
-    # itself made XLA materialise the mask broadcast to x's shape for each reduction.
-    # (A sum, not a matmul: a matmul would run in bfloat16 under TPUs' default precision.)
-    per_example, w = axes[1:], w.reshape(-1, 1)
-    mean = jnp.sum(w * jnp.sum(x, per_example).reshape(x.shape[0], -1), 0) / count
-    var = jnp.sum(w * jnp.sum(jnp.square(x - mean), per_example).reshape(x.shape[0], -1), 0) / count
+
+    def masked_sum(v):
+        # Each example's rows first, then the [N, C] sums weighted by the mask: weighting v
+        # itself made XLA materialise the mask broadcast to v's shape for each reduction.
+        # (A sum, not a matmul: a matmul would run in bfloat16 under TPUs' default precision.)
+        return jnp.sum(w * jnp.sum(v, axes[1:]).reshape(x.shape[0], -1), 0)
+
+    mean = masked_sum(x) / count
+    var = masked_sum(jnp.square(x - mean)) / count
     return mean, var
 
 
