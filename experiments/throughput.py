@@ -31,6 +31,7 @@ times them all interleaved: the measurement the flags per instruction set in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -210,6 +211,22 @@ def format_accounting(acc: dict) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def traced_under(flags: str):
+    """``XLA_FLAGS`` set to ``flags`` for the tracing inside: the layers read it to pick the
+    formulation that suits the kernels XLA will choose (:mod:`jaxbp.layers.conv`), so steps
+    compiled with these flags as options are traced as in a process started under them."""
+    saved = os.environ.get("XLA_FLAGS")
+    os.environ["XLA_FLAGS"] = flags
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["XLA_FLAGS"]
+        else:
+            os.environ["XLA_FLAGS"] = saved
+
+
 def sweep(args) -> dict:
     """Every flag set of :data:`XLA_FLAG_SETS`, applied per compilation (so all in this one
     process, started under XLA's defaults), the manual and autodiff steps timed interleaved."""
@@ -218,9 +235,10 @@ def sweep(args) -> dict:
     calls, compiled = {}, {}
     for name, flags in XLA_FLAG_SETS.items():
         try:
-            steps, step_args = bench.compile_train_steps(
-                args.model, batch_size=args.batch_size, compiler_options=bench.flag_options(flags)
-            )
+            with traced_under(flags):
+                steps, step_args = bench.compile_train_steps(
+                    args.model, batch_size=args.batch_size, compiler_options=bench.flag_options(flags)
+                )
         except Exception as err:  # noqa: BLE001 - a flag this jaxlib does not know
             compiled[name] = {"flags": flags, "error": str(err).splitlines()[0]}
             continue

@@ -27,6 +27,7 @@ __all__ = [
     "describe",
     "flags_for",
     "set_default_xla_flags",
+    "ynnpack_convolutions",
 ]
 
 _YNN = "--xla_cpu_experimental_ynn_fusion_type="
@@ -127,6 +128,27 @@ def set_default_xla_flags(environ: MutableMapping[str, str] | None = None, jaxli
         return None
     environ["XLA_FLAGS"] = CPU_XLA_FLAGS
     return CPU_XLA_FLAGS
+
+
+#: Whether XLA:CPU runs convolutions as YNNPACK fusions when ``XLA_FLAGS`` does not say:
+#: so in jaxlib 0.10 (``tests/test_xla_flags.py`` compiles a convolution to check it).
+YNN_CONVOLUTIONS_BY_DEFAULT = True
+
+
+def ynnpack_convolutions(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether XLA:CPU sends convolutions to YNNPACK under the ``XLA_FLAGS`` of ``environ``
+    (default: this process's): the last ``--xla_cpu_experimental_ynn_fusion_type=`` decides
+    (convolutions when it lists ``individual_convolution``), XLA's default without one.
+
+    Layers read it while tracing to pick the formulation that suits the kernels the
+    compiler will choose (``jaxbp.layers.conv``); it says nothing of other backends.
+    """
+    environ = os.environ if environ is None else environ
+    types = None
+    for flag in environ.get("XLA_FLAGS", "").split():
+        if flag.startswith(_YNN):
+            types = flag.removeprefix(_YNN).split(",")
+    return YNN_CONVOLUTIONS_BY_DEFAULT if types is None else "individual_convolution" in types
 
 
 def describe(environ: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -132,7 +132,12 @@ def _values(kind, shape, seed):
 # ---------------------------------------------------------------- properties
 
 
-@pytest.mark.parametrize("route", ["im2col", "im2col-blocks-of-2", "conv"])
+# How XLA_FLAGS route convolutions: to YNNPACK's kernels (XLA's default), or to XLA's own.
+ON_YNNPACK = ""
+OFF_YNNPACK = "--xla_cpu_experimental_ynn_fusion_type=individual_dot,eltwise,reduce"
+
+
+@pytest.mark.parametrize("route", ["im2col", "im2col-blocks-of-2", "conv", "xla-kernels"])
 @settings(SETTINGS, max_examples=8)
 @given(config=conv_configs())
 def test_conv2d_vjp_matches_autodiff(route, config):
@@ -143,16 +148,24 @@ def test_conv2d_vjp_matches_autodiff(route, config):
         rng.standard_normal(w_shape),
         rng.standard_normal(w_shape[3]) if bias else None,
     ]
-    with pytest.MonkeyPatch.context() as mp:  # every dw route, whatever the channel count
+    y_shape = jax.eval_shape(lambda *a: autodiff.conv2d(*a, **kwargs), *args).shape
+    with pytest.MonkeyPatch.context() as mp:  # every dw route whatever the channel count, and both dx shapes
+        # the layer reads XLA_FLAGS while tracing to choose its formulation (the compiler here keeps its own)
+        mp.setenv("XLA_FLAGS", OFF_YNNPACK if route == "xla-kernels" else ON_YNNPACK)
         mp.setattr(conv_module, "IM2COL_MAX_CHANNELS", 0 if route == "conv" else 10**6)
         if route == "im2col-blocks-of-2":  # the budget of two images' patches: several blocks, the last one padded
-            ho, wo = jax.eval_shape(lambda *a: autodiff.conv2d(*a, **kwargs), *args).shape[1:3]
+            ho, wo = y_shape[1:3]
             mp.setattr(conv_module, "IM2COL_BLOCK_BYTES", 2 * ho * wo * w_shape[0] * w_shape[1] * x_shape[3] * 8)
         else:
             mp.setattr(conv_module, "IM2COL_BLOCK_BYTES", 2**40)
-        expected_block = {"im2col": x_shape[0], "im2col-blocks-of-2": min(2, x_shape[0]), "conv": 0}[route]
+        expected_block = {"im2col": x_shape[0], "im2col-blocks-of-2": min(2, x_shape[0])}.get(route, 0)
+        stride = kwargs.get("stride", 1)
+        extra_row = (
+            route != "xla-kernels" and stride in (1, (1, 1)) and x_shape[1] <= y_shape[1] and x_shape[2] <= y_shape[2]
+        )
         with jax.enable_x64(True):
-            assert conv_module._check_conv(*map(jnp.asarray, args[:2]), None, **kwargs).im2col_block == expected_block
+            cfg = conv_module._check_conv(*map(jnp.asarray, args[:2]), None, **kwargs)
+            assert (cfg.im2col_block, cfg.dx_extra_row) == (expected_block, extra_row)
         assert_vjp_matches(
             lambda x, w, b: manual.conv2d(x, w, b, **kwargs),
             lambda x, w, b: autodiff.conv2d(x, w, b, **kwargs),

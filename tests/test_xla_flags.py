@@ -32,3 +32,69 @@ def test_describe_says_whose_flags_are_in_effect():
     assert "XLA's defaults" in xla_flags.describe({"XLA_FLAGS": ""})["why"]
     assert "XLA's defaults" in xla_flags.describe({})["why"]
     assert xla_flags.describe({"XLA_FLAGS": "--xla_cpu_use_thunk_runtime=true"})["why"] == "the user's own XLA_FLAGS"
+
+
+# ------------------------------------------------ which kernels XLA:CPU runs convolutions on
+
+YNN = "--xla_cpu_experimental_ynn_fusion_type="
+NO_CONV = YNN + "individual_dot,eltwise,reduce"  # jaxbp's AVX-512 choice
+ALL = YNN + "individual_convolution,individual_dot,eltwise,reduce"  # jaxbp's AVX2 choice
+
+
+def test_the_last_ynn_fusion_flag_says_whether_convolutions_go_to_ynnpack():
+    assert xla_flags.ynnpack_convolutions({"XLA_FLAGS": ALL}) is True
+    assert xla_flags.ynnpack_convolutions({"XLA_FLAGS": NO_CONV}) is False
+    assert xla_flags.ynnpack_convolutions({"XLA_FLAGS": YNN}) is False  # no YNNPACK fusions at all
+    assert xla_flags.ynnpack_convolutions({"XLA_FLAGS": f"{ALL} {NO_CONV}"}) is False  # the last one wins
+    default = xla_flags.YNN_CONVOLUTIONS_BY_DEFAULT
+    assert xla_flags.ynnpack_convolutions({}) is default
+    assert xla_flags.ynnpack_convolutions({"XLA_FLAGS": "--xla_cpu_use_thunk_runtime=true"}) is default
+
+
+def _entry(hlo: str) -> list[str]:
+    """The lines of the compiled module's entry computation."""
+    return hlo[hlo.index("\nENTRY ") :].split("\n}")[0].splitlines()
+
+
+def _conv_hlo(fn, *args, flags=None) -> str:
+    import jax
+
+    from jaxbp import bench
+
+    options = None if flags is None else bench.flag_options(flags)
+    return jax.jit(fn).lower(*args).compile(options).as_text()
+
+
+def test_the_prediction_matches_the_compiler():
+    # a convolution YNNPACK takes (more than 16 features, NHWC, output no larger than input)
+    import os
+
+    import jax.numpy as jnp
+    from jax import lax
+
+    x, w = jnp.ones((2, 6, 6, 32)), jnp.ones((3, 3, 32, 64))
+    conv = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))  # noqa: E731
+    process = {"XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}  # what a compilation without options runs under
+    for flags, environ in ((None, process), (ALL, {"XLA_FLAGS": ALL}), (NO_CONV, {"XLA_FLAGS": NO_CONV})):
+        on_ynnpack = any("__ynn_fusion" in line for line in _entry(_conv_hlo(conv, x, w, flags=flags)))
+        assert on_ynnpack is xla_flags.ynnpack_convolutions(environ), flags
+
+
+def test_the_conv_input_gradient_stays_on_xlas_kernels(monkeypatch):
+    # YNNPACK's dx kernel is the slower one: where YNNPACK would take dx's convolution, conv2d's
+    # backward computes it one row taller than x (cropped after), and the compiler keeps it on its own
+    import jax
+    import jax.numpy as jnp
+
+    from jaxbp import manual
+
+    def grads(x, w):
+        y, pullback = jax.vjp(lambda x, w: manual.conv2d(x, w, padding="SAME"), x, w)
+        return pullback(y)
+
+    monkeypatch.setenv("XLA_FLAGS", ALL)  # read while tracing; the compilation gets the same flags as options
+    entry = _entry(_conv_hlo(grads, jnp.ones((2, 6, 6, 32)), jnp.ones((3, 3, 32, 64)), flags=ALL))
+    on_xla = [line for line in entry if " convolution(" in line]
+    assert len(on_xla) == 1 and "= f32[2,7,6,32]" in on_xla[0], on_xla  # dx, one row taller, on XLA's kernels
+    on_ynnpack = [line for line in entry if "__ynn_fusion" in line and "conv_general_dilated" in line]
+    assert len(on_ynnpack) == 1, entry  # the forward

@@ -13,12 +13,13 @@ Shapes: ``x`` [N, H, W, Cin], ``w`` [KH, KW, Cin/G, Cout], ``b`` [Cout], ``y`` [
                    of the padded input, less those that are padding; with s > K or d > 1 also
                    those the taps step over), convolved
                    at stride 1 and dilation d with the kernel rotated 180 degrees and its
-                   in/out feature axes swapped inside each group
+                   in/out feature axes swapped inside each group (on YNNPACK's CPU kernels,
+                   padded by one row more and cropped back: see IM2COL_MAX_CHANNELS)
                dw[i,j,k,c] = sum_{n,o,p} xp[n, s o + d i, s p + d j, g(c) Cin/G + k] dy[n,o,p,c]
                    the correlation of the input with dy: im2col patches^T dy, one matmul per
-                   group and block of images, for inputs up to 32 channels per group; the same
-                   sum as one convolution (channels as the batch, N as the contracted feature
-                   axis) for wider ones
+                   group and block of images, for inputs up to 32 channels per group whose
+                   convolutions run on YNNPACK's CPU kernels; otherwise the same sum as one
+                   convolution (channels as the batch, N as the contracted feature axis)
                db[c] = sum_{n,o,p} dy[n,o,p,c]
 
 The forward saves ``x`` and ``w``; whether a ``db`` is owed is static.
@@ -33,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxbp import xla_flags
 from jaxbp.layers import _checks
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
@@ -71,20 +73,32 @@ def padding_pairs(layer: str, padding, in_hw, window, stride, context: str = "")
     return pads
 
 
-# dw goes through im2col and matmuls when the input has at most this many channels per group,
-# through one convolution otherwise; im2col works through the batch in blocks of images whose
-# patches take about IM2COL_BLOCK_BYTES, so each block's patches stay in cache between being
-# written and being multiplied. On the 2-core AVX2 CPU this was tuned on (batch 128, float32), the
-# blocked im2col beats XLA's convolution for dw by 1.4-6x at Cin/G = 1..32 and is a toss-up at
-# 64; one unblocked im2col over the whole batch loses to the convolution from Cin/G = 16 on
-# (experiments/layer_timing.py). On the 2-core AVX-512 CPU, under jaxbp's flags for it, the
-# convolution is faster at Cin/G = 32 (the cnn step 26.9 against 32.9 ms, one process), but it
-# is kept out: with it, 20 cnn-bn training steps of manual and autodiff drift apart to a 2e-4
-# relative loss difference (1.2e-7 with im2col; tests/test_train.py allows 1e-5), although its
-# dw equals autodiff's bit for bit at these shapes; where the drift starts was not traced. Both
-# routes are exact; the tests run both.
+# The backward's formulation suits the kernels XLA will run it with. XLA:CPU sends most
+# convolutions to YNNPACK by default (jaxlib 0.10), to its own kernels when XLA_FLAGS leaves
+# them out of the YNNPACK fusions (as jaxbp's flags for AVX-512 do) and on other backends
+# (convolutions_on_ynnpack). Measured on a 2-core Intel Xeon (Sapphire Rapids, AVX-512), the
+# cnn's conv2 (128x14x14x32 -> 64, 3x3 SAME), one process, interleaved:
+# - dw: YNNPACK runs the dw convolution (_conv2d_dw_conv) slowly, 26.7 ms, where the blocked
+#   im2col takes 12.4; XLA's own kernel runs it in 7.2 ms against im2col's 12.8. So dw goes
+#   through im2col and matmuls only for inputs of at most IM2COL_MAX_CHANNELS per group whose
+#   convolutions would go to YNNPACK; the whole cnn step under jaxbp's AVX-512 flags went from
+#   26.5 to 19.2 ms with the convolution. (On a 2-core AVX2 CPU, with YNNPACK's convolutions,
+#   the blocked im2col beat the convolution for dw by 1.4-6x at Cin/G = 1..32.)
+# - dx: YNNPACK takes a convolution only when its output is no larger than its input
+#   (xla/backends/cpu/ynn_support.cc), and its dx kernel (7.7 ms) is slower than XLA's (4.4),
+#   so where YNNPACK would take dx (stride 1, dy as large as x) the convolution computes one
+#   row more than x has, which is cropped: 4.9 ms, with 1/H more multiplications.
+# im2col works through the batch in blocks of images whose patches take about
+# IM2COL_BLOCK_BYTES, so each block's patches stay in cache between being written and being
+# multiplied. Both dw routes and both dx shapes are exact; the tests run all of them.
 IM2COL_MAX_CHANNELS = 32
 IM2COL_BLOCK_BYTES = 2**20
+
+
+def convolutions_on_ynnpack() -> bool:
+    """Whether the convolutions being traced will run on YNNPACK's kernels: the CPU backend
+    with ``XLA_FLAGS`` that send them there (:func:`jaxbp.xla_flags.ynnpack_convolutions`)."""
+    return jax.default_backend() == "cpu" and xla_flags.ynnpack_convolutions()
 
 
 def _im2col_block(n, out_hw, patch_size, itemsize) -> int:
@@ -103,6 +117,7 @@ class _Conv(NamedTuple):
     groups: int
     has_bias: bool
     im2col_block: int  # dw by im2col in blocks of this many images (narrow inputs); 0: by a convolution
+    dx_extra_row: bool  # dx computed one row taller than x, then cropped: keeps it off YNNPACK
 
 
 def _check_conv(x, w, b, stride, padding, dilation, groups) -> _Conv:
@@ -134,11 +149,14 @@ def _check_conv(x, w, b, stride, padding, dilation, groups) -> _Conv:
             )
     if b is not None and tuple(jnp.shape(b)) != (cout,):
         _checks.fail("conv2d", f"b must have shape ({cout},), got {tuple(jnp.shape(b))}{shapes}")
+    out_hw = [(n + lo + hi - e) // s + 1 for n, (lo, hi), e, s in zip((h, wd), pads, extent, stride)]
+    on_ynnpack = convolutions_on_ynnpack()
     block = 0
-    if cin_g <= IM2COL_MAX_CHANNELS:
-        out_hw = [(n + lo + hi - e) // s + 1 for n, (lo, hi), e, s in zip((h, wd), pads, extent, stride)]
+    if cin_g <= IM2COL_MAX_CHANNELS and on_ynnpack:
         block = _im2col_block(jnp.shape(x)[0], out_hw, kh * kw * cin, jnp.dtype(jnp.result_type(x)).itemsize)
-    return _Conv(stride, pads, dilation, groups, b is not None, block)
+    # YNNPACK would take dx's convolution: no lhs dilation (stride 1), an output (x) no larger than its input (dy)
+    extra_row = on_ynnpack and stride == (1, 1) and h <= out_hw[0] and wd <= out_hw[1]
+    return _Conv(stride, pads, dilation, groups, b is not None, block, extra_row)
 
 
 def conv2d_reference(
@@ -182,8 +200,8 @@ def conv2d(
     """2-D convolution with a hand-derived VJP. Shapes as :func:`conv2d_reference`.
 
     Backward: ``dx`` = the stride-dilated ``dy`` convolved with the rotated, in/out-swapped
-    kernel; ``dw`` = im2col patches of ``x`` times ``dy`` (or that correlation as a
-    convolution, for inputs wider than 32 channels per group); ``db = sum(dy)`` over N, H, W.
+    kernel; ``dw`` = im2col patches of ``x`` times ``dy`` (narrow inputs on YNNPACK's CPU
+    kernels) or that correlation as a convolution; ``db = sum(dy)`` over N, H, W.
     """
     return _conv2d(x, w, b, _check_conv(x, w, b, stride, padding, dilation, groups))
 
@@ -259,7 +277,9 @@ def _conv2d_dx(dy, w, x_shape, cfg):
         before = d * (k - 1) - lo  # output row r reads dy rows (r + lo - d i) / s; negative crops
         after = n_in + d * (k - 1) - (s * (n_out - 1) + 1) - before  # brings the output back to n_in rows:
         pads.append((before, after))  # rows the forward never read see only padding, so get 0
-    return lax.conv_general_dilated(
+    if cfg.dx_extra_row:  # one row more than x, cropped below: XLA then keeps the convolution off YNNPACK
+        pads[0] = (pads[0][0], pads[0][1] + 1)
+    dx = lax.conv_general_dilated(
         dy,
         w_t,
         window_strides=(1, 1),
@@ -269,6 +289,7 @@ def _conv2d_dx(dy, w, x_shape, cfg):
         dimension_numbers=_DIMENSION_NUMBERS,
         feature_group_count=g,
     )
+    return dx[:, : x_shape[1]] if cfg.dx_extra_row else dx
 
 
 def _conv2d_dw_im2col(x, dy, w_shape, cfg):
