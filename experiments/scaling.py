@@ -5,7 +5,7 @@ the jitted ``cnn`` train step with manual VJPs and with autodiff, and, when PyTo
 importable, the PyTorch eager step of the same architecture; plus the compiled temp
 memory of the two JAX steps (``memory_analysis()``); then the manual and PyTorch steps again,
 interleaved without the autodiff step, which slows down whichever call follows it. Runs under the XLA flags the
-``jaxbp`` command sets (:mod:`jaxbp.xla_flags`). Writes ``experiments/results/scaling.json``
+``jaxbp`` command sets (:mod:`jaxbp.xla_flags`) and its allocator policy (:mod:`jaxbp.allocator`). Writes ``experiments/results/scaling.json``
 and ``scaling.png`` (examples/s and temp memory against the batch size, log axes).
 
     python experiments/scaling.py                  # ~3 min on 2 cores
@@ -153,9 +153,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "scaling", help="writes OUT.json and OUT.png")
     args = parser.parse_args()
 
-    from jaxbp import xla_flags
+    from jaxbp import allocator, xla_flags
 
-    xla_flags.set_default_xla_flags()  # what `jaxbp bench` runs under, before JAX starts
+    allocator.keep_blocks_in_heap()  # what `jaxbp bench` runs under (PyTorch's steps get it too)
+    xla_flags.set_default_xla_flags()  # before JAX starts
     batches = [int(b) for b in args.batches.split(",")]
     result = measure(args.model, batches, args.repeats, args.warmup, torch=not args.no_torch)
     args.out.parent.mkdir(parents=True, exist_ok=True)

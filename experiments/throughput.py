@@ -23,6 +23,11 @@ under XLA's defaults; each set applied to its own compilations as compile option
 times them all interleaved: the measurement the flags per instruction set in
 :mod:`jaxbp.xla_flags` are chosen by. Every ratio is taken within one process, never across.
 
+Every process also sets the allocator policy of the ``jaxbp`` command (:mod:`jaxbp.allocator`:
+large blocks kept in one glibc heap), which PyTorch's steps in the same process get too;
+``--glibc-defaults`` leaves glibc's defaults instead, under which both pay page faults
+for their large buffers on every step.
+
     python experiments/throughput.py                      # writes experiments/results/throughput.json
     python experiments/throughput.py --model cnn-bn --json experiments/results/throughput_cnn_bn.json
     python experiments/throughput.py --xla-sweep          # also the XLA flag sweep
@@ -302,7 +307,7 @@ def format_pair(pair: dict) -> str:
 def measure(args) -> dict:
     import jax
 
-    from jaxbp import bench, xla_flags
+    from jaxbp import allocator, bench, xla_flags
 
     extra, torch = {}, None
     twin = None if args.no_torch else pytorch_step(args.model, args.batch_size)
@@ -325,6 +330,7 @@ def measure(args) -> dict:
             "backend": jax.default_backend(),
             "pytorch": None if torch is None else torch.__version__,
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "allocator": allocator.describe(),
             "load_average_at_start": os.getloadavg(),
         },
     }
@@ -356,10 +362,20 @@ def main() -> None:
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--no-default-flags", action="store_true", help="skip the second process under XLA's defaults")
     parser.add_argument("--xla-sweep", action="store_true", help="also time the JAX steps under each XLA flag set")
+    parser.add_argument(
+        "--glibc-defaults",
+        action="store_true",
+        help="leave glibc's allocator at its defaults in every process (a Python user who sets nothing), "
+        "not the policy the jaxbp command sets (jaxbp.allocator)",
+    )
     parser.add_argument("--json", type=Path, default=RESULTS / "throughput.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sweep-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not args.glibc_defaults:  # as the jaxbp command, in this and every child process: PyTorch's steps too
+        from jaxbp import allocator
+
+        allocator.keep_blocks_in_heap()
 
     if args.sweep_child:  # every flag set in this one process: JSON on stdout's last line
         print(json.dumps(sweep(args)))
@@ -389,7 +405,7 @@ def main() -> None:
             "--warmup",
             str(args.warmup),
         ]
-        cmd += [] if torch else ["--no-torch"]  # fmt: skip
+        cmd += ([] if torch else ["--no-torch"]) + (["--glibc-defaults"] if args.glibc_defaults else [])  # fmt: skip
         proc = subprocess.run(cmd, check=False, env={**os.environ, "XLA_FLAGS": flags}, capture_output=True, text=True)
         if proc.returncode != 0:
             return {"flags": flags, "error": proc.stderr.strip().splitlines()[-1:]}

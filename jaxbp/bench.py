@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxbp import autodiff, manual, models, xla_flags
+from jaxbp import allocator, autodiff, manual, models, xla_flags
 
 #: The dtypes `jaxbp bench --dtype` offers.
 DTYPES = ("float32", "bfloat16")
@@ -245,6 +245,7 @@ def bench_train_step(
         "backend": jax.default_backend(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "xla": xla_flags.describe(),  # the flags, the CPU (model, instruction set) and why these flags
+        "allocator": allocator.describe(),  # large buffers kept in the heap, or page faults on every step
         "matmul_peak": {
             "size": peak_size,
             "timing": asdict(timings["matmul"]),
@@ -401,6 +402,7 @@ def format_train_step(result: dict[str, Any]) -> str:
         f"{result['repeats']} interleaved rounds, backend {result['backend']}",
         f"  XLA_FLAGS: {result['xla_flags'] or '(none)'}",
         f"  why: {result['xla']['why']}",
+        f"  allocator: {result['allocator']}",
         f"  CPU: {result['xla']['cpu'] or '(unknown)'} ({result['xla']['isa']}); float32 matmul "
         f"{result['matmul_peak']['size']}^3 peak {result['matmul_peak']['gflops_per_s']:.1f} GFLOP/s (same rounds)",
         f"  {'grad':<9} {'median ms':>10} {'IQR %':>6} {'compile s':>10} {'temp MiB':>9} {'ex/s':>8} {'GFLOP/s':>8}"

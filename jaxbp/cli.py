@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from jaxbp import __version__
+from jaxbp import __version__, allocator
 from jaxbp.xla_flags import CPU_XLA_FLAGS, set_default_xla_flags
 
 __all__ = ["CPU_XLA_FLAGS", "build_parser", "main", "run", "set_default_xla_flags"]
@@ -589,11 +589,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> None:
-    """The ``jaxbp`` console script: the default XLA flags, then :func:`main`.
+    """The ``jaxbp`` console script: the allocator policy and the default XLA flags, then :func:`main`.
 
-    :func:`main` itself leaves the environment alone, so calling it from Python (or a
-    test) runs under whatever flags that process started with.
+    :func:`main` itself leaves the process alone, so calling it from Python (or a test)
+    runs under whatever allocator and flags that process started with.
     """
+    allocator.keep_blocks_in_heap()
     set_default_xla_flags()
     sys.exit(main())
 
