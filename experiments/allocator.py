@@ -7,7 +7,7 @@ flags the ``jaxbp`` command sets, counting the minor page faults they take
 (``getrusage``). The table gives, per batch size and policy, the median over the rounds
 of each process's median step time, the range of those, and the page faults per step.
 
-    python experiments/allocator.py                      # writes experiments/results/allocator.json
+    python experiments/allocator.py                      # writes experiments/results/allocator.json (~4 min)
     python experiments/allocator.py --batches 128 --rounds 3
 """
 
@@ -23,7 +23,9 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-POLICIES = ("glibc-defaults", "jaxbp")
+# jaxbp-one-arena: the policy plus one malloc arena for all threads (M_ARENA_MAX = 1), the
+# variant that also keeps blocks larger than a thread arena's 64 MiB heaps in the heap
+POLICIES = ("glibc-defaults", "jaxbp", "jaxbp-one-arena")
 
 
 def child(policy: str, batch: int, steps: int) -> dict:
@@ -33,8 +35,12 @@ def child(policy: str, batch: int, steps: int) -> dict:
 
     from jaxbp import allocator, xla_flags
 
-    if policy == "jaxbp" and not allocator.keep_blocks_in_heap():
+    if policy != "glibc-defaults" and not allocator.keep_blocks_in_heap():
         raise SystemExit("the allocator policy could not be set here (not glibc, or MALLOC_* set)")
+    if policy == "jaxbp-one-arena":
+        import ctypes
+
+        assert ctypes.CDLL(None).mallopt(-8, 1) == 1  # M_ARENA_MAX
     xla_flags.set_default_xla_flags()
     import jax
 
@@ -88,7 +94,7 @@ def measure(batches: list[int], rounds: int, steps: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", default="128,512")
+    parser.add_argument("--batches", default="64,128,512")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--json", type=Path, default=RESULTS / "allocator.json")

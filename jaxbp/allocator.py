@@ -1,22 +1,27 @@
-"""The glibc allocator policy of the ``jaxbp`` command: XLA's per-step buffers stay in one heap.
+"""The glibc allocator policy of the ``jaxbp`` command: XLA's per-step buffers stay in the heap.
 
 XLA:CPU allocates a jitted step's temporary buffers as a few large blocks on every call.
-glibc serves a block above its mmap threshold (adaptive, 32 MiB at most), or one that does
-not fit a thread arena's 64 MiB heaps, with fresh pages mapped for it and unmapped on
+glibc serves a block above its mmap threshold (adaptive, 32 MiB at most), or one too large
+for a thread arena's 64 MiB heaps, with fresh pages mapped for it and unmapped on
 ``free``, so every step faults its buffers' pages in again. On a 2-core Xeon (AVX-512),
 the manual ``cnn`` step at batch 128 (32 MiB of temp buffers under jaxbp's flags) took
-8,246 page faults and 27.9 ms a step; with its blocks kept in one heap, 206 and 24.0 ms; at
-batch 512, 32,651 faults and 118.6 ms against 21 and 104.6 ms (``python
-experiments/allocator.py``: medians over five processes of each, alternating).
+8,246 page faults and 28.1 ms a step; with its blocks kept in the heap, 0.3 and 22.4 ms
+(``python experiments/allocator.py``: medians over five processes of each, alternating).
 
-:func:`keep_blocks_in_heap` therefore sets, through ``mallopt``, one arena for all threads
-and mmap and trim thresholds of 1 GiB: blocks up to that size come from the heap and stay
-there once freed, for the next step to reuse. The price is memory the process keeps
-instead of returning it between steps (its peak, which it reaches every step anyway).
-Like the XLA flags (:mod:`jaxbp.xla_flags`), the ``jaxbp`` command sets it first thing,
-unless the user set any of glibc's own tunables (``MALLOC_*`` or ``GLIBC_TUNABLES``, which
-is how to opt out); calling :func:`jaxbp.cli.main` from Python leaves the allocator alone.
-Other C libraries (musl, macOS) are left as they are.
+:func:`keep_blocks_in_heap` therefore sets, through ``mallopt``, mmap and trim thresholds
+of 1 GiB: blocks up to that size come from the heap and stay there once freed, for the next
+step to reuse. The price is memory the process keeps instead of returning it between steps
+(its peak, which it reaches every step anyway). Blocks larger than a thread arena's heap
+still get fresh pages (batch 512, 127.5 MiB: 123.3 against 122.9 ms, the same 32,640
+faults); one arena for all threads (``MALLOC_ARENA_MAX=1``) keeps those too, 103.7 ms, but
+costs 1.6-2.0 ms at batch 64 and 128 (12.1 against 10.6, 24.4 against 22.4), so it is left
+to the user.
+
+Like the XLA flags (:mod:`jaxbp.xla_flags`), the ``jaxbp`` command sets the policy first
+thing, unless the user set any of glibc's own tunables (``MALLOC_*`` or ``GLIBC_TUNABLES``,
+which is how to opt out, or to add ``MALLOC_ARENA_MAX=1 MALLOC_MMAP_THRESHOLD_=1073741824
+MALLOC_TRIM_THRESHOLD_=1073741824`` for large batches); calling :func:`jaxbp.cli.main` from
+Python leaves the allocator alone. Other C libraries (musl, macOS) are left as they are.
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ __all__ = ["HEAP_BYTES", "describe", "keep_blocks_in_heap"]
 #: Blocks up to this size come from the heap, and this much freed memory stays at its top.
 HEAP_BYTES = 1 << 30
 # mallopt parameters (glibc's malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
-_SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_THRESHOLD, HEAP_BYTES), (_M_TRIM_THRESHOLD, HEAP_BYTES))
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_SETTINGS = ((_M_MMAP_THRESHOLD, HEAP_BYTES), (_M_TRIM_THRESHOLD, HEAP_BYTES))
 
 _state = {"set_by_jaxbp": False}
 
@@ -65,7 +70,7 @@ def describe(environ: Mapping[str, str] | None = None) -> str:
     """Which allocator policy this process runs under, in one line (``jaxbp bench`` records it)."""
     environ = os.environ if environ is None else environ
     if _state["set_by_jaxbp"]:
-        return f"glibc: jaxbp's (one arena, mmap and trim thresholds {HEAP_BYTES >> 20} MiB)"
+        return f"glibc: jaxbp's (mmap and trim thresholds {HEAP_BYTES >> 20} MiB)"
     own = _users_own(environ)
     if own:
         return "the user's own glibc tunables: " + ", ".join(own)

@@ -19,11 +19,11 @@ class FakeLibc:
         return 1 if self.accepts else 0
 
 
-def test_the_policy_is_one_arena_and_1_gib_thresholds():
+def test_the_policy_is_1_gib_mmap_and_trim_thresholds():
     libc = FakeLibc()
     assert allocator.keep_blocks_in_heap({}, libc=libc) is True
-    # M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD (glibc's malloc.h)
-    assert libc.calls == [(-8, 1), (-3, allocator.HEAP_BYTES), (-1, allocator.HEAP_BYTES)]
+    # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD (glibc's malloc.h)
+    assert libc.calls == [(-3, allocator.HEAP_BYTES), (-1, allocator.HEAP_BYTES)]
 
 
 def test_the_users_own_tunables_win():
