@@ -12,7 +12,7 @@ ratio autodiff / manual (above 1: the manual backward is faster).
 
 ``--kernels`` times instead the bare kernels of the cnn's two convolutions, the floor a
 train step cannot go under on this machine: ``lax.conv_general_dilated`` forward, the
-manual ``dx`` (a convolution) and both ``dw`` routes, the same FLOPs as one plain matmul,
+manual ``dx`` (a convolution, as tall as x and one row taller) and both ``dw`` routes, the same FLOPs as one plain matmul,
 and PyTorch's (oneDNN) forward, backward-data and backward-weights kernels when PyTorch is
 importable; each with its GFLOP/s.
 
@@ -98,15 +98,23 @@ def _kernel_calls(batch: int, rng):
         dy = jnp.asarray(rng.standard_normal((batch, h, h, cout)), jnp.float32)
         flops = 2 * batch * h * h * 9 * cin * cout
         cfg = conv_module._check_conv(x, w, None, 1, "SAME", 1, 1)
+        block = conv_module._im2col_block(batch, (h, h), 9 * cin, 4)  # the layer's blocks, whichever route it takes
         fns = {
             "fwd": (lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")), (x, w)),
-            "dw im2col": (lambda x, dy: conv_module._conv2d_dw_im2col(x, dy, w.shape, cfg._replace(im2col_block=cfg.im2col_block or 4)), (x, dy)),
+            "dw im2col": (lambda x, dy: conv_module._conv2d_dw_im2col(x, dy, w.shape, cfg._replace(im2col_block=block)), (x, dy)),
             "dw conv": (lambda x, dy: conv_module._conv2d_dw_conv(x, dy, w.shape, cfg), (x, dy)),
             "matmul": (jnp.matmul, (jnp.ones((batch * h * h, 9 * cin), jnp.float32), jnp.ones((9 * cin, cout), jnp.float32))),
             "matmul dw-shaped": (jnp.matmul, (jnp.ones((cout, batch * h * h), jnp.float32), jnp.ones((batch * h * h, 9 * cin), jnp.float32))),
         }  # fmt: skip
-        if name != "conv1":
-            fns["dx"] = (lambda dy, w: conv_module._conv2d_dx(dy, w, x.shape, cfg), (dy, w))
+        if name != "conv1":  # dx as tall as x, and one row taller (cropped): what keeps it off YNNPACK
+            fns["dx"] = (
+                lambda dy, w: conv_module._conv2d_dx(dy, w, x.shape, cfg._replace(dx_extra_row=False)),
+                (dy, w),
+            )
+            fns["dx one row taller"] = (
+                lambda dy, w: conv_module._conv2d_dx(dy, w, x.shape, cfg._replace(dx_extra_row=True)),
+                (dy, w),
+            )
         for what, (fn, args) in fns.items():
             executable = compile_ahead(fn, *args).executable
             calls[f"{name} jax {what}"] = (lambda e=executable, a=args: e(*a), flops)

@@ -77,17 +77,19 @@ def padding_pairs(layer: str, padding, in_hw, window, stride, context: str = "")
 # convolutions to YNNPACK by default (jaxlib 0.10), to its own kernels when XLA_FLAGS leaves
 # them out of the YNNPACK fusions (as jaxbp's flags for AVX-512 do) and on other backends
 # (convolutions_on_ynnpack). Measured on a 2-core Intel Xeon (Sapphire Rapids, AVX-512), the
-# cnn's conv2 (128x14x14x32 -> 64, 3x3 SAME), one process, interleaved:
-# - dw: YNNPACK runs the dw convolution (_conv2d_dw_conv) slowly, 26.7 ms, where the blocked
-#   im2col takes 12.4; XLA's own kernel runs it in 7.2 ms against im2col's 12.8. So dw goes
+# cnn's conv2 (128x14x14x32 -> 64, 3x3 SAME), bare kernels in one process, interleaved
+# (experiments/layer_timing.py --kernels, under each flag set):
+# - dw: YNNPACK runs the dw convolution (_conv2d_dw_conv) slowly, 27.2 ms, where the blocked
+#   im2col takes 13.5; XLA's own kernel runs it in 6.9 ms against im2col's 12.8. So dw goes
 #   through im2col and matmuls only for inputs of at most IM2COL_MAX_CHANNELS per group whose
-#   convolutions would go to YNNPACK; the whole cnn step under jaxbp's AVX-512 flags went from
-#   26.5 to 19.2 ms with the convolution. (On a 2-core AVX2 CPU, with YNNPACK's convolutions,
-#   the blocked im2col beat the convolution for dw by 1.4-6x at Cin/G = 1..32.)
+#   convolutions would go to YNNPACK. (On a 2-core AVX2 CPU, with YNNPACK's convolutions, the
+#   blocked im2col beat the convolution for dw by 1.4-6x at Cin/G = 1..32.)
 # - dx: YNNPACK takes a convolution only when its output is no larger than its input
-#   (xla/backends/cpu/ynn_support.cc), and its dx kernel (7.7 ms) is slower than XLA's (4.4),
-#   so where YNNPACK would take dx (stride 1, dy as large as x) the convolution computes one
-#   row more than x has, which is cropped: 4.9 ms, with 1/H more multiplications.
+#   (xla/backends/cpu/ynn_support.cc), and its dx kernel is the slower one, so where YNNPACK
+#   would take dx (stride 1, dy as large as x) the convolution computes one row more than x
+#   has, which is cropped: 1/H more multiplications, on XLA's kernel.
+# The whole manual cnn train step, both ways in one process (experiments/conv_routes.py):
+# 29.0 -> 25.5 ms under jaxbp's AVX-512 flags (dw), 37.8 -> 34.0 ms under XLA's defaults (dx).
 # im2col works through the batch in blocks of images whose patches take about
 # IM2COL_BLOCK_BYTES, so each block's patches stay in cache between being written and being
 # multiplied. Both dw routes and both dx shapes are exact; the tests run all of them.
