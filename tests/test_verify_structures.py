@@ -239,7 +239,12 @@ def make_tanh(bug: bool):
 
 @pytest.mark.parametrize("bug", [False, True])
 def test_float32_and_bfloat16(bug):
-    report = verify_vjp(make_tanh(bug), tanh_reference, RNG.standard_normal(5), dtypes=("float32", "bfloat16"),
+    # Inputs of the test's own, in [-1, 1]: there 1 - tanh^2 >= 0.42, so bfloat16 loses nothing to
+    # cancellation, and the check is of the dtype, not of tanh's conditioning near saturation. (Drawn
+    # from the module's RNG, the inputs depended on which tests a worker ran first; a standard normal
+    # draw puts the correct backward past bfloat16's 2e-2 for 3 seeds in 150, none of these.)
+    x = np.random.default_rng(7).uniform(-1, 1, 5)
+    report = verify_vjp(make_tanh(bug), tanh_reference, x, dtypes=("float32", "bfloat16"),
                         transforms=False, explore=False)  # fmt: skip
     assert {g.dtype for g in report.grads} == {"float32", "bfloat16"}
     assert all(g.passed is not bug for g in report.grads), str(report)
