@@ -4,9 +4,10 @@ For each batch size, in ONE process, interleaved after warm-up (:func:`jaxbp.ben
 the jitted ``cnn`` train step with manual VJPs and with autodiff, and, when PyTorch is
 importable, the PyTorch eager step of the same architecture; plus the compiled temp
 memory of the two JAX steps (``memory_analysis()``); then the manual and PyTorch steps again,
-interleaved without the autodiff step, which slows down whichever call follows it. Runs under the XLA flags the
-``jaxbp`` command sets (:mod:`jaxbp.xla_flags`) and its allocator policy (:mod:`jaxbp.allocator`). Writes ``experiments/results/scaling.json``
-and ``scaling.png`` (examples/s and temp memory against the batch size, log axes).
+interleaved without the autodiff step, which slows down whichever call follows it. Runs under
+the XLA flags the ``jaxbp`` command sets (:mod:`jaxbp.xla_flags`) and its allocator policy
+(:mod:`jaxbp.allocator`), PyTorch's steps too. Writes ``experiments/results/scaling.json`` and
+``scaling.png`` (examples/s and temp memory against the batch size, log axes).
 
     python experiments/scaling.py                  # ~3 min on 2 cores
     python experiments/scaling.py --batches 16,64 --repeats 5

@@ -24,7 +24,7 @@ times them all interleaved: the measurement the flags per instruction set in
 :mod:`jaxbp.xla_flags` are chosen by. Every ratio is taken within one process, never across.
 
 Every process also sets the allocator policy of the ``jaxbp`` command (:mod:`jaxbp.allocator`:
-large blocks kept in one glibc heap), which PyTorch's steps in the same process get too;
+large blocks kept in glibc's heap), which PyTorch's steps in the same process get too;
 ``--glibc-defaults`` leaves glibc's defaults instead, under which both pay page faults
 for their large buffers on every step.
 
