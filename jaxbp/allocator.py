@@ -47,7 +47,7 @@ def _users_own(environ: Mapping[str, str]) -> list[str]:
 
 
 def keep_blocks_in_heap(environ: Mapping[str, str] | None = None, libc=None) -> bool:
-    """Keep large blocks in one heap (see the module docstring), unless the user set glibc's
+    """Keep large blocks in the heap (see the module docstring), unless the user set glibc's
     tunables in ``environ`` (default: this process's) or the C library is not glibc.
 
     ``libc`` is the C library to call ``mallopt`` on (default: this process's glibc; another
