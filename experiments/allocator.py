@@ -66,7 +66,10 @@ def child(policy: str, batch: int, steps: int) -> dict:
 
 
 def measure(batches: list[int], rounds: int, steps: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if not (k.startswith("MALLOC_") or k == "GLIBC_TUNABLES")}
+    from jaxbp import allocator
+
+    users = allocator.users_tunables(os.environ)  # left out: each child sets its own policy
+    env = {k: v for k, v in os.environ.items() if k not in users}
     rows = []
     for batch in batches:
         runs = {p: [] for p in POLICIES}

@@ -28,11 +28,6 @@ sys.path.insert(0, str(HERE))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("XLA_FLAGS", "")  # each flag set goes to its own compilations as options
 
-FLAG_SETS = {
-    "XLA's defaults": "",
-    "jaxbp's AVX-512 flags": "--xla_cpu_experimental_ynn_fusion_type=individual_dot,eltwise,reduce",
-}
-
 
 @contextlib.contextmanager
 def im2col_always():
@@ -58,8 +53,9 @@ def main() -> None:
 
     from jaxbp import bench, xla_flags
 
+    flag_sets = {"XLA's defaults": "", "jaxbp's AVX-512 flags": xla_flags.CPU_XLA_FLAGS_BY_ISA["avx512"].flags}
     calls = {}
-    for set_name, flags in FLAG_SETS.items():
+    for set_name, flags in flag_sets.items():
         for variant in ("im2col-always", "kernel-aware"):
             routes = im2col_always() if variant == "im2col-always" else contextlib.nullcontext()
             with traced_under(flags), routes:

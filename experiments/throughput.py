@@ -36,7 +36,6 @@ for their large buffers on every step.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
@@ -45,6 +44,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 RESULTS = Path(__file__).parent / "results"
 _YNN = "--xla_cpu_experimental_ynn_fusion_type="
@@ -216,20 +216,11 @@ def format_accounting(acc: dict) -> str:
     return "\n".join(lines)
 
 
-@contextlib.contextmanager
 def traced_under(flags: str):
-    """``XLA_FLAGS`` set to ``flags`` for the tracing inside: the layers read it to pick the
-    formulation that suits the kernels XLA will choose (:mod:`jaxbp.layers.conv`), so steps
-    compiled with these flags as options are traced as in a process started under them."""
-    saved = os.environ.get("XLA_FLAGS")
-    os.environ["XLA_FLAGS"] = flags
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ["XLA_FLAGS"]
-        else:
-            os.environ["XLA_FLAGS"] = saved
+    """``XLA_FLAGS`` set to ``flags`` for the tracing inside (a context manager): the layers read
+    it to pick the formulation that suits the kernels XLA will choose (:mod:`jaxbp.layers.conv`),
+    so steps compiled with these flags as options are traced as in a process started under them."""
+    return mock.patch.dict(os.environ, {"XLA_FLAGS": flags})
 
 
 def sweep(args) -> dict:

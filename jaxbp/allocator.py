@@ -31,7 +31,7 @@ import os
 import platform
 from collections.abc import Mapping
 
-__all__ = ["HEAP_BYTES", "describe", "keep_blocks_in_heap"]
+__all__ = ["HEAP_BYTES", "describe", "keep_blocks_in_heap", "users_tunables"]
 
 #: Blocks up to this size come from the heap, and this much freed memory stays at its top.
 HEAP_BYTES = 1 << 30
@@ -42,7 +42,8 @@ _SETTINGS = ((_M_MMAP_THRESHOLD, HEAP_BYTES), (_M_TRIM_THRESHOLD, HEAP_BYTES))
 _state = {"set_by_jaxbp": False}
 
 
-def _users_own(environ: Mapping[str, str]) -> list[str]:
+def users_tunables(environ: Mapping[str, str]) -> list[str]:
+    """The names of glibc's own allocator tunables set in ``environ`` (the user's choice, which wins)."""
     return sorted(k for k in environ if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES")
 
 
@@ -55,14 +56,16 @@ def keep_blocks_in_heap(environ: Mapping[str, str] | None = None, libc=None) -> 
     in effect.
     """
     environ = os.environ if environ is None else environ
-    if _users_own(environ):
+    if users_tunables(environ):
         return False
-    if libc is not None:
-        return all(libc.mallopt(param, value) == 1 for param, value in _SETTINGS)
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    ok = keep_blocks_in_heap(environ, ctypes.CDLL(None))
-    _state["set_by_jaxbp"] = _state["set_by_jaxbp"] or ok
+    this_process = libc is None
+    if this_process:
+        if platform.libc_ver()[0] != "glibc":
+            return False
+        libc = ctypes.CDLL(None)
+    ok = all(libc.mallopt(param, value) == 1 for param, value in _SETTINGS)
+    if this_process:
+        _state["set_by_jaxbp"] = _state["set_by_jaxbp"] or ok
     return ok
 
 
@@ -71,7 +74,7 @@ def describe(environ: Mapping[str, str] | None = None) -> str:
     environ = os.environ if environ is None else environ
     if _state["set_by_jaxbp"]:
         return f"glibc: jaxbp's (mmap and trim thresholds {HEAP_BYTES >> 20} MiB)"
-    own = _users_own(environ)
+    own = users_tunables(environ)
     if own:
         return "the user's own glibc tunables: " + ", ".join(own)
     return "the C library's defaults"
