@@ -15,6 +15,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -153,6 +154,7 @@ def test_conv2d_vjp_matches_autodiff(route, config):
         # the layer reads XLA_FLAGS while tracing to choose its formulation (the compiler here keeps its own)
         mp.setenv("XLA_FLAGS", OFF_YNNPACK if route == "xla-kernels" else ON_YNNPACK)
         mp.setattr(conv_module, "IM2COL_MAX_CHANNELS", 0 if route == "conv" else 10**6)
+        mp.setattr(conv_module, "FORWARD_OFF_YNNPACK_CHANNELS", 0)  # the taller forward whatever the channel count
         if route == "im2col-blocks-of-2":  # the budget of two images' patches: several blocks, the last one padded
             ho, wo = y_shape[1:3]
             mp.setattr(conv_module, "IM2COL_BLOCK_BYTES", 2 * ho * wo * w_shape[0] * w_shape[1] * x_shape[3] * 8)
@@ -160,18 +162,44 @@ def test_conv2d_vjp_matches_autodiff(route, config):
             mp.setattr(conv_module, "IM2COL_BLOCK_BYTES", 2**40)
         expected_block = {"im2col": x_shape[0], "im2col-blocks-of-2": min(2, x_shape[0])}.get(route, 0)
         stride = kwargs.get("stride", 1)
-        extra_row = (
-            route != "xla-kernels" and stride in (1, (1, 1)) and x_shape[1] <= y_shape[1] and x_shape[2] <= y_shape[2]
-        )
+        at_stride_1 = route != "xla-kernels" and stride in (1, (1, 1))
+        extra_row = at_stride_1 and x_shape[1] <= y_shape[1] and x_shape[2] <= y_shape[2]
+        y_extra_row = at_stride_1 and y_shape[1] >= x_shape[1]
         with jax.enable_x64(True):
             cfg = conv_module._check_conv(*map(jnp.asarray, args[:2]), None, **kwargs)
-            assert (cfg.im2col_block, cfg.dx_extra_row) == (expected_block, extra_row)
+            assert (cfg.im2col_block, cfg.dx_extra_row, cfg.y_extra_row) == (expected_block, extra_row, y_extra_row)
         assert_vjp_matches(
             lambda x, w, b: manual.conv2d(x, w, b, **kwargs),
             lambda x, w, b: autodiff.conv2d(x, w, b, **kwargs),
             args,
             seed,
         )
+
+
+@pytest.mark.parametrize("flags", [ON_YNNPACK, OFF_YNNPACK])
+@settings(SETTINGS, max_examples=8)
+@given(config=conv_configs())
+def test_conv2d_forward_is_the_convolution(flags, config):
+    # the oracle itself: computed one row taller and cropped (on YNNPACK) or not, it is lax's convolution
+    x_shape, w_shape, bias, kwargs, seed = config
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[3]) if bias else None
+    with pytest.MonkeyPatch.context() as mp, jax.enable_x64(True):
+        mp.setenv("XLA_FLAGS", flags)
+        mp.setattr(conv_module, "FORWARD_OFF_YNNPACK_CHANNELS", 0)
+        y = autodiff.conv2d(x, w, b, **kwargs)
+        cfg = conv_module._check_conv(jnp.asarray(x), jnp.asarray(w), None, **kwargs)
+        expected = lax.conv_general_dilated(
+            x,
+            w,
+            window_strides=cfg.stride,
+            padding=cfg.padding,
+            rhs_dilation=cfg.dilation,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=cfg.groups,
+        )
+        np.testing.assert_allclose(y, expected if b is None else expected + b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize(

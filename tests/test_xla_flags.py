@@ -94,9 +94,11 @@ def test_the_prediction_matches_the_compiler():
 
 
 @KNOWN_JAXLIB
-def test_the_conv_input_gradient_stays_on_xlas_kernels(monkeypatch):
-    # YNNPACK's dx kernel is the slower one: where YNNPACK would take dx's convolution, conv2d's
-    # backward computes it one row taller than x (cropped after), and the compiler keeps it on its own
+@pytest.mark.parametrize("cin", [32, 8])
+def test_the_conv_input_gradient_and_wide_forwards_stay_on_xlas_kernels(monkeypatch, cin):
+    # YNNPACK's dx kernel is the slower one, and so is its forward for inputs of 16 channels or
+    # more: where YNNPACK would take them, conv2d computes them one row taller (cropped after),
+    # and the compiler keeps them on its own kernels. Narrower forwards stay on YNNPACK.
     import jax
     import jax.numpy as jnp
 
@@ -107,8 +109,12 @@ def test_the_conv_input_gradient_stays_on_xlas_kernels(monkeypatch):
         return pullback(y)
 
     monkeypatch.setenv("XLA_FLAGS", ALL)  # read while tracing; the compilation gets the same flags as options
-    entry = _entry(_conv_hlo(grads, jnp.ones((2, 6, 6, 32)), jnp.ones((3, 3, 32, 64)), flags=ALL))
-    on_xla = [line for line in entry if " convolution(" in line]
-    assert len(on_xla) == 1 and "= f32[2,7,6,32]" in on_xla[0], on_xla  # dx, one row taller, on XLA's kernels
+    entry = _entry(_conv_hlo(grads, jnp.ones((2, 6, 6, cin)), jnp.ones((3, 3, cin, 64)), flags=ALL))
+    on_xla = [line.split(" convolution(")[0].split("= ")[-1] for line in entry if " convolution(" in line]
     on_ynnpack = [line for line in entry if "__ynn_fusion" in line and "conv_general_dilated" in line]
-    assert len(on_ynnpack) == 1, entry  # the forward
+    if cin >= 16:
+        assert sorted(on_xla) == [f"f32[2,7,6,{cin}]{{3,2,1,0}}", "f32[2,7,6,64]{3,2,1,0}"], entry  # dx, forward
+        assert not on_ynnpack, entry
+    else:
+        assert on_xla == [f"f32[2,7,6,{cin}]{{3,2,1,0}}"], entry  # dx, one row taller
+        assert len(on_ynnpack) == 1, entry  # the forward

@@ -5,6 +5,8 @@ Shapes: ``x`` [N, H, W, Cin], ``w`` [KH, KW, Cin/G, Cout], ``b`` [Cout], ``y`` [
 ``xp`` is ``x`` zero-padded by (lo, hi) per spatial axis, ``s`` the stride, ``d`` the dilation:
 
     forward:   y[n,o,p,c] = b[c] + sum_{i,j,k} xp[n, s o + d i, s p + d j, g(c) Cin/G + k] w[i,j,k,c]
+                   (on YNNPACK's CPU kernels, for inputs of at least 16 channels per group at
+                   stride 1, computed one row taller and cropped: see FORWARD_OFF_YNNPACK_CHANNELS)
 
     backward:  dx = conv(pad(dilate_s(dy)), rot180(w)^T)
                    the output gradient with s - 1 zeros between its rows/cols, padded by
@@ -88,6 +90,12 @@ def padding_pairs(layer: str, padding, in_hw, window, stride, context: str = "")
 #   (xla/backends/cpu/ynn_support.cc), and its dx kernel is the slower one, so where YNNPACK
 #   would take dx (stride 1, dy as large as x) the convolution computes one row more than x
 #   has, which is cropped: 1/H more multiplications, on XLA's kernel.
+# - forward: the same refusal keeps the forward off YNNPACK when it is computed one row taller
+#   and cropped. XLA's kernel is the faster one for inputs of at least
+#   FORWARD_OFF_YNNPACK_CHANNELS channels per group: 6.3 -> 4.2 ms for conv2, 1.2-1.8x for 16 to
+#   128 channels at 7x7 to 28x28, but 3x slower for conv1's single channel and 0.9-2x either way
+#   for 2 to 12 (one process, interleaved). The forward is the reference's too (conv2d_reference),
+#   so the manual and the autodiff layers stay bitwise equal.
 # The whole manual cnn train step, both ways in one process (experiments/conv_routes.py):
 # 29.0 -> 25.5 ms under jaxbp's AVX-512 flags (dw), 37.8 -> 34.0 ms under XLA's defaults (dx).
 # im2col works through the batch in blocks of images whose patches take about
@@ -95,6 +103,7 @@ def padding_pairs(layer: str, padding, in_hw, window, stride, context: str = "")
 # multiplied. Both dw routes and both dx shapes are exact; the tests run all of them.
 IM2COL_MAX_CHANNELS = 32
 IM2COL_BLOCK_BYTES = 2**20
+FORWARD_OFF_YNNPACK_CHANNELS = 16
 
 
 def convolutions_on_ynnpack() -> bool:
@@ -120,6 +129,7 @@ class _Conv(NamedTuple):
     has_bias: bool
     im2col_block: int  # dw by im2col in blocks of this many images (narrow inputs); 0: by a convolution
     dx_extra_row: bool  # dx computed one row taller than x, then cropped: keeps it off YNNPACK
+    y_extra_row: bool  # the forward computed one row taller than y, then cropped: the same
 
 
 def _check_conv(x, w, b, stride, padding, dilation, groups) -> _Conv:
@@ -158,7 +168,9 @@ def _check_conv(x, w, b, stride, padding, dilation, groups) -> _Conv:
         block = _im2col_block(jnp.shape(x)[0], out_hw, kh * kw * cin, jnp.dtype(jnp.result_type(x)).itemsize)
     # YNNPACK would take dx's convolution: no lhs dilation (stride 1), an output (x) no larger than its input (dy)
     extra_row = on_ynnpack and stride == (1, 1) and h <= out_hw[0] and wd <= out_hw[1]
-    return _Conv(stride, pads, dilation, groups, b is not None, block, extra_row)
+    # and the forward's, for wide enough inputs: at stride 1, one more output row than x has rows
+    y_extra_row = on_ynnpack and stride == (1, 1) and out_hw[0] >= h and cin_g >= FORWARD_OFF_YNNPACK_CHANNELS
+    return _Conv(stride, pads, dilation, groups, b is not None, block, extra_row, y_extra_row)
 
 
 def conv2d_reference(
@@ -175,17 +187,21 @@ def conv2d_reference(
 
     Shapes: x [N, H, W, Cin], w [KH, KW, Cin/groups, Cout], b [Cout] or None; returns
     [N, Ho, Wo, Cout] with ``Ho = (H + top + bottom - dilation (KH - 1) - 1) // stride + 1``.
+    Where XLA:CPU would run it on YNNPACK's slower kernel, the convolution is computed one row
+    taller and cropped (the same sums, on XLA's own kernel; see FORWARD_OFF_YNNPACK_CHANNELS).
     """
     cfg = _check_conv(x, w, b, stride, padding, dilation, groups)
+    (top, bottom), cols = cfg.padding
     y = lax.conv_general_dilated(
         x,
         w,
         window_strides=cfg.stride,
-        padding=cfg.padding,
+        padding=((top, bottom + 1), cols) if cfg.y_extra_row else cfg.padding,  # stride 1: one row more
         rhs_dilation=cfg.dilation,
         dimension_numbers=_DIMENSION_NUMBERS,
         feature_group_count=cfg.groups,
     )
+    y = y[:, :-1] if cfg.y_extra_row else y
     return y if b is None else y + b
 
 
