@@ -5,8 +5,8 @@ Shapes: ``x`` [N, H, W, Cin], ``w`` [KH, KW, Cin/G, Cout], ``b`` [Cout], ``y`` [
 ``xp`` is ``x`` zero-padded by (lo, hi) per spatial axis, ``s`` the stride, ``d`` the dilation:
 
     forward:   y[n,o,p,c] = b[c] + sum_{i,j,k} xp[n, s o + d i, s p + d j, g(c) Cin/G + k] w[i,j,k,c]
-                   (on YNNPACK's CPU kernels, for inputs of at least 16 channels per group at
-                   stride 1, computed one row taller and cropped: see FORWARD_OFF_YNNPACK_CHANNELS)
+                   (the manual layer's, on YNNPACK's CPU kernels, for inputs of at least 16 channels
+                   per group at stride 1, one row taller and cropped: see FORWARD_OFF_YNNPACK_CHANNELS)
 
     backward:  dx = conv(pad(dilate_s(dy)), rot180(w)^T)
                    the output gradient with s - 1 zeros between its rows/cols, padded by
@@ -94,8 +94,9 @@ def padding_pairs(layer: str, padding, in_hw, window, stride, context: str = "")
 #   and cropped. XLA's kernel is the faster one for inputs of at least
 #   FORWARD_OFF_YNNPACK_CHANNELS channels per group: 6.3 -> 4.2 ms for conv2, 1.2-1.8x for 16 to
 #   128 channels at 7x7 to 28x28, but 3x slower for conv1's single channel and 0.9-2x either way
-#   for 2 to 12 (one process, interleaved). The forward is the reference's too (conv2d_reference),
-#   so the manual and the autodiff layers stay bitwise equal.
+#   for 2 to 12 (one process, interleaved). Only the manual layer's forward does this: the
+#   reference's transpose would correlate x with a dy taller than x, a convolution whose kernel is
+#   larger than its input, which XLA:CPU runs as a naive loop (autodiff's cnn step: 0.9 s).
 # The whole manual cnn train step, both ways in one process (experiments/conv_routes.py):
 # 29.0 -> 25.5 ms under jaxbp's AVX-512 flags (dw), 37.8 -> 34.0 ms under XLA's defaults (dx).
 # im2col works through the batch in blocks of images whose patches take about
@@ -187,21 +188,23 @@ def conv2d_reference(
 
     Shapes: x [N, H, W, Cin], w [KH, KW, Cin/groups, Cout], b [Cout] or None; returns
     [N, Ho, Wo, Cout] with ``Ho = (H + top + bottom - dilation (KH - 1) - 1) // stride + 1``.
-    Where XLA:CPU would run it on YNNPACK's slower kernel, the convolution is computed one row
-    taller and cropped (the same sums, on XLA's own kernel; see FORWARD_OFF_YNNPACK_CHANNELS).
     """
-    cfg = _check_conv(x, w, b, stride, padding, dilation, groups)
+    return _convolution(x, w, b, _check_conv(x, w, b, stride, padding, dilation, groups), extra_row=False)
+
+
+def _convolution(x, w, b, cfg, extra_row):
+    """The forward convolution plus the bias; with ``extra_row`` (stride 1) computed one row taller and cropped."""
     (top, bottom), cols = cfg.padding
     y = lax.conv_general_dilated(
         x,
         w,
         window_strides=cfg.stride,
-        padding=((top, bottom + 1), cols) if cfg.y_extra_row else cfg.padding,  # stride 1: one row more
+        padding=((top, bottom + 1), cols) if extra_row else cfg.padding,
         rhs_dilation=cfg.dilation,
         dimension_numbers=_DIMENSION_NUMBERS,
         feature_group_count=cfg.groups,
     )
-    y = y[:, :-1] if cfg.y_extra_row else y
+    y = y[:, :-1] if extra_row else y
     return y if b is None else y + b
 
 
@@ -217,6 +220,9 @@ def conv2d(
 ) -> jax.Array:
     """2-D convolution with a hand-derived VJP. Shapes as :func:`conv2d_reference`.
 
+    Forward: the reference's convolution; where XLA:CPU would run it on YNNPACK's slower kernel
+    (inputs of at least FORWARD_OFF_YNNPACK_CHANNELS channels per group, stride 1), computed one
+    row taller and cropped, which keeps it on XLA's own kernel.
     Backward: ``dx`` = the stride-dilated ``dy`` convolved with the rotated, in/out-swapped
     kernel; ``dw`` = im2col patches of ``x`` times ``dy`` (narrow inputs on YNNPACK's CPU
     kernels) or that correlation as a convolution; ``db = sum(dy)`` over N, H, W.
@@ -226,11 +232,11 @@ def conv2d(
 
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _conv2d(x, w, b, cfg):
-    return conv2d_reference(x, w, b, stride=cfg.stride, padding=cfg.padding, dilation=cfg.dilation, groups=cfg.groups)
+    return _convolution(x, w, b, cfg, cfg.y_extra_row)
 
 
 def _conv2d_fwd(x, w, b, cfg):
-    y = conv2d_reference(x, w, b, stride=cfg.stride, padding=cfg.padding, dilation=cfg.dilation, groups=cfg.groups)
+    y = _convolution(x, w, b, cfg, cfg.y_extra_row)
     return y, (x, w)  # b is not read: db needs only dy, and cfg.has_bias says whether it is owed
 
 
