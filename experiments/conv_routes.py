@@ -1,15 +1,20 @@
-"""The convolution's kernel-aware routes in the whole train step, against the routes before them.
+"""The convolution's kernel-aware routes in the whole train step, each against the routes before it.
 
 ``jaxbp.layers.conv`` reads, while tracing, whether XLA:CPU will run convolutions on
-YNNPACK's kernels (:func:`jaxbp.layers.conv.convolutions_on_ynnpack`) and picks the weight
-gradient's route (im2col there, one convolution otherwise) and the input gradient's shape
-(one row taller there, so that XLA keeps it on its own kernel), and the forward's shape
-(one row taller there too, for inputs of 16 channels or more). This compiles the manual
-train step of ``--model`` three times under each XLA flag set, in ONE process: as the layer
-builds it now (``kernel-aware``), with the forward as tall as its output (``plain forward``),
-and with the routes it had before both (``im2col-always``: the weight gradient through
-im2col for inputs of at most 32 channels per group, the input gradient and the output as
-tall as x), then times all of them and PyTorch's step interleaved (glibc's allocator
+YNNPACK's kernels (:func:`jaxbp.layers.conv.convolutions_on_ynnpack`) and, where it will,
+formulates three of them so that YNNPACK refuses them and XLA's own, faster, kernel runs
+them: the input gradient one row taller than x, the forward one row taller than its output
+(inputs of 16 channels or more), the weight gradient over x dilated by 2. This compiles the
+manual train step of ``--model`` in ONE process under XLA's defaults at each stage:
+
+* ``before``: the weight gradient through im2col for inputs of at most 32 channels per
+  group, whatever the kernels, the input gradient and the output as tall as x;
+* ``+ taller dx``: im2col only where convolutions run on YNNPACK, dx one row taller there;
+* ``+ taller forward``: the forward one row taller too;
+* ``kernel-aware``: as the layer builds it now (the weight gradient over dilated x);
+
+and under jaxbp's AVX-512 flags (convolutions on XLA's kernels) ``before`` and
+``kernel-aware``, then times all of them and PyTorch's step interleaved (glibc's allocator
 defaults for all).
 
     python experiments/conv_routes.py                  # ~1 min on 2 cores
@@ -32,32 +37,37 @@ os.environ.setdefault("XLA_FLAGS", "")  # each flag set goes to its own compilat
 
 
 @contextlib.contextmanager
-def im2col_always():
-    """Trace with the routes of before: im2col for narrow inputs, dx and y as tall as x, whatever the kernels."""
+def routes_at(stage: int):
+    """Trace conv2d with the routes of ``stage`` (0: before, 1: + taller dx, 2: + taller forward, 3: now)."""
     from jaxbp.layers import conv
 
     check = conv._check_conv
 
-    def before(*args, **kwargs):
-        with mock.patch.object(conv, "convolutions_on_ynnpack", return_value=True):
-            return check(*args, **kwargs)._replace(dx_extra_row=False, y_extra_row=False)
+    def patched(x, w, b, stride, padding, dilation, groups):
+        cfg = check(x, w, b, stride, padding, dilation, groups)
+        if stage >= 3:
+            return cfg
+        kh, kw, cin_g, _ = w.shape
+        on_ynnpack = conv.convolutions_on_ynnpack()
+        block = 0
+        if cin_g <= 32 and (stage == 0 or on_ynnpack):  # the im2col route of before, its blocks as now
+            out_hw = [
+                (n + lo + hi - (d * (k - 1) + 1)) // s + 1
+                for n, (lo, hi), k, s, d in zip(x.shape[1:3], cfg.padding, (kh, kw), cfg.stride, cfg.dilation)
+            ]
+            block = conv._im2col_block(x.shape[0], out_hw, kh * kw * x.shape[3], x.dtype.itemsize)
+        return cfg._replace(
+            im2col_block=block,
+            dw_lhs_dilation=1,
+            dx_extra_row=cfg.dx_extra_row and stage >= 1,
+            y_extra_row=cfg.y_extra_row and stage >= 2,
+        )
 
-    with mock.patch.object(conv, "_check_conv", before):
+    with mock.patch.object(conv, "_check_conv", patched):
         yield
 
 
-@contextlib.contextmanager
-def plain_forward():
-    """Trace with the kernel-aware backward but the forward as tall as its output, wherever it runs."""
-    from jaxbp.layers import conv
-
-    check = conv._check_conv
-
-    with mock.patch.object(conv, "_check_conv", lambda *a, **k: check(*a, **k)._replace(y_extra_row=False)):
-        yield
-
-
-VARIANTS = {"im2col-always": im2col_always, "plain forward": plain_forward, "kernel-aware": contextlib.nullcontext}
+STAGES = {"before": 0, "+ taller dx": 1, "+ taller forward": 2, "kernel-aware": 3}
 
 
 def main() -> None:
@@ -72,8 +82,10 @@ def main() -> None:
     flag_sets = {"XLA's defaults": "", "jaxbp's AVX-512 flags": xla_flags.CPU_XLA_FLAGS_BY_ISA["avx512"].flags}
     calls = {}
     for set_name, flags in flag_sets.items():
-        for variant, routes in VARIANTS.items():
-            with traced_under(flags), routes():
+        for variant, stage in STAGES.items():
+            if flags and stage not in (0, 3):  # the same program as the current one off YNNPACK
+                continue
+            with traced_under(flags), routes_at(stage):
                 steps, step_args = bench.compile_train_steps(
                     args.model, grads=("manual",), compiler_options=bench.flag_options(flags)
                 )

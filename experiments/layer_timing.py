@@ -11,8 +11,10 @@ both alike), after a warm-up; the table reports medians (and minima) over the ro
 ratio autodiff / manual (above 1: the manual backward is faster).
 
 ``--kernels`` times instead the bare kernels of the cnn's two convolutions, the floor a
-train step cannot go under on this machine: ``lax.conv_general_dilated`` forward, the
-manual ``dx`` (a convolution, as tall as x and one row taller) and both ``dw`` routes, the same FLOPs as one plain matmul,
+train step cannot go under on this machine: ``lax.conv_general_dilated`` forward (as tall
+as its output, and one row taller), the manual ``dx`` (a convolution, as tall as x and one row
+taller) and the ``dw`` routes (im2col, the convolution, the convolution over x dilated by 2),
+the same FLOPs as one plain matmul,
 and PyTorch's (oneDNN) forward, backward-data and backward-weights kernels when PyTorch is
 importable; each with its GFLOP/s.
 
@@ -102,10 +104,15 @@ def _kernel_calls(batch: int, rng):
         fns = {
             "fwd": (lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")), (x, w)),
             "dw im2col": (lambda x, dy: conv_module._conv2d_dw_im2col(x, dy, w.shape, cfg._replace(im2col_block=block)), (x, dy)),
-            "dw conv": (lambda x, dy: conv_module._conv2d_dw_conv(x, dy, w.shape, cfg), (x, dy)),
+            "dw conv": (lambda x, dy: conv_module._conv2d_dw_conv(x, dy, w.shape, cfg._replace(dw_lhs_dilation=1)), (x, dy)),
+            "dw conv, x dilated": (lambda x, dy: conv_module._conv2d_dw_conv(x, dy, w.shape, cfg._replace(dw_lhs_dilation=2)), (x, dy)),
             "matmul": (jnp.matmul, (jnp.ones((batch * h * h, 9 * cin), jnp.float32), jnp.ones((9 * cin, cout), jnp.float32))),
             "matmul dw-shaped": (jnp.matmul, (jnp.ones((cout, batch * h * h), jnp.float32), jnp.ones((batch * h * h, 9 * cin), jnp.float32))),
         }  # fmt: skip
+        fns["fwd one row taller"] = (  # the manual forward where it keeps off YNNPACK (16+ channels)
+            lambda x, w: conv_module._convolution(x, w, None, cfg, extra_row=True),
+            (x, w),
+        )
         if name != "conv1":  # dx as tall as x, and one row taller (cropped): what keeps it off YNNPACK
             fns["dx"] = (
                 lambda dy, w: conv_module._conv2d_dx(dy, w, x.shape, cfg._replace(dx_extra_row=False)),
@@ -149,7 +156,7 @@ def kernels(batch: int, repeats: int, warmup: int) -> dict:
     for name, (_, flops) in calls.items():
         t = timings[name]
         rows[name] = {"median_ms": 1e3 * t.median, "spread": t.spread, "gflops_per_s": flops / t.median / 1e9}
-        print(f"  {name:<26} {1e3 * t.median:8.2f} {100 * t.spread:6.1f} {flops / t.median / 1e9:8.1f}", flush=True)
+        print(f"  {name:<30} {1e3 * t.median:8.2f} {100 * t.spread:6.1f} {flops / t.median / 1e9:8.1f}", flush=True)
     return {"batch_size": batch, "repeats": repeats, "xla": xla_flags.describe(), "kernels": rows}
 
 

@@ -94,9 +94,9 @@ def _size(draw, extent, pads, axis):
 
 
 @st.composite
-def conv_configs(draw):
-    groups = draw(st.sampled_from([1, 1, 2, 3]))
-    cin_g = 1 if draw(st.booleans()) else 2  # cin_g == 1 with groups > 1: depthwise
+def conv_configs(draw, grouped=False):
+    groups = draw(st.sampled_from([2, 3] if grouped else [1, 1, 2, 3]))
+    cin_g = 2 if grouped or not draw(st.booleans()) else 1  # cin_g == 1 with groups > 1: depthwise
     cout = groups * draw(st.integers(1, 3))
     kernel = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     stride, dilation = _pair(draw, 1, 3), _pair(draw, 1, 2)
@@ -140,11 +140,12 @@ ON_YNNPACK = ""
 OFF_YNNPACK = "--xla_cpu_experimental_ynn_fusion_type=individual_dot,eltwise,reduce"
 
 
-@pytest.mark.parametrize("route", ["im2col", "im2col-blocks-of-2", "conv", "xla-kernels"])
+@pytest.mark.parametrize("route", ["inflated", "im2col", "im2col-blocks-of-2", "xla-kernels"])
 @settings(SETTINGS, max_examples=8)
-@given(config=conv_configs())
-def test_conv2d_vjp_matches_autodiff(route, config):
-    x_shape, w_shape, bias, kwargs, seed = config
+@given(data=st.data())
+def test_conv2d_vjp_matches_autodiff(route, data):
+    im2col = route.startswith("im2col")  # grouped inputs, the only ones im2col takes
+    x_shape, w_shape, bias, kwargs, seed = config = data.draw(conv_configs(grouped=im2col), label="config")
     rng = np.random.default_rng(seed)
     args = [
         rng.standard_normal(x_shape),
@@ -155,21 +156,23 @@ def test_conv2d_vjp_matches_autodiff(route, config):
     with pytest.MonkeyPatch.context() as mp:  # every dw route whatever the channel count, and both dx shapes
         # the layer reads XLA_FLAGS while tracing to choose its formulation (the compiler here keeps its own)
         mp.setenv("XLA_FLAGS", OFF_YNNPACK if route == "xla-kernels" else ON_YNNPACK)
-        mp.setattr(conv_module, "IM2COL_MAX_CHANNELS", 0 if route == "conv" else 10**6)
+        mp.setattr(conv_module, "IM2COL_MAX_CHANNELS", 10**6 if im2col else 0)
         mp.setattr(conv_module, "FORWARD_OFF_YNNPACK_CHANNELS", 0)  # the taller forward whatever the channel count
         if route == "im2col-blocks-of-2":  # the budget of two images' patches: several blocks, the last one padded
             ho, wo = y_shape[1:3]
             mp.setattr(conv_module, "IM2COL_BLOCK_BYTES", 2 * ho * wo * w_shape[0] * w_shape[1] * x_shape[3] * 8)
         else:
             mp.setattr(conv_module, "IM2COL_BLOCK_BYTES", 2**40)
-        expected_block = {"im2col": x_shape[0], "im2col-blocks-of-2": min(2, x_shape[0])}.get(route, 0)
+        n = x_shape[0]  # dw's route: (im2col block, x's dilation in the convolution)
+        expected_dw = {"inflated": (0, 2), "im2col": (n, 1), "im2col-blocks-of-2": (min(2, n), 1)}.get(route, (0, 1))
         stride = kwargs.get("stride", 1)
         at_stride_1 = route != "xla-kernels" and stride in (1, (1, 1))
         extra_row = at_stride_1 and x_shape[1] <= y_shape[1] and x_shape[2] <= y_shape[2]
         y_extra_row = at_stride_1 and y_shape[1] >= x_shape[1]
         with jax.enable_x64(True):
             cfg = conv_module._check_conv(*map(jnp.asarray, args[:2]), None, **kwargs)
-            assert (cfg.im2col_block, cfg.dx_extra_row, cfg.y_extra_row) == (expected_block, extra_row, y_extra_row)
+            routes = (cfg.im2col_block, cfg.dw_lhs_dilation, cfg.dx_extra_row, cfg.y_extra_row)
+            assert routes == (*expected_dw, extra_row, y_extra_row), config
 
             def one_row_taller(x, w, b):  # the manual forward's formulation where it keeps off YNNPACK
                 (top, bottom), cols = cfg.padding
@@ -196,6 +199,26 @@ def test_conv2d_vjp_matches_autodiff(route, config):
             seed,
             forward_fn=one_row_taller if y_extra_row else None,
         )
+
+
+@pytest.mark.parametrize(
+    ("flags", "groups", "cin_g", "im2col", "dw_lhs_dilation"),
+    [
+        (ON_YNNPACK, 1, 32, False, 2),  # YNNPACK's dw convolution is the slow one: x dilated keeps it off
+        (OFF_YNNPACK, 1, 32, False, 1),
+        (ON_YNNPACK, 2, 16, True, 1),  # batch-grouped convolutions are slow on either kernel
+        (OFF_YNNPACK, 2, 16, True, 1),
+        (ON_YNNPACK, 32, 1, False, 2),  # depthwise: the convolution is faster
+        (OFF_YNNPACK, 32, 1, False, 1),
+        (ON_YNNPACK, 2, 64, False, 2),  # wider groups: not measured, the convolution
+    ],
+)
+def test_the_weight_gradient_takes_the_measured_route(flags, groups, cin_g, im2col, dw_lhs_dilation):
+    x, w = jnp.zeros((4, 14, 14, groups * cin_g)), jnp.zeros((3, 3, cin_g, 64))  # the backend starts unpatched
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XLA_FLAGS", flags)
+        cfg = conv_module._check_conv(x, w, None, 1, "SAME", 1, groups)
+    assert (cfg.im2col_block > 0, cfg.dw_lhs_dilation) == (im2col, dw_lhs_dilation)
 
 
 @pytest.mark.parametrize(

@@ -16,12 +16,12 @@ Shapes: ``x`` [N, H, W, Cin], ``w`` [KH, KW, Cin/G, Cout], ``b`` [Cout], ``y`` [
                    those the taps step over), convolved
                    at stride 1 and dilation d with the kernel rotated 180 degrees and its
                    in/out feature axes swapped inside each group (on YNNPACK's CPU kernels,
-                   padded by one row more and cropped back: see IM2COL_MAX_CHANNELS)
+                   padded by one row more and cropped back: see the notes above IM2COL_MAX_CHANNELS)
                dw[i,j,k,c] = sum_{n,o,p} xp[n, s o + d i, s p + d j, g(c) Cin/G + k] dy[n,o,p,c]
-                   the correlation of the input with dy: im2col patches^T dy, one matmul per
-                   group and block of images, for inputs up to 32 channels per group whose
-                   convolutions run on YNNPACK's CPU kernels; otherwise the same sum as one
-                   convolution (channels as the batch, N as the contracted feature axis)
+                   the correlation of the input with dy as one convolution (channels as the
+                   batch, N as the contracted feature axis; on YNNPACK's CPU kernels over x
+                   dilated by 2, the taps scaled to match); grouped inputs of 2 to 32 channels
+                   per group on the CPU: im2col patches^T dy, one matmul per group and block
                db[c] = sum_{n,o,p} dy[n,o,p,c]
 
 The forward saves ``x`` and ``w``; whether a ``db`` is owed is static.
@@ -75,21 +75,26 @@ def padding_pairs(layer: str, padding, in_hw, window, stride, context: str = "")
     return pads
 
 
-# The backward's formulation suits the kernels XLA will run it with. XLA:CPU sends most
-# convolutions to YNNPACK by default (jaxlib 0.10), to its own kernels when XLA_FLAGS leaves
-# them out of the YNNPACK fusions (as jaxbp's flags for AVX-512 do) and on other backends
-# (convolutions_on_ynnpack). Measured on a 2-core Intel Xeon (Sapphire Rapids, AVX-512), the
-# cnn's conv2 (128x14x14x32 -> 64, 3x3 SAME), bare kernels in one process, interleaved
-# (experiments/layer_timing.py --kernels, under each flag set):
-# - dw: YNNPACK runs the dw convolution (_conv2d_dw_conv) slowly, 27.2 ms, where the blocked
-#   im2col takes 13.5; XLA's own kernel runs it in 6.9 ms against im2col's 12.8. So dw goes
-#   through im2col and matmuls only for inputs of at most IM2COL_MAX_CHANNELS per group whose
-#   convolutions would go to YNNPACK. (On a 2-core AVX2 CPU, with YNNPACK's convolutions, the
-#   blocked im2col beat the convolution for dw by 1.4-6x at Cin/G = 1..32.)
-# - dx: YNNPACK takes a convolution only when its output is no larger than its input
-#   (xla/backends/cpu/ynn_support.cc), and its dx kernel is the slower one, so where YNNPACK
-#   would take dx (stride 1, dy as large as x) the convolution computes one row more than x
-#   has, which is cropped: 1/H more multiplications, on XLA's kernel.
+# The formulations suit the kernels XLA will run them with. XLA:CPU sends most convolutions
+# to YNNPACK by default (jaxlib 0.10), to its own kernels when XLA_FLAGS leaves them out of the
+# YNNPACK fusions (as jaxbp's flags for AVX-512 do) and on other backends
+# (convolutions_on_ynnpack). YNNPACK refuses a convolution (xla/backends/cpu/ynn_support.cc)
+# with a dilated input (lhs dilation), or an output larger than its input, and XLA then runs it
+# on its own kernel. Measured on a 2-core Intel Xeon (Sapphire Rapids, AVX-512), bare kernels
+# in one process, interleaved (experiments/layer_timing.py --kernels, under each flag set; the
+# cnn's conv2 is 128x14x14x32 -> 64, 3x3 SAME):
+# - dw: YNNPACK runs the dw convolution (_conv2d_dw_conv) slowly, 26.8 ms for conv2, where XLA's
+#   kernel takes 6.8. On YNNPACK the convolution reads x dilated by DW_LHS_DILATION (zeros between
+#   its rows and cols; the strides and the dy taps scaled to match, so every tap still lands on
+#   x), which YNNPACK refuses: 7.3 ms, and 1.3-2.8x faster than the blocked im2col (which had been
+#   the route there) at every shape tried, 1 to 64 channels, 7x7 to 28x28, stride 1 and 2.
+#   Grouped convolutions (groups > 1, more than one channel per group) run as batch-grouped
+#   convolutions 8-30x slower than im2col on XLA:CPU (either kernel), so they go through im2col
+#   and one matmul per group on the CPU for up to IM2COL_MAX_CHANNELS per group; depthwise ones
+#   (one channel per group) are faster as the convolution.
+# - dx: YNNPACK's dx kernel is the slower one, so where YNNPACK would take dx (stride 1, dy as
+#   large as x) the convolution computes one row more than x has, which is cropped: 1/H more
+#   multiplications, on XLA's kernel.
 # - forward: the same refusal keeps the forward off YNNPACK when it is computed one row taller
 #   and cropped. XLA's kernel is the faster one for inputs of at least
 #   FORWARD_OFF_YNNPACK_CHANNELS channels per group: 6.3 -> 4.2 ms for conv2, 1.2-1.8x for 16 to
@@ -97,13 +102,14 @@ def padding_pairs(layer: str, padding, in_hw, window, stride, context: str = "")
 #   for 2 to 12 (one process, interleaved). Only the manual layer's forward does this: the
 #   reference's transpose would correlate x with a dy taller than x, a convolution whose kernel is
 #   larger than its input, which XLA:CPU runs as a naive loop (autodiff's cnn step: 0.9 s).
-# The whole manual cnn train step, both ways in one process (experiments/conv_routes.py):
-# 29.0 -> 25.5 ms under jaxbp's AVX-512 flags (dw), 37.8 -> 34.0 ms under XLA's defaults (dx).
+# The whole manual cnn train step, each route against the one before it, in one process
+# (experiments/conv_routes.py): see the README's Speed section.
 # im2col works through the batch in blocks of images whose patches take about
 # IM2COL_BLOCK_BYTES, so each block's patches stay in cache between being written and being
-# multiplied. Both dw routes and both dx shapes are exact; the tests run all of them.
+# multiplied. Every route and shape is exact; the tests run all of them.
 IM2COL_MAX_CHANNELS = 32
 IM2COL_BLOCK_BYTES = 2**20
+DW_LHS_DILATION = 2
 FORWARD_OFF_YNNPACK_CHANNELS = 16
 
 
@@ -128,7 +134,8 @@ class _Conv(NamedTuple):
     dilation: tuple[int, int]
     groups: int
     has_bias: bool
-    im2col_block: int  # dw by im2col in blocks of this many images (narrow inputs); 0: by a convolution
+    im2col_block: int  # dw by im2col in blocks of this many images (grouped, on the CPU); 0: by a convolution
+    dw_lhs_dilation: int  # dw's convolution reads x dilated by this: DW_LHS_DILATION keeps it off YNNPACK
     dx_extra_row: bool  # dx computed one row taller than x, then cropped: keeps it off YNNPACK
     y_extra_row: bool  # the forward computed one row taller than y, then cropped: the same
 
@@ -165,13 +172,14 @@ def _check_conv(x, w, b, stride, padding, dilation, groups) -> _Conv:
     out_hw = [(n + lo + hi - e) // s + 1 for n, (lo, hi), e, s in zip((h, wd), pads, extent, stride)]
     on_ynnpack = convolutions_on_ynnpack()
     block = 0
-    if cin_g <= IM2COL_MAX_CHANNELS and on_ynnpack:
+    if jax.default_backend() == "cpu" and groups > 1 and 1 < cin_g <= IM2COL_MAX_CHANNELS:
         block = _im2col_block(jnp.shape(x)[0], out_hw, kh * kw * cin, jnp.dtype(jnp.result_type(x)).itemsize)
+    dw_lhs_dilation = DW_LHS_DILATION if on_ynnpack and not block else 1
     # YNNPACK would take dx's convolution: no lhs dilation (stride 1), an output (x) no larger than its input (dy)
     extra_row = on_ynnpack and stride == (1, 1) and h <= out_hw[0] and wd <= out_hw[1]
     # and the forward's, for wide enough inputs: at stride 1, one more output row than x has rows
     y_extra_row = on_ynnpack and stride == (1, 1) and out_hw[0] >= h and cin_g >= FORWARD_OFF_YNNPACK_CHANNELS
-    return _Conv(stride, pads, dilation, groups, b is not None, block, extra_row, y_extra_row)
+    return _Conv(stride, pads, dilation, groups, b is not None, block, dw_lhs_dilation, extra_row, y_extra_row)
 
 
 def conv2d_reference(
@@ -224,8 +232,8 @@ def conv2d(
     (inputs of at least FORWARD_OFF_YNNPACK_CHANNELS channels per group, stride 1), computed one
     row taller and cropped, which keeps it on XLA's own kernel.
     Backward: ``dx`` = the stride-dilated ``dy`` convolved with the rotated, in/out-swapped
-    kernel; ``dw`` = im2col patches of ``x`` times ``dy`` (narrow inputs on YNNPACK's CPU
-    kernels) or that correlation as a convolution; ``db = sum(dy)`` over N, H, W.
+    kernel; ``dw`` = ``x`` correlated with ``dy`` as a convolution, or im2col patches of ``x``
+    times ``dy`` (grouped inputs on the CPU); ``db = sum(dy)`` over N, H, W.
     """
     return _conv2d(x, w, b, _check_conv(x, w, b, stride, padding, dilation, groups))
 
@@ -338,11 +346,6 @@ def _conv2d_dw_im2col(x, dy, w_shape, cfg):
         # The (i, j) column block of im2col: the input cells that tap (i, j) met, one per output position.
         cols = [window_tap(xb, i, j, (ho, wo), cfg.stride, cfg.dilation) for i in range(kh) for j in range(kw)]
         patches = jnp.stack(cols, axis=3).reshape(block * ho * wo, kh, kw, g, cin_g)  # [M, KH, KW, G, Cin/G]
-        if g == 1 and kh * kw * cin_g <= cout:
-            # patches^T dy with the patches read transposed: cheaper than the copy of dy that the
-            # einsum below makes to multiply in the natural order, when patch rows are narrower than dy's
-            step = jnp.matmul(patches.reshape(block * ho * wo, -1).T, dyb.reshape(block * ho * wo, -1))
-            return dw + step.reshape(dw.shape), None
         return dw + jnp.einsum("mijgk,mgc->ijkgc", patches, dyb), None  # patches^T dy per group, over M
 
     zero = jnp.zeros((kh, kw, cin_g, g, cout // g), jnp.result_type(x, dy))
@@ -355,20 +358,27 @@ def _conv2d_dw_im2col(x, dy, w_shape, cfg):
 
 def _conv2d_dw_conv(x, dy, w_shape, cfg):
     """The same dw as one convolution: x (channels as the batch, N as the features) correlated with dy
-    (N as the input features), at stride d and kernel dilation s; groups split x's channels and dy's."""
+    (N as the input features), at stride d and kernel dilation s; groups split x's channels and dy's.
+
+    With x dilated by f = ``cfg.dw_lhs_dilation`` (f - 1 zeros between its rows and cols), the padding,
+    the stride and dy's dilation scale by f: tap i of output row r reads the dilated, padded x at
+    f d r + f s i = f (d r + s i), which is x's padded row d r + s i, as without it.
+    """
     kh, kw, _, _ = w_shape
+    f = cfg.dw_lhs_dilation
     pads = []
     for n_in, n_out, k, s, d, (lo, hi) in zip(
         x.shape[1:3], dy.shape[1:3], (kh, kw), cfg.stride, cfg.dilation, cfg.padding
     ):
         unread = n_in + lo + hi - (d * (k - 1) + 1) - s * (n_out - 1)  # padded rows past the last window
-        pads.append((lo, hi - unread))  # negative: crop them, so the output has exactly k rows
+        pads.append((f * lo, f * (hi - unread)))  # negative: crop them, so the output has exactly k rows
     return lax.conv_general_dilated(
         x,
         dy,
-        window_strides=cfg.dilation,
+        window_strides=tuple(f * d for d in cfg.dilation),
         padding=pads,
-        rhs_dilation=cfg.stride,
+        lhs_dilation=(f, f),
+        rhs_dilation=tuple(f * s for s in cfg.stride),
         dimension_numbers=("CHWN", "IHWO", "HWNC"),
         batch_group_count=cfg.groups,
     )
