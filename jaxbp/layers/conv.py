@@ -83,25 +83,27 @@ def padding_pairs(layer: str, padding, in_hw, window, stride, context: str = "")
 # on its own kernel. Measured on a 2-core Intel Xeon (Sapphire Rapids, AVX-512), bare kernels
 # in one process, interleaved (experiments/layer_timing.py --kernels, under each flag set; the
 # cnn's conv2 is 128x14x14x32 -> 64, 3x3 SAME):
-# - dw: YNNPACK runs the dw convolution (_conv2d_dw_conv) slowly, 26.8 ms for conv2, where XLA's
+# - dw: YNNPACK runs the dw convolution (_conv2d_dw_conv) slowly, 27.0 ms for conv2, where XLA's
 #   kernel takes 6.8. On YNNPACK the convolution reads x dilated by DW_LHS_DILATION (zeros between
 #   its rows and cols; the strides and the dy taps scaled to match, so every tap still lands on
-#   x), which YNNPACK refuses: 7.3 ms, and 1.3-2.8x faster than the blocked im2col (which had been
-#   the route there) at every shape tried, 1 to 64 channels, 7x7 to 28x28, stride 1 and 2.
-#   Grouped convolutions (groups > 1, more than one channel per group) run as batch-grouped
-#   convolutions 8-30x slower than im2col on XLA:CPU (either kernel), so they go through im2col
-#   and one matmul per group on the CPU for up to IM2COL_MAX_CHANNELS per group; depthwise ones
-#   (one channel per group) are faster as the convolution.
+#   x), which YNNPACK refuses: 7.4 ms, and faster than the blocked im2col (13.0 ms for conv2) at
+#   every ungrouped shape of experiments/conv_kernel_sweep.py (1 to 64 channels, 7x7 to 28x28,
+#   stride 1 and 2, batch 32 to 512). Grouped convolutions (groups > 1, more than one channel
+#   per group) run as batch-grouped convolutions 8-21x slower than im2col on XLA:CPU (either
+#   kernel), so they go through im2col and one matmul per group on the CPU for up to
+#   IM2COL_MAX_CHANNELS per group; depthwise ones (one channel per group) are faster as the
+#   convolution.
 # - dx: YNNPACK's dx kernel is the slower one, so where YNNPACK would take dx (stride 1, dy as
 #   large as x) the convolution computes one row more than x has, which is cropped: 1/H more
 #   multiplications, on XLA's kernel.
 # - forward: the same refusal keeps the forward off YNNPACK when it is computed one row taller
 #   and cropped. XLA's kernel is the faster one for inputs of at least
-#   FORWARD_OFF_YNNPACK_CHANNELS channels per group: 6.3 -> 4.2 ms for conv2, 1.2-1.8x for 16 to
-#   128 channels at 7x7 to 28x28, but 3x slower for conv1's single channel and 0.9-2x either way
-#   for 2 to 12 (one process, interleaved). Only the manual layer's forward does this: the
-#   reference's transpose would correlate x with a dy taller than x, a convolution whose kernel is
-#   larger than its input, which XLA:CPU runs as a naive loop (autodiff's cnn step: 0.9 s).
+#   FORWARD_OFF_YNNPACK_CHANNELS channels per group: 7.1 -> 4.7 ms for conv2, 1.2-1.9x for 16 to
+#   64 channels (level at batch 32; grouped 2-3x), but 2x slower for conv1's single channel,
+#   1.4x for a depthwise one and mixed for 3 to 8 (experiments/conv_kernel_sweep.py). Only the
+#   manual layer's forward does this: the reference's transpose would correlate x with a dy
+#   taller than x, a convolution whose kernel is larger than its input, which XLA:CPU runs as a
+#   naive loop (autodiff's cnn step: 0.9 s).
 # The whole manual cnn train step, each route against the one before it, in one process
 # (experiments/conv_routes.py): see the README's Speed section.
 # im2col works through the batch in blocks of images whose patches take about
