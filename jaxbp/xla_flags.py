@@ -52,10 +52,12 @@ CPU_XLA_FLAGS_BY_ISA: dict[str, FlagChoice] = {
     "avx512": FlagChoice(
         _YNN + "individual_dot,eltwise,reduce",
         "measured on 2-core AVX-512 CPUs (AMD EPYC, Intel Xeon Sapphire Rapids): matmuls, element-wise ops "
-        "and reductions as YNNPACK fusions, convolutions on XLA's own kernels, faster there (Xeon: cnn conv2 "
-        "forward 4.0 against 7.4 ms, weight gradient 6.9 against YNNPACK's best, im2col, 13.5; "
-        "experiments/layer_timing.py --kernels); Xeon manual cnn step 27.5 ms against 37.3 under XLA's "
-        "defaults (experiments/throughput.py --xla-sweep, one process)",
+        "and reductions as YNNPACK fusions, convolutions on XLA's own kernels, faster there. Xeon, every flag "
+        "set in one process (experiments/throughput.py --xla-sweep): the manual cnn step level with XLA's "
+        "defaults, 28.9 against 28.7 ms (conv2d keeps its slow convolutions off YNNPACK itself), the "
+        "autodiff step 74.1 against 99.3 ms (YNNPACK runs its convolutions: conv2's forward 7.2 ms against "
+        "XLA's 3.6, experiments/layer_timing.py --kernels); cnn-bn's manual step 37.3 against 53.0 ms, its "
+        "autodiff step 95.1 against 125.8 (--model cnn-bn)",
     ),
 }
 #: jaxlib series the flags were measured on. XLA aborts the process on a flag it does not
