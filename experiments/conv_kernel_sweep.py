@@ -54,18 +54,18 @@ def shape_calls(batch, size, cin, cout, stride, groups, rng) -> dict:
     """{kernel: zero-argument call} for one convolution shape."""
     x = jnp.asarray(rng.standard_normal((batch, size, size, cin)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((3, 3, cin // groups, cout)), jnp.float32)
-    cfg = conv._check_conv(x, w, None, stride, "SAME", 1, groups)
+    cfg = conv.conv_config(x, w, None, stride, "SAME", 1, groups)
     out = -(-size // stride)
     dy = jnp.asarray(rng.standard_normal((batch, out, out, cout)), jnp.float32)
-    block = conv._im2col_block(batch, (out, out), 9 * cin, 4)
+    block = conv.im2col_images_per_block(batch, (out, out), 9 * cin, 4)
     fns = {
-        "fwd": (lambda x, w: conv._convolution(x, w, None, cfg, extra_row=False), (x, w)),
-        "dw im2col": (lambda x, dy: conv._conv2d_dw_im2col(x, dy, w.shape, cfg._replace(im2col_block=block)), (x, dy)),
-        "dw conv": (lambda x, dy: conv._conv2d_dw_conv(x, dy, w.shape, cfg._replace(dw_lhs_dilation=1)), (x, dy)),
-        "dw conv dilated": (lambda x, dy: conv._conv2d_dw_conv(x, dy, w.shape, cfg._replace(dw_lhs_dilation=2)), (x, dy)),
+        "fwd": (lambda x, w: conv.convolution(x, w, None, cfg, extra_row=False), (x, w)),
+        "dw im2col": (lambda x, dy: conv.conv2d_dw_im2col(x, dy, w.shape, cfg._replace(im2col_block=block)), (x, dy)),
+        "dw conv": (lambda x, dy: conv.conv2d_dw_conv(x, dy, w.shape, cfg._replace(dw_lhs_dilation=1)), (x, dy)),
+        "dw conv dilated": (lambda x, dy: conv.conv2d_dw_conv(x, dy, w.shape, cfg._replace(dw_lhs_dilation=2)), (x, dy)),
     }  # fmt: skip
     if stride == 1:
-        fns["fwd taller"] = (lambda x, w: conv._convolution(x, w, None, cfg, extra_row=True), (x, w))
+        fns["fwd taller"] = (lambda x, w: conv.convolution(x, w, None, cfg, extra_row=True), (x, w))
     calls = {}
     for name, (fn, args) in fns.items():
         executable = bench.compile_ahead(fn, *args).executable

@@ -41,7 +41,7 @@ def routes_at(stage: int):
     """Trace conv2d with the routes of ``stage`` (0: before, 1: + taller dx, 2: + taller forward, 3: now)."""
     from jaxbp.layers import conv
 
-    check = conv._check_conv
+    check = conv.conv_config
 
     def patched(x, w, b, stride, padding, dilation, groups):
         cfg = check(x, w, b, stride, padding, dilation, groups)
@@ -55,7 +55,7 @@ def routes_at(stage: int):
                 (n + lo + hi - (d * (k - 1) + 1)) // s + 1
                 for n, (lo, hi), k, s, d in zip(x.shape[1:3], cfg.padding, (kh, kw), cfg.stride, cfg.dilation)
             ]
-            block = conv._im2col_block(x.shape[0], out_hw, kh * kw * x.shape[3], x.dtype.itemsize)
+            block = conv.im2col_images_per_block(x.shape[0], out_hw, kh * kw * x.shape[3], x.dtype.itemsize)
         return cfg._replace(
             im2col_block=block,
             dw_lhs_dilation=1,
@@ -63,7 +63,7 @@ def routes_at(stage: int):
             y_extra_row=cfg.y_extra_row and stage >= 2,
         )
 
-    with mock.patch.object(conv, "_check_conv", patched):
+    with mock.patch.object(conv, "conv_config", patched):
         yield
 
 

@@ -170,7 +170,7 @@ def test_conv2d_vjp_matches_autodiff(route, data):
         extra_row = at_stride_1 and x_shape[1] <= y_shape[1] and x_shape[2] <= y_shape[2]
         y_extra_row = at_stride_1 and y_shape[1] >= x_shape[1]
         with jax.enable_x64(True):
-            cfg = conv_module._check_conv(*map(jnp.asarray, args[:2]), None, **kwargs)
+            cfg = conv_module.conv_config(*map(jnp.asarray, args[:2]), None, **kwargs)
             routes = (cfg.im2col_block, cfg.dw_lhs_dilation, cfg.dx_extra_row, cfg.y_extra_row)
             assert routes == (*expected_dw, extra_row, y_extra_row), config
 
@@ -217,7 +217,7 @@ def test_the_weight_gradient_takes_the_measured_route(flags, groups, cin_g, im2c
     x, w = jnp.zeros((4, 14, 14, groups * cin_g)), jnp.zeros((3, 3, cin_g, 64))  # the backend starts unpatched
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XLA_FLAGS", flags)
-        cfg = conv_module._check_conv(x, w, None, 1, "SAME", 1, groups)
+        cfg = conv_module.conv_config(x, w, None, 1, "SAME", 1, groups)
     assert (cfg.im2col_block > 0, cfg.dw_lhs_dilation) == (im2col, dw_lhs_dilation)
 
 
@@ -234,7 +234,7 @@ def test_the_weight_gradient_takes_the_measured_route(flags, groups, cin_g, im2c
 def test_im2col_blocks_fit_the_budget_and_spread_evenly(n, per_image, budget, block):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(conv_module, "IM2COL_BLOCK_BYTES", budget)
-        assert conv_module._im2col_block(n, (1, 1), per_image, 1) == block
+        assert conv_module.im2col_images_per_block(n, (1, 1), per_image, 1) == block
 
 
 @SETTINGS

@@ -83,7 +83,7 @@ def padding_pairs(layer: str, padding, in_hw, window, stride, context: str = "")
 # on its own kernel. Measured on a 2-core Intel Xeon (Sapphire Rapids, AVX-512), bare kernels
 # in one process, interleaved (experiments/layer_timing.py --kernels, under each flag set; the
 # cnn's conv2 is 128x14x14x32 -> 64, 3x3 SAME):
-# - dw: YNNPACK runs the dw convolution (_conv2d_dw_conv) slowly, 27.0 ms for conv2, where XLA's
+# - dw: YNNPACK runs the dw convolution (conv2d_dw_conv) slowly, 27.0 ms for conv2, where XLA's
 #   kernel takes 6.8. On YNNPACK the convolution reads x dilated by DW_LHS_DILATION (zeros between
 #   its rows and cols; the strides and the dy taps scaled to match, so every tap still lands on
 #   x), which YNNPACK refuses: 7.4 ms, and faster than the blocked im2col (13.0 ms for conv2) at
@@ -121,14 +121,14 @@ def convolutions_on_ynnpack() -> bool:
     return jax.default_backend() == "cpu" and xla_flags.ynnpack_convolutions()
 
 
-def _im2col_block(n, out_hw, patch_size, itemsize) -> int:
+def im2col_images_per_block(n, out_hw, patch_size, itemsize) -> int:
     """Images per im2col block: as many as fit IM2COL_BLOCK_BYTES, spread evenly over the blocks."""
     per_image = max(1, out_hw[0] * out_hw[1] * patch_size * itemsize)
     blocks = -(-n // max(1, IM2COL_BLOCK_BYTES // per_image))
     return max(1, -(-n // max(1, blocks)))
 
 
-class _Conv(NamedTuple):
+class ConvConfig(NamedTuple):
     """The static hyper-parameters, normalised (hashable: it goes through ``nondiff_argnums``)."""
 
     stride: tuple[int, int]
@@ -142,7 +142,10 @@ class _Conv(NamedTuple):
     y_extra_row: bool  # the forward computed one row taller than y, then cropped: the same
 
 
-def _check_conv(x, w, b, stride, padding, dilation, groups) -> _Conv:
+def conv_config(x, w, b, stride, padding, dilation, groups) -> ConvConfig:
+    """The layer's static configuration: the arguments checked (a one-line error that names what
+    is wrong) and normalised, and the formulations chosen for the kernels XLA will run them on
+    (the notes above IM2COL_MAX_CHANNELS). Read while tracing: ``XLA_FLAGS`` and the backend."""
     shapes = f" (x has shape {tuple(jnp.shape(x))}, w has shape {tuple(jnp.shape(w))})"
     for name, a in (("x", x), ("w", w)):
         if jnp.ndim(a) != 4:
@@ -175,13 +178,13 @@ def _check_conv(x, w, b, stride, padding, dilation, groups) -> _Conv:
     on_ynnpack = convolutions_on_ynnpack()
     block = 0
     if jax.default_backend() == "cpu" and groups > 1 and 1 < cin_g <= IM2COL_MAX_CHANNELS:
-        block = _im2col_block(jnp.shape(x)[0], out_hw, kh * kw * cin, jnp.dtype(jnp.result_type(x)).itemsize)
+        block = im2col_images_per_block(jnp.shape(x)[0], out_hw, kh * kw * cin, jnp.dtype(jnp.result_type(x)).itemsize)
     dw_lhs_dilation = DW_LHS_DILATION if on_ynnpack and not block else 1
     # YNNPACK would take dx's convolution: no lhs dilation (stride 1), an output (x) no larger than its input (dy)
     extra_row = on_ynnpack and stride == (1, 1) and h <= out_hw[0] and wd <= out_hw[1]
     # and the forward's, for wide enough inputs: at stride 1, one more output row than x has rows
     y_extra_row = on_ynnpack and stride == (1, 1) and out_hw[0] >= h and cin_g >= FORWARD_OFF_YNNPACK_CHANNELS
-    return _Conv(stride, pads, dilation, groups, b is not None, block, dw_lhs_dilation, extra_row, y_extra_row)
+    return ConvConfig(stride, pads, dilation, groups, b is not None, block, dw_lhs_dilation, extra_row, y_extra_row)
 
 
 def conv2d_reference(
@@ -199,10 +202,10 @@ def conv2d_reference(
     Shapes: x [N, H, W, Cin], w [KH, KW, Cin/groups, Cout], b [Cout] or None; returns
     [N, Ho, Wo, Cout] with ``Ho = (H + top + bottom - dilation (KH - 1) - 1) // stride + 1``.
     """
-    return _convolution(x, w, b, _check_conv(x, w, b, stride, padding, dilation, groups), extra_row=False)
+    return convolution(x, w, b, conv_config(x, w, b, stride, padding, dilation, groups), extra_row=False)
 
 
-def _convolution(x, w, b, cfg, extra_row):
+def convolution(x, w, b, cfg, extra_row):
     """The forward convolution plus the bias; with ``extra_row`` (stride 1) computed one row taller and cropped."""
     (top, bottom), cols = cfg.padding
     y = lax.conv_general_dilated(
@@ -237,23 +240,23 @@ def conv2d(
     kernel; ``dw`` = ``x`` correlated with ``dy`` as a convolution, or im2col patches of ``x``
     times ``dy`` (grouped inputs on the CPU); ``db = sum(dy)`` over N, H, W.
     """
-    return _conv2d(x, w, b, _check_conv(x, w, b, stride, padding, dilation, groups))
+    return _conv2d(x, w, b, conv_config(x, w, b, stride, padding, dilation, groups))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _conv2d(x, w, b, cfg):
-    return _convolution(x, w, b, cfg, cfg.y_extra_row)
+    return convolution(x, w, b, cfg, cfg.y_extra_row)
 
 
 def _conv2d_fwd(x, w, b, cfg):
-    y = _convolution(x, w, b, cfg, cfg.y_extra_row)
+    y = convolution(x, w, b, cfg, cfg.y_extra_row)
     return y, (x, w)  # b is not read: db needs only dy, and cfg.has_bias says whether it is owed
 
 
 def _conv2d_bwd(cfg, res, dy):
     x, w = res
-    dx = _conv2d_dx(dy, w, x.shape, cfg)  # dx = conv(dilate_s(dy), rot180(w)^T)
-    dw = (_conv2d_dw_im2col if cfg.im2col_block else _conv2d_dw_conv)(x, dy, w.shape, cfg)  # dw = x correlated with dy
+    dx = conv2d_dx(dy, w, x.shape, cfg)  # dx = conv(dilate_s(dy), rot180(w)^T)
+    dw = (conv2d_dw_im2col if cfg.im2col_block else conv2d_dw_conv)(x, dy, w.shape, cfg)  # dw = x correlated with dy
     db = jnp.sum(dy, axis=(0, 1, 2)) if cfg.has_bias else None  # db = sum_{n,o,p} dy
     return dx, dw, db
 
@@ -292,7 +295,7 @@ def add_at_window_taps(contribution, hw, window, stride, dilation, padding):
     return total[:, top : top + hw[0], left : left + hw[1], :]
 
 
-def _conv2d_dx(dy, w, x_shape, cfg):
+def conv2d_dx(dy, w, x_shape, cfg):
     """dx = conv(pad(dilate_s(dy)), rot180(w)^T), at stride 1 and the forward's dilation."""
     kh, kw, cin_g, cout = w.shape
     g = cfg.groups
@@ -326,7 +329,7 @@ def _conv2d_dx(dy, w, x_shape, cfg):
     return dx[:, : x_shape[1]] if cfg.dx_extra_row else dx
 
 
-def _conv2d_dw_im2col(x, dy, w_shape, cfg):
+def conv2d_dw_im2col(x, dy, w_shape, cfg):
     """dw[i,j,k,c] = sum_{n,o,p} xp[n, s o + d i, s p + d j, k] dy[n,o,p,c]: im2col, then a matmul per group,
     summed over blocks of images (zero images pad the last block: they add nothing)."""
     kh, kw, cin_g, cout = w_shape
@@ -358,7 +361,7 @@ def _conv2d_dw_im2col(x, dy, w_shape, cfg):
     return dw.reshape(kh, kw, cin_g, cout)
 
 
-def _conv2d_dw_conv(x, dy, w_shape, cfg):
+def conv2d_dw_conv(x, dy, w_shape, cfg):
     """The same dw as one convolution: x (channels as the batch, N as the features) correlated with dy
     (N as the input features), at stride d and kernel dilation s; groups split x's channels and dy's.
 
