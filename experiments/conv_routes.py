@@ -51,10 +51,7 @@ def routes_at(stage: int):
         on_ynnpack = conv.convolutions_on_ynnpack()
         block = 0
         if cin_g <= 32 and (stage == 0 or on_ynnpack):  # the im2col route of before, its blocks as now
-            out_hw = [
-                (n + lo + hi - (d * (k - 1) + 1)) // s + 1
-                for n, (lo, hi), k, s, d in zip(x.shape[1:3], cfg.padding, (kh, kw), cfg.stride, cfg.dilation)
-            ]
+            out_hw = conv.output_hw(x.shape[1:3], (kh, kw), cfg.padding, cfg.stride, cfg.dilation)
             block = conv.im2col_images_per_block(x.shape[0], out_hw, kh * kw * x.shape[3], x.dtype.itemsize)
         return cfg._replace(
             im2col_block=block,

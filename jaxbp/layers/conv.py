@@ -121,6 +121,14 @@ def convolutions_on_ynnpack() -> bool:
     return jax.default_backend() == "cpu" and xla_flags.ynnpack_convolutions()
 
 
+def output_hw(in_hw, kernel_hw, pads: Pads, stride, dilation) -> list[int]:
+    """The output's rows and cols: ``(n + lo + hi - (d (k - 1) + 1)) // s + 1`` per spatial axis."""
+    return [
+        (n + lo + hi - (d * (k - 1) + 1)) // s + 1
+        for n, k, (lo, hi), s, d in zip(in_hw, kernel_hw, pads, stride, dilation)
+    ]
+
+
 def im2col_images_per_block(n, out_hw, patch_size, itemsize) -> int:
     """Images per im2col block: as many as fit IM2COL_BLOCK_BYTES, spread evenly over the blocks."""
     per_image = max(1, out_hw[0] * out_hw[1] * patch_size * itemsize)
@@ -174,7 +182,7 @@ def conv_config(x, w, b, stride, padding, dilation, groups) -> ConvConfig:
             )
     if b is not None and tuple(jnp.shape(b)) != (cout,):
         _checks.fail("conv2d", f"b must have shape ({cout},), got {tuple(jnp.shape(b))}{shapes}")
-    out_hw = [(n + lo + hi - e) // s + 1 for n, (lo, hi), e, s in zip((h, wd), pads, extent, stride)]
+    out_hw = output_hw((h, wd), (kh, kw), pads, stride, dilation)
     on_ynnpack = convolutions_on_ynnpack()
     block = 0
     if jax.default_backend() == "cpu" and groups > 1 and 1 < cin_g <= IM2COL_MAX_CHANNELS:
