@@ -13,15 +13,19 @@ The package, one job per module:
 * :mod:`~jaxbp.verify.tolerances` - the tolerance of each dtype and matmul precision;
 * :mod:`~jaxbp.verify.numerics` - errors, casting, finite differences (public helpers);
 * :mod:`~jaxbp.verify.structure` - which leaves are differentiated, named by key path;
-* :mod:`~jaxbp.verify.checks` - the checks of one dtype, methods of one ``Probe``;
+* :mod:`~jaxbp.verify.compiled` - the compiled VJPs the checks share, cached across calls;
+* :mod:`~jaxbp.verify.fd` - finite differences that skip directions crossing a kink;
+* :mod:`~jaxbp.verify.checks` - the checks of one dtype, independent functions returning rows;
+* :mod:`~jaxbp.verify.explore` - inputs beyond the examples, kinks told apart from bugs;
 * :mod:`~jaxbp.verify.api` - :func:`verify_vjp`;
+* :mod:`~jaxbp.verify.shapes` - :func:`verify_shapes`, the same checks at other shapes;
 * :mod:`~jaxbp.verify.report` - :class:`Report` and its rendering;
 * :mod:`~jaxbp.verify.suite` - the registry suite (``jaxbp check``) and its tables;
 * :mod:`~jaxbp.verify.target` - a user's function from the command line.
 """
 
 from jaxbp.verify.api import verify_vjp
-from jaxbp.verify.checks import EXPLORE_REGIONS
+from jaxbp.verify.explore import EXPLORE_REGIONS
 from jaxbp.verify.report import (
     TRANSFORMS,
     ExploreCheck,
@@ -31,6 +35,7 @@ from jaxbp.verify.report import (
     TransformCheck,
     equation_lines,
 )
+from jaxbp.verify.shapes import ShapesReport, default_shapes, verify_shapes
 from jaxbp.verify.suite import (
     check_output_path,
     check_registry,
@@ -56,11 +61,13 @@ __all__ = [
     "GradCheck",
     "JacobianBlock",
     "Report",
+    "ShapesReport",
     "TargetError",
     "TransformCheck",
     "check_output_path",
     "check_registry",
     "check_target",
+    "default_shapes",
     "default_tolerance",
     "equation_lines",
     "example_inputs",
@@ -75,6 +82,7 @@ __all__ = [
     "status_line",
     "summary_rows",
     "verify_layer",
+    "verify_shapes",
     "verify_vjp",
     "write_json",
 ]

@@ -6,13 +6,14 @@ import contextlib
 import functools
 import inspect
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
-from jaxbp.loading import first_line
-from jaxbp.verify.checks import EXPLORE_REGIONS, FD_BASIS_MAX, Probe, Problem, pairing
+from jaxbp.verify import compiled
+from jaxbp.verify.checks import CHECKS, FD_BASIS_MAX, Pass, Problem, check_gradients, jacobians
+from jaxbp.verify.explore import EXPLORE_REGIONS, KINK_REGIONS, check_explore
 from jaxbp.verify.numerics import cast, is_inexact
 from jaxbp.verify.report import TRANSFORMS, Report, TransformCheck
 from jaxbp.verify.structure import Inputs, Outputs
@@ -87,10 +88,16 @@ def _transform_names(transforms: bool | Iterable[str]) -> frozenset[str]:
     return names
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's message, first line only (what a report row has room for)."""
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
 def _explore_regions(explore: bool | Iterable[str], fd: bool) -> tuple[str, ...]:
     if explore is True:
         # zeros and ties sit on kinks; only where the inputs are not declared to (fd=True)
-        return EXPLORE_REGIONS if fd else tuple(r for r in EXPLORE_REGIONS if r not in ("zeros", "ties"))
+        return EXPLORE_REGIONS if fd else tuple(r for r in EXPLORE_REGIONS if r not in KINK_REGIONS)
     if not explore:
         return ()
     regions = tuple([explore] if isinstance(explore, str) else explore)
@@ -120,18 +127,30 @@ def _directions(inputs: Inputs, diff64: list, rng: np.random.Generator, fd_only:
     return out
 
 
+LOW_PRECISION = ("float16", "bfloat16")
+
+
+def _dtypes(dtypes: Sequence[str] | None, example_args: tuple) -> list[str]:
+    """The dtypes to check in: float64 and float32, plus float16/bfloat16 where an example leaf has it."""
+    if dtypes is None:
+        found = {str(leaf.dtype) for leaf in jax.tree.leaves(example_args) if is_inexact(leaf)}
+        dtypes = ("float64", "float32", *(d for d in LOW_PRECISION if d in found))
+    return [str(np.dtype(d)) if d not in LOW_PRECISION else d for d in dtypes]
+
+
 def verify_vjp(
     manual_fn: Callable,
     reference_fn: Callable | None,
     *example_args: Any,
     argnums: int | Sequence[int] | None = None,
-    dtypes: Sequence[str] = ("float64", "float32"),
+    dtypes: Sequence[str] | None = None,
     seed: int = 0,
     num_cotangents: int = 3,
     rtol: float | dict[str, float | tuple[float, str]] | None = None,
     fd: bool = True,
     transforms: bool | Iterable[str] = True,
     explore: bool | Iterable[str] = True,
+    strict_kinks: bool = False,
     jacobian: bool = False,
     matmul_precision: str | None = "highest",
     name: str | None = None,
@@ -141,32 +160,35 @@ def verify_vjp(
 
     Args:
       manual_fn: the function with a hand-derived backward (usually ``jax.custom_vjp``).
-      reference_fn: the same forward in plain JAX; its gradient comes from autodiff.
-        ``None`` checks against finite differences only: every basis direction of
-        leaves up to 64 elements, 8 random ones above, no second order; weaker (see
-        the README), but it needs no twin.
+      reference_fn: the same forward in plain JAX; its gradient comes from autodiff, the
+        primary oracle. ``None`` checks against finite differences only: every basis
+        direction of leaves up to 64 elements, 8 random ones above, no second order;
+        weaker (see the README), but it needs no twin.
       *example_args: positional arguments for both, any pytrees. Every floating or
         complex array leaf of the selected arguments is differentiated and named by
         its key path (``params['w']``); integer labels, PRNG keys, bools and Python
         numbers pass through unchanged and are listed as skipped.
       argnums: the arguments to differentiate (default: every one with a floating leaf).
-      dtypes: the dtypes to check in (all inexact leaves cast together); float64 runs
-        with ``jax_enable_x64`` switched on.
-      seed: seeds the cotangents, finite-difference directions, vmap batch and
-        second-order probes, so a report is reproducible.
+      dtypes: the dtypes to check in (all inexact leaves cast together); default float64
+        and float32, plus float16 or bfloat16 where an example leaf has that dtype.
+        float64 runs with ``jax_enable_x64`` on, the others with it off.
+      seed: seeds the cotangents, finite-difference directions and each transform's
+        draws (each check its own stream), so a report is reproducible.
       num_cotangents: random cotangents per dtype; the worst is reported.
       rtol: a tolerance for every dtype, or a ``{dtype: tol}`` dict (``tol`` may be a
         ``(tol, where_it_comes_from)`` pair); default :func:`default_tolerance`.
         Negative or NaN raises ``ValueError``.
-      fd: also check against central finite differences (turn off where the inputs
-        sit on a kink on purpose: ties of a max, ReLU at 0; also drops the zeros and
-        ties regions of ``explore``).
+      fd: also check against float64 finite differences where they can judge: a direction
+        whose one-sided differences disagree (a kink or tie within the step) is skipped
+        with a note; ``False`` also drops the zeros and ties regions of ``explore``.
       transforms: ``True`` (all), ``False`` (none: only the forward check) or the names
         to run among ``jit``, ``vmap``, ``grad_of_grad``, ``grad_of_grad_ct``,
         ``zero_cotangents``, ``forward_mode``.
       explore: also check at inputs beyond the examples, in the most precise dtype
         checked: ``True`` (scaled x1e-3, x10, x100; zeros and ties when ``fd``),
         ``False``, or the region names. Same shapes, so nothing recompiles.
+      strict_kinks: at a kink found while exploring (one-sided slopes differ), require the
+        manual VJP to equal autodiff's subgradient instead of noting the difference.
       jacobian: on failure, add manual and reference Jacobian blocks of failing
         leaves with at most 64 elements (outputs at most 64 elements in total).
       matmul_precision: ``jax.default_matmul_precision`` in force during the checks;
@@ -183,9 +205,10 @@ def verify_vjp(
     if num_cotangents < 1:
         raise ValueError("verify_vjp: num_cotangents must be >= 1")
     validate_rtol(rtol)
-    transform_names = _transform_names(transforms)
-    regions = _explore_regions(explore, fd or reference_fn is None)
-    dtypes = [str(np.dtype(d)) if d != "bfloat16" else d for d in dtypes]
+    options = _Options(
+        _transform_names(transforms), _explore_regions(explore, fd or reference_fn is None), strict_kinks, jacobian
+    )
+    dtypes = _dtypes(dtypes, example_args)
     names = arg_names(manual_fn, reference_fn, len(example_args))
     precision = matmul_precision or jax.config.jax_default_matmul_precision or "default"
     if derivation is None:
@@ -198,78 +221,81 @@ def verify_vjp(
         seed=seed,
         reference="autodiff" if reference_fn is not None else "finite differences only",
     )
-    # A stream of its own: the registry draws the example inputs from default_rng(seed), and a
-    # cotangent equal to an input (dy = x) makes some gradients vanish (batch norm's dx).
-    rng = np.random.default_rng([seed, 1])
     inputs = Inputs(example_args, argnums, names)
     report.skipped = [{"label": s.label, "reason": s.reason} for s in inputs.skipped]
-    with jax.enable_x64(True):
-        args64 = tuple(jax.tree.map(lambda a: cast(a, "float64"), a) for a in example_args)
-        target = reference_fn or manual_fn
-        try:
-            outputs = Outputs(jax.eval_shape(inputs.of(target, args64), *inputs.values(args64)))
-        except Exception as e:  # noqa: BLE001 - report, do not crash
-            which = "reference_fn" if reference_fn is not None else "manual_fn"
-            report.errors.append(f"{which} raised {type(e).__name__}: {first_line(e)}")
-            return report
-        report.skipped += [{"label": s.label, "reason": s.reason} for s in outputs.skipped]
-        if not any(outputs.inexact):
-            kinds = ", ".join(f"{lab}: {s.dtype}" for lab, s in zip(outputs.labels, outputs.structs)) or "none"
-            report.errors.append(f"no floating-point output to differentiate ({kinds}); nothing was checked")
-            return report
-        cts64 = [outputs.random_cotangent(rng) for _ in range(num_cotangents)]
-        directions = fd_pairing = None
-        if fd or reference_fn is None:
-            directions = _directions(inputs, inputs.values(args64), rng, reference_fn is None)
-            f64 = inputs.of(target, args64)
-            fd_pairing = jax.jit(jax.vmap(lambda d, c: pairing(outputs, f64(*d), c), in_axes=(0, None)))
-    random = any("PRNG key" in s.reason for s in inputs.skipped)
-    problem = Problem(
-        manual_fn, reference_fn, args64, inputs, cts64, directions, fd_pairing, transform_names, regions,
-        jacobian, random,
-    )  # fmt: skip
+    problem = _problem(report, manual_fn, reference_fn, example_args, inputs, seed, num_cotangents, fd)
+    if problem is None:
+        return report
     explore_dtype = "float64" if "float64" in dtypes else (dtypes[0] if dtypes else None)
     for dtype in dtypes:
         tol, src = tolerance_for(dtype, rtol, precision)
         fd_tol = FD_TOLERANCE if dtype == "float64" else max(FD_TOLERANCE, tol)
         context = jax.default_matmul_precision(matmul_precision) if matmul_precision else contextlib.nullcontext()
         try:
-            with jax.enable_x64(dtype == "float64"), context:
-                _check_dtype(report, Probe(problem, dtype, tol, src, fd_tol, rng), dtype == explore_dtype)
+            with compiled.x64_scope(dtype == "float64"), context:
+                _check_dtype(report, Pass(problem, dtype, tol, src, fd_tol), options, dtype == explore_dtype)
         except Exception as e:  # noqa: BLE001 - report, do not crash
             report.errors.append(f"{dtype}: {type(e).__name__}: {first_line(e)}")
     return report
 
 
-def _guard(name: str, probe: Probe, check: Callable[[], Any]) -> list:
+class _Options(NamedTuple):
+    transforms: frozenset[str]
+    regions: tuple[str, ...]
+    strict_kinks: bool
+    jacobian: bool
+
+
+def _problem(report, manual_fn, reference_fn, example_args, inputs, seed, num_cotangents, fd) -> Problem | None:
+    """The float64 examples, the output's structure, cotangents and FD directions; None (with the
+    error in the report) where the function cannot even be traced."""
+    # A stream of its own: the registry draws the example inputs from default_rng(seed), and a
+    # cotangent equal to an input (dy = x) makes some gradients vanish (batch norm's dx).
+    rng = np.random.default_rng([seed, 1])
+    with compiled.x64_scope(True):
+        args64 = tuple(jax.tree.map(lambda a: cast(a, "float64"), a) for a in example_args)
+        target = reference_fn or manual_fn
+        layout = inputs.layout(args64)
+        diff, rest = layout.split(args64)
+        try:
+            outputs = Outputs(jax.eval_shape(lambda *d: target(*layout.build(d, rest)), *diff))
+        except Exception as e:  # noqa: BLE001 - report, do not crash
+            which = "reference_fn" if reference_fn is not None else "manual_fn"
+            report.errors.append(f"{which} raised {type(e).__name__}: {first_line(e)}")
+            return None
+    report.skipped += [{"label": s.label, "reason": s.reason} for s in outputs.skipped]
+    if not any(outputs.inexact):
+        kinds = ", ".join(f"{lab}: {s.dtype}" for lab, s in zip(outputs.labels, outputs.structs)) or "none"
+        report.errors.append(f"no floating-point output to differentiate ({kinds}); nothing was checked")
+        return None
+    cts64 = [outputs.random_cotangent(rng) for _ in range(num_cotangents)]
+    directions = None
+    if fd or reference_fn is None:
+        directions = _directions(inputs, diff, rng, reference_fn is None)
+    random = any("PRNG key" in s.reason for s in inputs.skipped)
+    return Problem(manual_fn, reference_fn, args64, inputs, cts64, directions, seed, random)
+
+
+def _guard(name: str, p: Pass, check: Callable[[Pass], list]) -> list:
     """Run one transform check; an exception becomes a failed check that says what was raised."""
     try:
-        rows = check()
+        return check(p)
     except Exception as e:  # noqa: BLE001 - report, do not crash
-        return [
-            TransformCheck(name, probe.dtype, None, probe.tol, False, f"raised {type(e).__name__}: {first_line(e)}")
-        ]
-    return [] if rows is None else rows if isinstance(rows, list) else [rows]
+        return [TransformCheck(name, p.dtype, None, p.tol, False, f"raised {type(e).__name__}: {first_line(e)}")]
 
 
-def _check_dtype(report: Report, probe: Probe, explore: bool) -> None:
-    """Every check of one probe, appended to the report as it completes."""
-    grads = probe.gradients()
+def _check_dtype(report: Report, p: Pass, options: _Options, explore: bool) -> None:
+    """Every check of one dtype, appended to the report as it completes: first order first."""
+    grads = check_gradients(p)
     report.grads += grads
-    report.transforms += _guard("forward", probe, probe.forward)
-    names = probe.p.transforms
-    for name, check in (
-        ("jit", probe.jit),
-        ("vmap", probe.vmap),
-        ("grad_of_grad", probe.grad_of_grad),
-        ("zero_cotangents", probe.zero_cotangents),
-        ("forward_mode", probe.forward_mode),
-    ):
-        if name in names or (name == "grad_of_grad" and "grad_of_grad_ct" in names):
-            rows = _guard(name, probe, check)
-            report.transforms += [r for r in rows if r.name in names or r.passed is False and r.name == name]
+    report.transforms += _guard("forward", p, CHECKS["forward"])
+    wanted = options.transforms
+    for name, check in CHECKS.items():
+        if name == "forward" or not (name in wanted or (name == "grad_of_grad" and "grad_of_grad_ct" in wanted)):
+            continue
+        rows = _guard(name, p, check)
+        report.transforms += [r for r in rows if r.name in wanted or (r.passed is False and r.name == name)]
     if explore:
-        report.explored += probe.explore()
-    if probe.p.jacobian:
-        failing = [k for k, g in enumerate(grads) if not g.passed]
-        report.jacobians += probe.jacobians(failing)
+        report.explored += check_explore(p, options.regions, options.strict_kinks)
+    if options.jacobian:
+        report.jacobians += jacobians(p, [k for k, g in enumerate(grads) if not g.passed])

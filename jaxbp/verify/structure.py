@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbp.verify.compiled import Layout, OutLayout
 from jaxbp.verify.numerics import is_array, is_inexact
 
 __all__ = ["Inputs", "Outputs", "Skipped", "skip_reason"]
@@ -85,6 +86,10 @@ class Inputs:
     def labels(self) -> list[str]:
         return [leaf.label for leaf in self.leaves]
 
+    def layout(self, args: Sequence[Any]) -> Layout:
+        """The hashable :class:`Layout` of ``args`` (arguments laid out like the examples)."""
+        return Layout.of(args, lambda i, leaf: i in self.argnums and is_inexact(leaf), is_array)
+
     def values(self, args: Sequence[Any]) -> list[Any]:
         """The differentiable leaves of ``args`` (arguments shaped like the examples)."""
         flat = [jax.tree.leaves(a) for a in args]
@@ -118,6 +123,12 @@ class Outputs:
             for label, s, ok in zip(self.labels, self.structs, self.inexact)
             if not ok
         ]
+
+    @property
+    def layout(self) -> OutLayout:
+        """The hashable :class:`OutLayout` the compiled checks take."""
+        leaves = tuple((tuple(s.shape), str(s.dtype), ok) for s, ok in zip(self.structs, self.inexact))
+        return OutLayout(self.treedef, leaves)
 
     @property
     def diff_labels(self) -> list[str]:
