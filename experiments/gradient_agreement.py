@@ -1,6 +1,6 @@
 """Gradient agreement of every registered layer: manual VJP vs autodiff vs finite differences.
 
-Runs ``jaxbp.verify.check_registry`` over every layer and configuration in float64
+Runs ``jaxbp.suite.check_registry`` over every layer and configuration in float64
 and float32 (matmul precision "highest", seed 0) and writes
 
     experiments/results/gradient_agreement.json   every report in full
@@ -22,7 +22,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax
 
-from jaxbp import registry, verify
+from jaxbp import registry, suite, verify
 
 DTYPES = ("float64", "float32")
 
@@ -35,12 +35,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
-    reports = verify.check_registry(args.layer, dtypes=DTYPES, seed=args.seed, progress=sys.stderr.isatty())
+    reports = suite.check_registry(args.layer, dtypes=DTYPES, seed=args.seed, progress=sys.stderr.isatty())
     seconds = time.perf_counter() - start
     out = Path(args.out)
     meta = {"seed": args.seed, "matmul_precision": "highest", "seconds": round(seconds, 1),
             "layers": sorted({r.layer for r in reports})}  # fmt: skip
-    verify.write_json(out / "gradient_agreement.json", reports, DTYPES, **meta)
+    suite.write_json(out / "gradient_agreement.json", reports, DTYPES, **meta)
     n_failed = sum(not r.passed for r in reports)
     layers = sorted({r.layer for r in reports})
     missing = sorted(set(registry.REGISTRY) - set(layers)) if args.layer else []
@@ -75,17 +75,17 @@ def main(argv=None) -> int:
         "",
         "## Per layer (the worst of its configurations)",
         "",
-        verify.format_markdown(reports, DTYPES, per_layer=True),
+        suite.format_markdown(reports, DTYPES, per_layer=True),
         "",
         "## Every configuration",
         "",
-        verify.format_markdown(reports, DTYPES),
+        suite.format_markdown(reports, DTYPES),
         "",
     ]
     if missing:
         md.insert(3, f"Not included: {', '.join(missing)}.")
     (out / "gradient_agreement.md").write_text("\n".join(md), encoding="utf-8")
-    print(verify.format_table(reports, DTYPES))
+    print(suite.format_table(reports, DTYPES))
     print(f"wrote {out / 'gradient_agreement.json'} and {out / 'gradient_agreement.md'} ({seconds:.0f} s)")
     return 1 if n_failed else 0
 

@@ -314,10 +314,10 @@ def _check_rtol(parser: argparse.ArgumentParser, text: str | None) -> float | No
 
 def _check_destinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """--json and --plot must be writable before the run starts: nothing is lost after it."""
-    from jaxbp import verify
+    from jaxbp import suite
 
     for flag, path, folder in (("--json", args.json, False), ("--plot", args.plot, True)):
-        problem = path and verify.check_output_path(path, folder=folder)
+        problem = path and suite.check_output_path(path, folder=folder)
         if problem:
             parser.error(f"{flag}: {problem}")
 
@@ -332,7 +332,7 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from jaxbp import verify
+    from jaxbp import suite, verify
 
     parser: argparse.ArgumentParser = args.check_parser
     dtypes = tuple(dict.fromkeys(args.dtype or ("float64", "float32")))
@@ -360,18 +360,18 @@ def _check(args: argparse.Namespace) -> int:
         unknown = [name for name in args.layer or () if name not in registry.REGISTRY]
         if unknown:
             parser.error(f"unknown layer {', '.join(map(repr, unknown))} (choose from {', '.join(registry.REGISTRY)})")
-        stream = None if sys.stdout.isatty() else lambda r: print(verify.status_line(r), flush=True)
-        reports = verify.check_registry(args.layer, progress=sys.stderr.isatty(), on_report=stream, **common)
+        stream = None if sys.stdout.isatty() else lambda r: print(suite.status_line(r), flush=True)
+        reports = suite.check_registry(args.layer, progress=sys.stderr.isatty(), on_report=stream, **common)
         if stream is not None:
             print(flush=True)
-        print(verify.format_table(reports, dtypes), flush=True)
+        print(suite.format_table(reports, dtypes), flush=True)
     if args.plot:
         from jaxbp import plots
 
         for path in plots.gradient_plots(args.plot, seed=args.seed):
             print(f"wrote {path}")
     if args.json:
-        path = verify.write_json(args.json, reports, dtypes, seed=args.seed, matmul_precision=args.matmul_precision)
+        path = suite.write_json(args.json, reports, dtypes, seed=args.seed, matmul_precision=args.matmul_precision)
         print(f"wrote {path}")
     return 0 if all(r.passed for r in reports) else 1
 

@@ -3,7 +3,7 @@
 ``jaxbp devices`` lists the backends and devices JAX sees and, on each device:
 
 1. runs the layer check suite there (manual VJP against ``jax.grad`` on that
-   device, :func:`jaxbp.verify.verify_layer`);
+   device, :func:`jaxbp.suite.verify_layer`);
 2. computes the manual VJP of every registry case with a fixed cotangent and
    compares it with the **golden** float64 gradients computed on the CPU and
    shipped in the package (``jaxbp/golden/golden.npz``). A device without float64
@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp import registry, verify
+from jaxbp import registry, suite as layer_suite
 from jaxbp.verify import numerics
 
 GOLDEN_PATH = Path(__file__).parent / "golden" / "golden.npz"
@@ -252,7 +252,7 @@ def check_device(
             tol = GOLDEN_F64_RTOL if f64 else spec.rtol_float32
             ok = None
             if suite:
-                ok = verify.verify_layer(
+                ok = layer_suite.verify_layer(
                     spec, case, dtypes=(dtype,), seed=seed, matmul_precision=matmul_precision
                 ).passed
             report.rows.append(Row(f"{spec.name}[{case.name}]", dtype, max(errs, default=0.0), tol, ok))

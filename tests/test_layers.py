@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxbp import manual, registry, verify
+from jaxbp import manual, registry, suite
 
 CASES = [(spec, case) for spec in registry.REGISTRY.values() for case in spec.cases]
 BAD = [(spec, bad) for spec in registry.REGISTRY.values() for bad in spec.bad_inputs]
@@ -22,8 +22,8 @@ def test_manual_vjp_matches_autodiff(spec, case):
     # The transforms (jit, vmap, grad-of-grad) are checked in float64, where 1e-10 leaves no
     # room for a wrong rule; float32 checks the VJP itself at the layer's tolerance. (`jaxbp
     # check` runs the transforms in both dtypes; here the suite's time budget decides.)
-    report = verify.verify_layer(spec, case, dtypes=("float64",))
-    float32 = verify.verify_layer(spec, case, dtypes=("float32",), transforms=False)
+    report = suite.verify_layer(spec, case, dtypes=("float64",))
+    float32 = suite.verify_layer(spec, case, dtypes=("float32",), transforms=False)
     report.grads += float32.grads
     report.transforms += float32.transforms
     assert report.passed, str(report)
@@ -71,6 +71,6 @@ def test_a_wrong_backward_is_caught():
     bad_relu.defvjp(lambda x: (bad_relu(x), None), lambda _, dy: (dy,))
     case = registry.get("relu").cases[0]
     spec = registry.LayerSpec("bad_relu", bad_relu, registry.get("relu").reference, (case,))
-    report = verify.verify_layer(spec, case, dtypes=("float64",), transforms=False)
+    report = suite.verify_layer(spec, case, dtypes=("float64",), transforms=False)
     assert not report.passed
     assert report.worst().arg == "x" and report.worst().max_rel_err > 0.1

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxbp import verify, verify_vjp
+from jaxbp import suite, verify, verify_vjp
 
 DN = ("NHWC", "HWIO", "NHWC")
 FAST = {"dtypes": ("float64",), "transforms": False}
@@ -419,7 +419,7 @@ def test_layer_keeps_its_own_float32_tolerance_at_reduced_precision():
                      rtol_float32=3e-5)  # fmt: skip
     tol = verify.layer_tolerances(spec, "default")["float32"][0]
     assert tol == (3e-5 if jax.default_backend() == "cpu" else 2e-2)
-    report = verify.verify_layer(spec, spec.cases[0], matmul_precision="default", transforms=False)
+    report = suite.verify_layer(spec, spec.cases[0], matmul_precision="default", transforms=False)
     assert report.matmul_precision == "default"
     assert {g.tolerance for g in report.grads if g.dtype == "float32"} == {tol}
 
@@ -434,22 +434,22 @@ def test_matmul_precision_none_keeps_the_configured_one():
 
 
 def test_check_registry_and_tables():
-    reports = verify.check_registry(["relu"], dtypes=("float64",))
+    reports = suite.check_registry(["relu"], dtypes=("float64",))
     from jaxbp import registry
 
     assert [r.config for r in reports] == [c.name for c in registry.get("relu").cases]
     assert all(r.passed and r.layer == "relu" for r in reports)
-    table = verify.format_table(reports, ("float64",))
+    table = suite.format_table(reports, ("float64",))
     lines = table.splitlines()
     assert lines[0].split()[:4] == ["layer", "config", "f64", "vs"]
     assert sum(line.endswith("PASS") for line in lines) == len(reports)
-    md = verify.format_markdown(reports, ("float64",))
+    md = suite.format_markdown(reports, ("float64",))
     assert md.splitlines()[0].startswith("| layer | config | float64 vs autodiff | float64 vs FD |")
     assert len(md.splitlines()) == 2 + len(reports)
-    per_layer = verify.format_markdown(reports, ("float64",), per_layer=True).splitlines()
+    per_layer = suite.format_markdown(reports, ("float64",), per_layer=True).splitlines()
     assert len(per_layer) == 3 and per_layer[2].startswith(f"| `relu` | {len(reports)} |")
     with pytest.raises(KeyError, match="registered"):
-        verify.check_registry(["nope"])
+        suite.check_registry(["nope"])
 
 
 @pytest.mark.parametrize(
@@ -485,8 +485,8 @@ def test_table_of_a_failing_layer_explains_the_failure():
     bad_relu.defvjp(lambda x: (bad_relu(x), None), lambda _, dy: (dy,))  # dy passed through unmasked
     relu = registry.get("relu")
     spec = registry.LayerSpec("relu", bad_relu, relu.reference, relu.cases[:1])
-    report = verify.verify_layer(spec, spec.cases[0], dtypes=("float64",), transforms=False)
-    table = verify.format_table([report], ("float64",))
+    report = suite.verify_layer(spec, spec.cases[0], dtypes=("float64",), transforms=False)
+    table = suite.format_table([report], ("float64",))
     assert table.splitlines()[2].startswith("relu") and table.splitlines()[2].endswith("FAIL")
     assert "0/1 configurations pass" in table
     assert "FAIL dx (float64" in table and "worst element x[" in table

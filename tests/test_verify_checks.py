@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from jax.custom_derivatives import SymbolicZero
 
-from jaxbp import verify, verify_vjp
+from jaxbp import suite, verify, verify_vjp
 
 RNG = np.random.default_rng(1)
 X = RNG.standard_normal(4)
@@ -205,9 +205,9 @@ def test_the_table_shows_each_layers_derivation_once_and_json_keeps_the_new_rows
         return verify.Report("relu", [g], layer="relu", config=config, derivation="relu: dx = dy [x > 0]",
                              explored=[e], skipped=[{"label": "n", "reason": "int64"}])  # fmt: skip
 
-    table = verify.format_table([failed("a"), failed("b")], ("float64",))
+    table = suite.format_table([failed("a"), failed("b")], ("float64",))
     assert table.count("dx = dy [x > 0]") == 1 and table.count("FAIL at 100x the example inputs") == 2
-    data = verify.reports_to_dict([failed("a")], ("float64",))
+    data = suite.reports_to_dict([failed("a")], ("float64",))
     row = data["reports"][0]
     assert row["explored"][0]["manual_value"] == [1.0, 2.0] and row["skipped"] == [{"label": "n", "reason": "int64"}]
     assert data["summary"][0]["explore"] == "FAIL"

@@ -8,7 +8,8 @@ and against float64 central differences; the transforms (forward equality, ``jit
 alone with symbolic-zero cotangents for the others, forward mode); and the same
 compiled VJPs at inputs beyond the examples.
 
-The package, one job per module:
+The package stands alone (it imports nothing else of jaxbp); jaxbp's own layers are run
+through it by :mod:`jaxbp.suite`. One job per module:
 
 * :mod:`~jaxbp.verify.tolerances` - the tolerance of each dtype and matmul precision;
 * :mod:`~jaxbp.verify.numerics` - errors, casting, finite differences (public helpers);
@@ -20,7 +21,6 @@ The package, one job per module:
 * :mod:`~jaxbp.verify.api` - :func:`verify_vjp`;
 * :mod:`~jaxbp.verify.shapes` - :func:`verify_shapes`, the same checks at other shapes;
 * :mod:`~jaxbp.verify.report` - :class:`Report` and its rendering;
-* :mod:`~jaxbp.verify.suite` - the registry suite (``jaxbp check``) and its tables;
 * :mod:`~jaxbp.verify.target` - a user's function from the command line.
 """
 
@@ -36,18 +36,6 @@ from jaxbp.verify.report import (
     equation_lines,
 )
 from jaxbp.verify.shapes import ShapesReport, default_shapes, verify_shapes
-from jaxbp.verify.suite import (
-    check_output_path,
-    check_registry,
-    format_markdown,
-    format_table,
-    per_layer_rows,
-    reports_to_dict,
-    status_line,
-    summary_rows,
-    verify_layer,
-    write_json,
-)
 from jaxbp.verify.target import TargetError, check_target, example_inputs, load_example, load_function, parse_shape
 from jaxbp.verify.tolerances import FD_DIRECTIONS, FD_STEP, FD_TOLERANCE, default_tolerance, layer_tolerances
 
@@ -64,25 +52,15 @@ __all__ = [
     "ShapesReport",
     "TargetError",
     "TransformCheck",
-    "check_output_path",
-    "check_registry",
     "check_target",
     "default_shapes",
     "default_tolerance",
     "equation_lines",
     "example_inputs",
-    "format_markdown",
-    "format_table",
     "layer_tolerances",
     "load_example",
     "load_function",
     "parse_shape",
-    "per_layer_rows",
-    "reports_to_dict",
-    "status_line",
-    "summary_rows",
-    "verify_layer",
     "verify_shapes",
     "verify_vjp",
-    "write_json",
 ]

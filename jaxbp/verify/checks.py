@@ -129,9 +129,11 @@ def _wide_out(out: compiled.OutLayout) -> compiled.OutLayout:
 def check_gradients(p: Pass) -> list[GradCheck]:
     """Each leaf's VJP vs autodiff (worst over the cotangents) and vs finite differences."""
     fds = None if p.p.directions is None else p.fd_at(p.diff, p.p.directions)
-    note = "no finite differences in this dtype: random arguments draw differently with x64 on" if (
-        p.p.directions is not None and fds is None
-    ) else ""
+    note = (
+        "no finite differences in this dtype: random arguments draw differently with x64 on"
+        if (p.p.directions is not None and fds is None)
+        else ""
+    )
     return [_grad_row(p, k, label, fds, note) for k, label in enumerate(p.p.inputs.labels)]
 
 
@@ -177,7 +179,8 @@ def fd_scale(p: Pass, k: int, first_order: list | None = None) -> float:
     man, ref = (first_order or p.first_order)[0]
 
     def typical(j: int) -> float:
-        norms = [np.linalg.norm(np.asarray(man[j]))] + ([] if ref is None else [np.linalg.norm(np.asarray(ref[j]))])
+        wide = [np.asarray(g[j]).astype(np.complex128) for g in (man, ref) if g is not None]
+        norms = [np.linalg.norm(w) for w in wide]
         size = max(1, int(np.size(man[j])))
         return float(max(norms)) / math.sqrt(size)
 

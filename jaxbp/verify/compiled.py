@@ -169,9 +169,7 @@ def _pair(a: Sequence[Any], b: Sequence[Any]) -> Any:
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def grad_of_grad(fn, layout, out_layout, diff, rest, cts, us):
     """The gradient of ``<VJP(x, ct), u>`` with respect to the leaves and to the cotangent."""
-    return jax.grad(lambda d, c: _pair(vjp_eager(fn, layout, out_layout, d, rest, c)[1], us), argnums=(0, 1))(
-        diff, cts
-    )
+    return jax.grad(lambda d, c: _pair(vjp_eager(fn, layout, out_layout, d, rest, c)[1], us), argnums=(0, 1))(diff, cts)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))

@@ -49,6 +49,7 @@ class FDLeaf:
     units: list  # per direction: the unit step vector u (float64 / complex128, the leaf's shape)
     estimates: np.ndarray  # per direction: Richardson estimate of the derivative along u
     kink: np.ndarray  # per direction: how far a kink within the step could move the estimate
+    one_sided: np.ndarray  # per direction: the forward and backward slopes at step w/4, shape (n, 2)
 
 
 def step_scale(x: np.ndarray) -> np.ndarray:
@@ -79,7 +80,7 @@ def finite_differences(
             for p in moved:
                 points.append([p if j == k else base[j] for j in range(len(base))])
     if not points:
-        return [FDLeaf([], np.zeros(0), np.zeros(0)) for _ in base]
+        return [FDLeaf([], np.zeros(0), np.zeros(0), np.zeros((0, 2))) for _ in base]
     stacked = [np.stack([p[k] for p in points]) for k in range(len(base))]
     values = np.asarray(pairing(stacked, ct), np.float64).reshape(-1, len(MULTIPLES))
     return _per_leaf(base, steps, values)
@@ -89,6 +90,7 @@ def _per_leaf(base: list, steps: list, values: np.ndarray) -> list[FDLeaf]:
     units: list[list] = [[] for _ in base]
     est: list[list] = [[] for _ in base]
     kinks: list[list] = [[] for _ in base]
+    sides: list[list] = [[] for _ in base]
     for (k, two_w), (s1, s_1, s4, s_4, s0) in zip(steps, values):
         length = float(np.linalg.norm(two_w)) / 2  # |w|
         if length == 0:
@@ -101,7 +103,11 @@ def _per_leaf(base: list, steps: list, values: np.ndarray) -> list[FDLeaf]:
         units[k].append(two_w / (2 * length))
         est[k].append((16 * c4 - c1) / 15)
         kinks[k].append(max(at_point / 2, abs(c1 - c4)))
-    return [FDLeaf(u, np.asarray(e, np.float64), np.asarray(q, np.float64)) for u, e, q in zip(units, est, kinks)]
+        sides[k].append(((s4 - s0) / (length / 4), (s0 - s_4) / (length / 4)))
+    return [
+        FDLeaf(u, np.asarray(e, np.float64), np.asarray(q, np.float64), np.asarray(o, np.float64).reshape(-1, 2))
+        for u, e, q, o in zip(units, est, kinks, sides)
+    ]
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ alone produces; anything larger still fails. In float64 at 1e-10, ``r`` is 3.6e-
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax

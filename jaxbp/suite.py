@@ -19,7 +19,7 @@ from typing import Any
 import jax
 
 from jaxbp.loading import first_line
-from jaxbp.verify.api import verify_vjp
+from jaxbp.verify import verify_vjp
 from jaxbp.verify.report import Report, json_safe
 from jaxbp.verify.tolerances import FD_TOLERANCE, layer_tolerances
 
