@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxbp import checkpoint, models
-from jaxbp.files import OutputError, atomic_write_text, describe_os_error
+from jaxbp.files import InputError, OutputError, atomic_write_text, describe_os_error
 
 try:
     import fcntl
@@ -213,8 +213,8 @@ class RunFolder:
         if self.primary:
             try:
                 checkpoint.save(path, state, step=step, epoch=epoch, config=config, extra=extra)
-            except OSError as err:
-                raise RunFolderError(describe_os_error(err, path)) from None
+            except OutputError as err:
+                raise RunFolderError(str(err)) from None
         return path
 
     def write_plot(self, config: Any) -> None:
@@ -227,8 +227,8 @@ class RunFolder:
         title = f"{config.dataset} / {models.short_name(config.model)} / {config.grad}"
         try:
             curves.plot_training({label: self.paths["metrics"]}, self.paths["plot"], title=title)
-        except OSError as err:
-            raise RunFolderError(describe_os_error(err, self.paths["plot"])) from None
+        except (InputError, OutputError) as err:
+            raise RunFolderError(str(err)) from None
 
     def close(self) -> None:
         if self._metrics is not None:
