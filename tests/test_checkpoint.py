@@ -14,8 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxbp import checkpoint as ck
-from jaxbp import files
+from jaxbp import checkpoint as ck, files
 
 Adam = collections.namedtuple("Adam", ["count", "mu"])
 
