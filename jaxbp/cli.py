@@ -366,10 +366,13 @@ def _check(args: argparse.Namespace) -> int:
             print(flush=True)
         print(verify.format_table(reports, dtypes), flush=True)
     if args.plot:
-        from jaxbp import plots
+        from jaxbp import files, plots
 
-        for path in plots.gradient_plots(args.plot, seed=args.seed):
-            print(f"wrote {path}")
+        try:
+            for path in plots.gradient_plots(args.plot, seed=args.seed):
+                print(f"wrote {path}")
+        except files.OutputError as err:  # the one writer refused a file there (not a figure), or the disk
+            return _error(f"--plot {err}", "jaxbp check")
     if args.json:
         path = verify.write_json(args.json, reports, dtypes, seed=args.seed, matmul_precision=args.matmul_precision)
         print(f"wrote {path}")
