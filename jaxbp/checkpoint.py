@@ -8,8 +8,9 @@ holding
 * ``__jaxbp_checkpoint__``: a uint8 array holding UTF-8 JSON with ``format``,
   ``format_version``, ``step``, ``epoch``, ``config``, ``extra``, ``tree`` (the
   container structure: dicts, lists, tuples, namedtuples, None), ``leaves`` (per
-  leaf: name, kind, dtype, shape) and ``sha256`` over every array's name, dtype,
-  shape and bytes.
+  leaf: name, kind, dtype, shape) and ``sha256``: :func:`digest` over every other
+  byte of the checkpoint, the metadata (canonical JSON) and every array's name, dtype,
+  shape and bytes. Version 1 hashed the arrays only and is refused.
 
 Leaves may be numpy or jax arrays of any dtype (bfloat16 & co. are stored as their
 raw bits), numpy scalars, Python ``bool``/``int``/``float``/``str`` (kept in the
@@ -19,14 +20,15 @@ and restored with ``jax.random.wrap_key_data``, so they come back as typed keys;
 raw ``uint32`` keys (``jax.random.PRNGKey``) are plain arrays. Everything else
 comes back as numpy.
 
-:func:`save` writes a temp file in the same folder, flushes and fsyncs it, moves it
-over the target with ``os.replace`` and fsyncs the folder: a reader sees the old
-checkpoint or the new one, never a partial file. :func:`load` reads with
-``np.load(allow_pickle=False)`` and checks everything; any problem raises
-:class:`CheckpointError` naming the file. Without ``like`` the containers are
-rebuilt from the JSON (namedtuples as look-alike namedtuples built from their
-field names); with ``like`` the structure, shapes and dtypes must match and the
-result has ``like``'s exact pytree types (optax states included).
+:func:`save` writes through :func:`jaxbp.files.atomic_write`: a reader sees the old
+checkpoint or the new one, never a part. :func:`load` reads with ``np.load(allow_pickle=False)``
+and checks before it builds anything: uncompressed entries no larger than the file, the
+checksum over every byte, then the structure; any problem is a :class:`CheckpointError`
+naming the file. The checksum catches corruption and edits but is no signature (anyone can
+recompute it): what a checkpoint says is validated as input and never chooses code to import
+(:mod:`jaxbp.train.resume`). Without ``like`` the containers are rebuilt from the JSON
+(namedtuples as look-alikes built from their field names); with ``like`` the structure,
+shapes and dtypes must match and the result has ``like``'s exact pytree types.
 
 A run keeps its single last good checkpoint at ``<run dir>/checkpoint.npz``
 (:data:`CHECKPOINT_NAME`); :func:`latest` finds it for ``--resume``.
@@ -40,8 +42,8 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +51,16 @@ import jax
 import numpy as np
 from jax.tree_util import keystr, tree_flatten_with_path, tree_unflatten
 
-__all__ = ["CHECKPOINT_NAME", "FORMAT_VERSION", "CheckpointError", "latest", "load", "save"]
+from jaxbp.files import (
+    InputError,
+    atomic_write,
+    fsync_dir as fsync_dir,  # jaxbp.datafiles imports it from here
+    parse_json,
+)
 
-FORMAT_VERSION = 1
+__all__ = ["CHECKPOINT_NAME", "FORMAT_VERSION", "CheckpointError", "digest", "latest", "load", "save"]
+
+FORMAT_VERSION = 2
 FORMAT = "jaxbp-checkpoint"
 CHECKPOINT_NAME = "checkpoint.npz"
 META_KEY = "__jaxbp_checkpoint__"
@@ -188,24 +197,17 @@ def _describe_leaf(name: str, leaf: Any) -> tuple[dict[str, Any], np.ndarray | N
     )
 
 
-def _digest(named_arrays: list[tuple[str, np.ndarray]]) -> str:
-    h = hashlib.sha256()
-    for name, arr in named_arrays:
+def digest(meta: dict[str, Any], arrays: Iterable[tuple[str, np.ndarray]]) -> str:
+    """The checkpoint's ``sha256``: over the metadata without its ``sha256`` (canonical JSON:
+    sorted keys, no spaces) and every array's name, dtype, shape and bytes, by name."""
+    h = hashlib.sha256(f"{FORMAT}-v{FORMAT_VERSION}\0".encode())
+    body = {k: v for k, v in meta.items() if k != "sha256"}
+    h.update(json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8") + b"\0")
+    for name, arr in sorted(arrays, key=lambda pair: pair[0]):
         h.update(name.encode("utf-8") + b"\0")
         h.update(f"{arr.dtype.str}{arr.shape}".encode() + b"\0")
         h.update(np.ascontiguousarray(arr).tobytes())
     return h.hexdigest()
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename inside ``folder`` durable (a no-op on Windows, where folders cannot be fsynced)."""
-    if os.name == "nt":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------------ save / load
@@ -225,7 +227,9 @@ def save(
     ``path`` is the ``.npz`` file, or a folder to write :data:`CHECKPOINT_NAME` into.
     ``config`` (a dict, or a dataclass converted with ``dataclasses.asdict``) and
     ``extra`` must be JSON-serialisable. Returns the path written.
-    Raises ``TypeError`` for leaves or containers that cannot be stored.
+    Raises ``TypeError`` for leaves or containers that cannot be stored, and
+    :class:`jaxbp.files.OutputError` naming the path when it cannot be written (disk full,
+    a folder or device there); the old checkpoint then stays.
     """
     path = Path(path)
     if path.is_dir():
@@ -252,17 +256,12 @@ def save(
         if arr is not None:
             arrays.append((record["name"], arr))
     meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "step": int(step),
-        "epoch": int(epoch),
-        "config": config,
-        "extra": extra if extra is not None else {},
-        "tree": tree,
-        "leaves": records,
-        "sha256": _digest(arrays),
-    }
-    try:
+        "format": FORMAT, "format_version": FORMAT_VERSION, "step": int(step), "epoch": int(epoch),
+        "config": config, "extra": extra if extra is not None else {}, "tree": tree, "leaves": records,
+    }  # fmt: skip
+    try:  # the digest covers the metadata as load() will parse it (tuples as lists, keys as str)
+        meta = json.loads(json.dumps(meta, allow_nan=False))
+        meta["sha256"] = digest(meta, arrays)
         meta_bytes = json.dumps(meta, allow_nan=False).encode("utf-8")
     except (TypeError, ValueError) as err:
         raise TypeError(f"checkpoint.save: config/extra must be JSON-serialisable: {err}") from None
@@ -270,19 +269,7 @@ def save(
     payload[META_KEY] = np.frombuffer(meta_bytes, dtype=np.uint8)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, allow_pickle=False, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return path
+    return atomic_write(path, lambda f: np.savez(f, allow_pickle=False, **payload))
 
 
 def _fail(path: Path, problem: str) -> CheckpointError:
@@ -298,9 +285,7 @@ def _read_member(path: Path, npz: Any, name: str) -> np.ndarray:
         if "pickle" in str(err):
             raise _fail(path, f"entry {name!r} holds a pickled object array; refusing to unpickle") from None
         raise _fail(path, f"entry {name!r} is corrupt: {err}") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
-        raise _fail(path, f"entry {name!r} is corrupt: {err}") from None
-    except Exception as err:  # noqa: BLE001 (zlib.error, struct.error, ... from a damaged archive)
+    except Exception as err:  # noqa: BLE001 (BadZipFile, OSError, zlib.error... from a damaged archive)
         raise _fail(path, f"entry {name!r} is corrupt: {type(err).__name__}: {err}") from None
     if not isinstance(value, np.ndarray):
         raise _fail(path, f"entry {name!r} is not a .npy array")
@@ -314,14 +299,17 @@ def _read_meta(path: Path, npz: Any) -> dict[str, Any]:
     if raw.dtype != np.uint8 or raw.ndim != 1:
         raise _fail(path, f"metadata entry has dtype {raw.dtype} shape {raw.shape}, expected 1-D uint8")
     try:
-        meta = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise _fail(path, f"metadata is not valid UTF-8 JSON: {err}") from None
+        meta = parse_json(raw.tobytes(), "metadata")
+    except InputError as err:
+        raise _fail(path, f"{err}".replace("metadata: is not", "metadata is not", 1)) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise _fail(path, f"metadata does not describe a {FORMAT} file")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
-        raise _fail(path, f"format version {version!r} is not supported; this jaxbp reads version {FORMAT_VERSION}")
+        why = " (version 1 does not cover its metadata by its checksum)" if version == 1 else ""
+        raise _fail(
+            path, f"format version {version!r} is not supported{why}; this jaxbp reads version {FORMAT_VERSION}"
+        )
     missing = [k for k in ("step", "epoch", "config", "extra", "tree", "leaves", "sha256") if k not in meta]
     if missing:
         raise _fail(path, f"metadata lacks {', '.join(missing)}")
@@ -329,9 +317,29 @@ def _read_meta(path: Path, npz: Any) -> dict[str, Any]:
         value = meta[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise _fail(path, f"metadata {key} is {value!r}, not an integer >= 0")
-    if not isinstance(meta["extra"], dict):
-        raise _fail(path, f"metadata extra is {type(meta['extra']).__name__}, not a dict")
+    for key in ("extra", "config"):
+        if not isinstance(meta[key], dict):
+            raise _fail(path, f"metadata {key} is {type(meta[key]).__name__}, not a dict")
     return meta
+
+
+def _check_sizes(path: Path, npz: Any) -> None:
+    """Every entry stored uncompressed (as :func:`save` writes them) and its array no larger
+    than the entry, so that nothing read allocates more than the file's own size."""
+    for info in npz.zip.infolist():
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise _fail(path, f"entry {info.filename!r} is compressed; jaxbp writes checkpoints uncompressed")
+        try:
+            with npz.zip.open(info) as f:
+                version = np.lib.format.read_magic(f)  # np.save writes 1.0, or 2.0 for huge headers
+                read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+                shape, _, dtype = read[version](f)
+        except Exception as err:  # noqa: BLE001 (a damaged header: ValueError, EOFError, BadZipFile...)
+            raise _fail(path, f"entry {info.filename!r} is corrupt: {type(err).__name__}: {err}") from None
+        if math.prod(shape) * dtype.itemsize > info.file_size:
+            raise _fail(
+                path, f"entry {info.filename!r} declares shape {shape} {dtype}, more than its {info.file_size} bytes"
+            )
 
 
 _KINDS = ("py", "key", "scalar", "array")
@@ -358,9 +366,10 @@ def _restore_leaf(path: Path, record: dict[str, Any], stored: np.ndarray | None)
     if kind == "py":
         value = record["value"]
         pytype = _PY_SCALARS.get(record["dtype"])
-        if pytype is None:
-            raise _fail(path, f"leaf {name}: unknown Python type {record['dtype']!r}")
-        return pytype(value)  # float("nan") / float("inf") round-trip through their names
+        named_float = pytype is float and value in ("nan", "inf", "-inf")  # strict JSON has no such numbers
+        if pytype is None or not (named_float or type(value) is pytype or (pytype is float and type(value) is int)):
+            raise _fail(path, f"leaf {name}: {value!r} is not a Python {record['dtype']}"[:300])
+        return pytype(value)
     assert stored is not None
     if kind == "key":
         try:
@@ -426,6 +435,23 @@ def load(path: str | os.PathLike, like: Any = None) -> tuple[Any, dict[str, Any]
     :class:`CheckpointError` naming the file.
     """
     path = Path(path)
+    meta, stored = _read_verified(path)
+    records = meta["leaves"]
+    names = [r["name"] for r in records]
+    leaves = [_restore_leaf(path, r, stored.get(r["name"])) for r in records]
+    if like is not None:
+        state = _match_like(path, names, leaves, like)
+    else:
+        try:
+            state = _decode(meta["tree"], leaves, [0])
+        except (KeyError, TypeError, ValueError) as err:
+            raise _fail(path, f"metadata tree is malformed: {err}") from None
+    return state, meta
+
+
+def _read_verified(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The metadata and the arrays of the checkpoint at ``path``, after the checksum over
+    all of them matched and the metadata's structure was checked."""
     if not path.is_file():
         raise _fail(path, "no such checkpoint file")
     if not zipfile.is_zipfile(path):
@@ -437,36 +463,30 @@ def load(path: str | os.PathLike, like: Any = None) -> tuple[Any, dict[str, Any]
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise _fail(path, "not an .npz archive")
     with npz:
+        _check_sizes(path, npz)
         meta = _read_meta(path, npz)
-        records = meta["leaves"]
-        _check_records(path, records)
-        try:
-            n_leaves = _count_leaves(meta["tree"])
-        except (KeyError, TypeError, AttributeError):
-            raise _fail(path, "metadata tree is malformed") from None
-        if n_leaves != len(records):
-            raise _fail(path, f"metadata tree has {n_leaves} leaves but {len(records)} are listed")
-        expected = {r["name"] for r in records if r["kind"] != "py"} | {META_KEY}
-        unexpected = sorted(set(npz.files) - expected)
-        if unexpected:
-            raise _fail(path, f"unexpected entries {unexpected}")
-        stored: dict[str, np.ndarray] = {}
-        for record in records:
-            if record["kind"] != "py":
-                stored[record["name"]] = _read_member(path, npz, record["name"])
-    actual = _digest(list(stored.items()))
+        stored = {name: _read_member(path, npz, name) for name in npz.files if name != META_KEY}
+    actual = digest(meta, stored.items())
     if actual != meta["sha256"]:
-        raise _fail(path, f"checksum mismatch: metadata says sha256 {meta['sha256']}, arrays hash to {actual}")
-    names = [r["name"] for r in records]
-    leaves = [_restore_leaf(path, r, stored.get(r["name"])) for r in records]
-    if like is not None:
-        state = _match_like(path, names, leaves, like)
-    else:
-        try:
-            state = _decode(meta["tree"], leaves, [0])
-        except (KeyError, TypeError, ValueError) as err:
-            raise _fail(path, f"metadata tree is malformed: {err}") from None
-    return state, meta
+        raise _fail(
+            path, f"checksum mismatch: metadata says sha256 {meta['sha256']!r}, the checkpoint hashes to {actual}; "
+            "it was corrupted or edited"
+        )  # fmt: skip
+    records = meta["leaves"]
+    _check_records(path, records)
+    try:
+        n_leaves = _count_leaves(meta["tree"])
+    except (KeyError, TypeError, AttributeError, RecursionError):
+        raise _fail(path, "metadata tree is malformed") from None
+    if n_leaves != len(records):
+        raise _fail(path, f"metadata tree has {n_leaves} leaves but {len(records)} are listed")
+    expected = {r["name"] for r in records if r["kind"] != "py"}
+    unexpected, missing = sorted(set(stored) - expected), sorted(expected - set(stored))
+    if unexpected:
+        raise _fail(path, f"unexpected entries {unexpected}")
+    if missing:
+        raise _fail(path, f"entry {missing[0]!r} is missing")
+    return meta, stored
 
 
 def latest(directory: str | os.PathLike) -> Path | None:

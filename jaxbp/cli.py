@@ -366,10 +366,13 @@ def _check(args: argparse.Namespace) -> int:
             print(flush=True)
         print(suite.format_table(reports, dtypes), flush=True)
     if args.plot:
-        from jaxbp import plots
+        from jaxbp import files, plots
 
-        for path in plots.gradient_plots(args.plot, seed=args.seed):
-            print(f"wrote {path}")
+        try:
+            for path in plots.gradient_plots(args.plot, seed=args.seed):
+                print(f"wrote {path}")
+        except files.OutputError as err:  # the one writer refused a file there (not a figure), or the disk
+            return _error(f"--plot {err}", "jaxbp check")
     if args.json:
         path = suite.write_json(args.json, reports, dtypes, seed=args.seed, matmul_precision=args.matmul_precision)
         print(f"wrote {path}")
@@ -546,7 +549,7 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_plot(args: argparse.Namespace) -> int:
-    from jaxbp import curves, files
+    from jaxbp import curves, figure, files
 
     labels = None if args.labels is None else [label.strip() for label in args.labels.split(",")]
     try:
@@ -554,7 +557,12 @@ def _run_plot(args: argparse.Namespace) -> int:
             raise ValueError(f"--labels names {len(labels)} runs, but {len(args.runs)} RUN folders are given")
         if args.target is not None and not 0.0 < args.target <= 1.0:
             raise ValueError(f"--target {args.target} is not an accuracy in (0, 1]")
-        out = files.check_output_file(args.out, "--out")
+        for flag, text in [("--title", args.title), *(("--labels", label) for label in labels or ())]:
+            problem = text and figure.mathtext_problem(text)
+            if problem:
+                raise ValueError(f"{flag} {text!r}: matplotlib cannot draw it: {problem}")
+        out = files.check_output_file(args.out, "--out", files.Existing.FIGURE)
+        notes = [note for run in args.runs for note in curves.run_notes(run)]
         path = curves.plot_runs(args.runs, out, labels=labels, target=args.target, title=args.title)
     except OSError as err:
         if err.errno is None:  # a RUN without metrics.jsonl: curves says which
@@ -562,8 +570,12 @@ def _run_plot(args: argparse.Namespace) -> int:
         if err.filename is not None and str(err.filename) != str(args.out):  # a metrics file that cannot be read
             return _error(f"{err.filename}: cannot read: {err.strerror}", "jaxbp plot")
         return _error(files.describe_os_error(err, args.out), "jaxbp plot")
-    except ValueError as err:  # OutputError, a run without an epoch, a torn metrics file
+    except files.OutputError as err:  # check_output_file names --out; a refusal while writing names the path
+        return _error(err if str(err).startswith("--out ") else f"--out {err}", "jaxbp plot")
+    except ValueError as err:  # InputError (a bad metrics file), a run without an epoch, a bad flag
         return _error(err, "jaxbp plot")
+    for note in notes:
+        print(f"jaxbp plot: note: {note}", file=sys.stderr)
     print(f"wrote {path}")
     return 0
 

@@ -24,24 +24,35 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxbp import figure
+from jaxbp import figure, files
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` file (a run folder is accepted too)."""
+    """The records of a ``metrics.jsonl`` file (a run folder is accepted too), read by
+    :func:`jaxbp.files.read_json_lines`: a torn last line (a run killed mid-write) is left
+    out (:func:`run_notes` says so), any other bad line is an ``InputError`` naming it."""
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip("\x00 \n"):
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: line {number} is not a JSON record ({err.msg})") from None
-    return records
+    return [line.record for line in files.read_json_lines(path).records]
+
+
+def run_notes(run_dir: str | os.PathLike) -> list[str]:
+    """What a reader of the run folder should know: that its run was killed (its summary
+    still says "running" but no process holds its lock), and a torn last line of its metrics."""
+    folder = Path(run_dir)
+    notes = []
+    if files.killed_run(folder):
+        notes.append(f'{folder}: the run was killed (its summary.json says "running" but no process holds its lock)')
+    try:
+        lines = files.read_json_lines(folder / "metrics.jsonl")
+    except files.InputError:
+        return notes  # reading it for the plot says what is wrong
+    if lines.torn_line is not None:
+        notes.append(
+            f"{folder / 'metrics.jsonl'}: left out a torn last line {lines.torn_line} ({lines.torn_bytes} bytes)"
+        )
+    return notes
 
 
 def plot_training(
@@ -157,8 +168,19 @@ def run_curves(run_dir: str | os.PathLike, label: str | None = None) -> RunCurve
     if not evals:
         raise ValueError(f"{run_dir}: metrics.jsonl holds no eval record yet (no epoch has finished)")
     keys = [f"{split}_{m}" for split in SPLITS for m in ("loss", "accuracy")]
+    for r in evals:
+        bad = [k for k in ("epoch", *keys) if not _number(r.get(k), optional=k != "epoch")]
+        if bad:
+            step = r.get("step")
+            raise files.InputError(
+                f"{path}: the eval record of step {step!r} has no number in {bad[0]!r} (got {r.get(bad[0])!r})"[:300]
+            )
     series = {k: [r.get(k) for r in evals] for k in keys if any(r.get(k) is not None for r in evals)}
     return RunCurves(label if label is not None else folder.name, [r["epoch"] for r in evals], series)
+
+
+def _number(value: Any, *, optional: bool) -> bool:
+    return (value is None and optional) or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 def plot_runs(

@@ -1,5 +1,5 @@
 """What every jaxbp figure shares: pyplot on the Agg backend, imported lazily (so that
-importing jaxbp stays cheap), and an atomic PNG write.
+importing jaxbp stays cheap), and the write through :func:`jaxbp.files.atomic_write`.
 
 Used by :mod:`jaxbp.curves` (training curves) and :mod:`jaxbp.plots` (gradient pictures).
 """
@@ -7,10 +7,11 @@ Used by :mod:`jaxbp.curves` (training curves) and :mod:`jaxbp.plots` (gradient p
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
-from jaxbp.files import NEW_FILE_MODE
+from jaxbp.files import Existing, OutputError, atomic_write
+
+FORMATS = {".pdf": "pdf", ".svg": "svg"}  # by the file's suffix; anything else is written as PNG
 
 
 def pyplot():
@@ -24,26 +25,42 @@ def pyplot():
 
 
 def save_png(fig, path: str | os.PathLike) -> Path:
-    """Write ``fig`` to ``path`` as a PNG and close it; returns the path.
+    """Write ``fig`` to ``path`` and close it; returns the path. A PNG, or a PDF or SVG
+    where the suffix says so.
 
-    The PNG goes through a temp file and a rename, so that a failed write (disk full)
-    leaves the previous figure whole; an ``OSError`` names ``path``."""
+    Atomic (a failed write, disk full, leaves the previous figure whole), and it replaces
+    only a previous figure (:data:`jaxbp.files.Existing.FIGURE`), never a data file, a
+    folder or a device: :class:`jaxbp.files.OutputError` naming ``path``. A figure that
+    matplotlib cannot draw (mathtext that does not parse in a label or title) is an
+    ``OutputError`` too, in one line."""
     plt = pyplot()
     path = Path(path)
-    tmp = None
+    fmt = FORMATS.get(path.suffix.lower(), "png")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-        os.fchmod(fd, NEW_FILE_MODE)  # as readable as any other file the user writes, not mkstemp's 0o600
-        os.close(fd)
-        tmp = Path(name)
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-        tmp = None
+        return atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=110), Existing.FIGURE)
     except OSError as err:
-        raise OSError(err.errno, err.strerror, str(path)) from None
+        raise OutputError(f"{path}: cannot write: {os.strerror(err.errno) if err.errno else err}") from None
+    except ValueError as err:
+        if isinstance(err, OutputError):
+            raise
+        problem = " ".join(str(err).split())  # matplotlib's parse errors span several lines
+        raise OutputError(f"{path}: cannot draw the figure: {problem}") from None
     finally:
         plt.close(fig)
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-    return path
+
+
+def mathtext_problem(text: str) -> str | None:
+    """Why matplotlib cannot draw ``text`` (a label, a title) as mathtext, in one line, or
+    ``None``: a text with no ``$...$`` pair is drawn as it is."""
+    pyplot()
+    from matplotlib import cbook, mathtext
+
+    if not cbook.is_math_text(text):
+        return None
+    try:
+        mathtext.MathTextParser("path").parse(text)
+    except ValueError as err:
+        problem = " ".join(str(err).split())
+        return problem if len(problem) <= 200 else problem[:200] + "..."
+    return None

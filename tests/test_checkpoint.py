@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxbp import checkpoint as ck
+from jaxbp import checkpoint as ck, files
 
 Adam = collections.namedtuple("Adam", ["count", "mu"])
 
@@ -141,7 +141,7 @@ def test_failed_save_leaves_old_checkpoint_and_no_temp(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(ck.os, "replace", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(files.OutputError, match=r"c\.npz: cannot write: disk full"):
         ck.save(path, {"w": np.zeros(2)}, step=2, epoch=0, config={})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npz"]
     assert ck.load(path)[1]["step"] == 1
@@ -178,13 +178,53 @@ def npy(arr: np.ndarray, allow_pickle: bool = False) -> bytes:
     return buf.getvalue()
 
 
-def edit_meta(path: Path, change) -> None:
+def edit_meta(path: Path, change, resign: bool = True) -> None:
+    """Change the metadata; ``resign``: recompute its checksum as a forger would, so that
+    the checks behind the checksum are reached."""
     members = read_members(path)
     name = ck.META_KEY + ".npy"
     meta = json.loads(np.load(io.BytesIO(members[name])).tobytes())
     change(meta)
+    if resign:
+        arrays = [(n[: -len(".npy")], np.load(io.BytesIO(b))) for n, b in members.items() if n != name]
+        meta["sha256"] = ck.digest(meta, arrays)
     members[name] = npy(np.frombuffer(json.dumps(meta).encode(), np.uint8))
     rewrite(path, members)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: m["config"].update(model="/tmp/payload.py:make"),
+        lambda m: m.update(step=10**9),
+        lambda m: m["extra"].update(acc=0.75),
+        lambda m: m["leaves"][0].update(shape=[24]),
+        lambda m: m.update(extra_key=1),
+    ],
+    ids=["config.model", "step", "extra", "leaf-record", "new-key"],
+)
+def test_any_edit_of_the_metadata_fails_the_checksum(saved, change):
+    path, _ = saved
+    edit_meta(path, change, resign=False)
+    with pytest.raises(ck.CheckpointError, match="checksum mismatch.*corrupted or edited") as e:
+        ck.load(path)
+    assert str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)
+
+
+def test_compressed_or_oversized_entries_are_refused_before_reading(saved, tmp_path):
+    path, _ = saved
+    members = read_members(path)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:  # a zip bomb needs compression
+        for name, blob in members.items():
+            zf.writestr(name, blob)
+    with pytest.raises(ck.CheckpointError, match="is compressed; jaxbp writes checkpoints uncompressed"):
+        ck.load(path)
+    header = io.BytesIO()  # a .npy header declaring 10**12 float64 with 8 bytes of data
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (10**12,)})
+    members["state['counts'].npy"] = header.getvalue() + b"\0" * 8
+    rewrite(path, members)
+    with pytest.raises(ck.CheckpointError, match=r"declares shape \(1000000000000,\) float64, more than its"):
+        ck.load(path)
 
 
 def test_flipped_bytes_are_a_checkpoint_error(saved):
@@ -266,16 +306,23 @@ def test_npz_without_metadata_or_with_bad_json(tmp_path, saved):
     members = read_members(path)
     members[ck.META_KEY + ".npy"] = npy(np.frombuffer(b"{not json", np.uint8))
     rewrite(path, members)
-    with pytest.raises(ck.CheckpointError, match="not valid UTF-8 JSON"):
+    with pytest.raises(ck.CheckpointError, match="metadata is not valid JSON"):
+        ck.load(path)
+    members[ck.META_KEY + ".npy"] = npy(np.frombuffer(b'{"format": 1, "format": 2}', np.uint8))
+    rewrite(path, members)
+    with pytest.raises(ck.CheckpointError, match="the key 'format' appears twice"):
         ck.load(path)
 
 
 def test_wrong_format_version_is_refused(saved):
     path, _ = saved
-    edit_meta(path, lambda m: m.update(format_version=2))
-    with pytest.raises(ck.CheckpointError, match="format version 2 is not supported.*reads version 1") as e:
+    edit_meta(path, lambda m: m.update(format_version=3))
+    with pytest.raises(ck.CheckpointError, match="format version 3 is not supported.*reads version 2") as e:
         ck.load(path)
     assert str(path) in str(e.value)
+    edit_meta(path, lambda m: m.update(format_version=1))  # its checksum left the metadata out
+    with pytest.raises(ck.CheckpointError, match="version 1 does not cover its metadata by its checksum"):
+        ck.load(path)
 
 
 def test_tampered_metadata_is_refused(saved):
@@ -294,11 +341,23 @@ def test_tampered_metadata_is_refused(saved):
     edit_meta(path, set_dtype("float64"))
     with pytest.raises(ck.CheckpointError, match=r"leaf state\['counts'\]: stored shape \[2, 1\] differs"):
         ck.load(path)
+    edit_meta(path, set_dtype("int32"))
+
+    def set_py(meta):
+        (record,) = [r for r in meta["leaves"] if r["name"] == "state['step']"]
+        record["value"] = "12; import os"
+
+    edit_meta(path, set_py)
+    with pytest.raises(ck.CheckpointError, match=r"leaf state\['step'\]: '12; import os' is not a Python int"):
+        ck.load(path)
     path2 = path.with_name("b.npz")
     ck.save(path2, {"w": np.ones(2)}, step=0, epoch=0, config={})
     members = read_members(path2)
     members["state['extra'].npy"] = npy(np.ones(1))
     rewrite(path2, members)
+    with pytest.raises(ck.CheckpointError, match="checksum mismatch"):  # the checksum covers every entry
+        ck.load(path2)
+    edit_meta(path2, lambda m: None)
     with pytest.raises(ck.CheckpointError, match="unexpected entries"):
         ck.load(path2)
 

@@ -134,7 +134,7 @@ def test_jaxbp_plot_overlays_run_folders(tmp_path, capsys, figures):
         (["{run}", "--out", "{tmp}/x.png", "--target", "93"], "--target 93.0 is not an accuracy in (0, 1]"),
         (["{tmp}/absent", "--out", "{tmp}/x.png"], "absent: no metrics.jsonl"),
         (["{run}", "--out", "{tmp}"], "--out {tmp}: is a folder"),
-        (["{torn}", "--out", "{tmp}/x.png"], "metrics.jsonl: line 2 is not a JSON record"),
+        (["{torn}", "--out", "{tmp}/x.png"], "metrics.jsonl: line 2: is not valid JSON"),
         (["{unreadable}", "--out", "{tmp}/x.png"], "unreadable: no metrics.jsonl"),
     ],
 )
@@ -145,7 +145,7 @@ def test_jaxbp_plot_errors_are_one_line_exit_2(tmp_path, capsys, argv, message):
         lines = f.readlines()
         f.seek(0)
         f.truncate()
-        f.write(lines[0] + lines[1][:20])
+        f.write(lines[0] + lines[1][:20] + "\n" + lines[2])  # a bad line with a good one after it
     (tmp_path / "unreadable" / "metrics.jsonl").mkdir(parents=True)
     fill = {"run": run, "tmp": tmp_path, "torn": torn, "unreadable": tmp_path / "unreadable"}
     code, _, err = _plot_cli([a.format(**fill) for a in argv], capsys)

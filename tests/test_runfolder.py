@@ -120,12 +120,43 @@ def test_resume_cuts_metrics_back_to_the_checkpoints_step_with_a_note(tmp_path, 
     assert [json.loads(line)["step"] for line in text.decode().splitlines()] == [1, 2, 3, 4, 5]
 
 
-def test_kept_metrics_stops_at_a_corrupt_line_and_keeps_what_came_before(tmp_path):
+@pytest.mark.parametrize(
+    "middle, problem",
+    [
+        (b"not json", "line 3: is not valid JSON"),
+        (b'{"step": 2.5}', "line 3: the record has no integer step"),
+        (b"[1, 2]", "line 3: is a JSON list, not a record"),
+        (b'{"step": NaN}', "line 3: is not valid JSON \\(NaN is not strict JSON\\)"),
+        (b'{"step": 3, "step": 4}', "line 3: is not valid JSON \\(the key 'step' appears twice\\)"),
+        (b"\xff\xfe", "line 3: is not UTF-8 text"),
+        (b"\0" * 8, "line 3: is not valid JSON"),
+    ],
+    ids=["not-json", "float-step", "list", "nan", "duplicate-key", "not-utf8", "nul"],
+)
+def test_kept_metrics_refuses_a_bad_line_before_good_ones_naming_it(tmp_path, middle, problem):
     path = tmp_path / "metrics.jsonl"
-    path.write_bytes(b'{"step": 1}\n{"step": 2}\nnot json\n{"step": 3}\n')
+    path.write_bytes(b'{"step": 1}\n{"step": 2}\n' + middle + b'\n{"step": 3}\n')
+    with pytest.raises(RunFolderError, match=f"cannot resume: {path}: {problem}") as info:
+        kept_metrics(path, 10)
+    assert "\n" not in str(info.value)
+    if b"2.5" in middle:  # a record, if not a good one: no torn write
+        return
+    path.write_bytes(b'{"step": 1}\n{"step": 2}\n' + middle + b"\n\n")  # the same line last: a torn write
     text, notes = kept_metrics(path, 10)
-    assert text == '{"step": 1}\n{"step": 2}\n' and "tail of 21 bytes" in notes[0]
+    assert text == '{"step": 1}\n{"step": 2}\n' and "torn or corrupt tail" in notes[0] and "line 3" in notes[0]
     assert kept_metrics(tmp_path / "missing.jsonl", 3)[0] == ""
+
+
+def test_kept_metrics_refuses_eval_records_that_are_not_the_checkpoints_history(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    evals = [{"kind": "eval", "step": 2, "epoch": 1, "test_loss": 0.5}, {"kind": "eval", "step": 4, "epoch": 2}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in evals))
+    assert kept_metrics(path, 4, evals)[0] == path.read_text()
+    other = [evals[0], {**evals[1], "test_loss": 0.25}]
+    with pytest.raises(RunFolderError, match=r"epoch 2 differs from the checkpoint's history; .* different runs"):
+        kept_metrics(path, 4, other)
+    with pytest.raises(RunFolderError, match=r"epoch 2 differs"):
+        kept_metrics(path, 4, evals[:1] + evals[:1])
 
 
 def test_resume_into_another_folder_copies_the_kept_records_and_leaves_the_source(tmp_path):
@@ -195,3 +226,33 @@ def test_check_output_file_refuses_a_folder_and_a_file_as_parent(tmp_path):
         files.check_output_file(tmp_path / "f" / "x.png", "--plot")
     assert files.check_output_file(tmp_path / "new" / "r.json", "--json") == tmp_path / "new" / "r.json"
     assert not (tmp_path / "new" / "r.json").exists() and os.listdir(tmp_path / "new") == []
+
+
+def test_a_refused_open_leaves_the_folder_as_it_was(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine\n")
+    copied = tmp_path / "copied"
+    before = _run(copied, 2)  # a run folder copied without its lock
+    for folder, problem in ((mine, "holds no jaxbp run"), (copied, "already holds a run")):
+        with pytest.raises(RunFolderError, match=problem):
+            RunFolder.open(folder)
+        assert not (folder / LOCK_NAME).exists()
+    assert sorted(os.listdir(mine)) == ["notes.txt"] and _snapshot(copied) == before
+    (copied / "metrics.jsonl").write_text('{"step": 1}\nbad\n{"step": 2}\n')  # refused after the lock was taken
+    with pytest.raises(RunFolderError, match="line 2"):
+        RunFolder.open(tmp_path / "fork", resume=copied, resume_step=2)
+    assert not (tmp_path / "fork").exists() and not (copied / LOCK_NAME).exists()
+
+
+def test_resuming_a_run_whose_summary_says_running_notes_that_it_was_killed(tmp_path):
+    _run(tmp_path / "a", 2)
+    (tmp_path / "a" / "summary.json").write_text('{"status": "running"}\n')
+    with RunFolder.open(tmp_path / "a", resume=tmp_path / "a", resume_step=2) as folder:
+        assert folder.notes == [
+            f'{tmp_path / "a"}: the run there was killed (its summary.json says "running" but no process held '
+            f"{LOCK_NAME}); it resumes from its checkpoint at step 2"
+        ]
+        assert files.lock_is_held(tmp_path / "a")  # held by this open: a plot would not call it killed
+        assert not files.killed_run(tmp_path / "a")
+    assert files.killed_run(tmp_path / "a")

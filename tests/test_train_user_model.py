@@ -96,7 +96,9 @@ def test_a_user_model_trains_in_compare_mode_with_a_validation_split_and_resumes
     base = ["train", "--model", spec, "--grad", "compare", "--epochs", "1", "--val-split", "0.2", "--quiet"]
     code, _, err = _main([*base, "--max-steps", "7", "--out", out], capsys)
     assert code == 0, err
-    code, stdout, err = _main(["train", "--resume", out, "--quiet"], capsys)  # the spec comes from the checkpoint
+    code, _, err = _main(["train", "--resume", out, "--quiet"], capsys)  # a file alone never names code to import
+    assert code == 2 and f"add --model {spec}" in err
+    code, stdout, err = _main(["train", "--resume", out, "--model", spec, "--quiet"], capsys)
     assert code == 0, err
     assert "validation accuracy" in stdout
     summary = json.loads((out / "summary.json").read_text())

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jaxbp import checkpoint, models
+from jaxbp.train.resume import read_stored_run
 
 __all__ = [
     "AUGMENTS",
@@ -169,15 +170,9 @@ def resume_config(run: str | os.PathLike, **overrides: Any) -> TrainConfig:
     The stored ``out`` and ``max_steps`` are not inherited: a resumed run writes into the
     folder it is resumed from (wherever it has been moved or copied) unless ``out`` is given,
     and runs to the end unless ``max_steps`` is given."""
-    path = checkpoint.latest(run)
-    if path is None:
-        raise checkpoint.CheckpointError(
-            f"{run}: no checkpoint to resume from (looked for {checkpoint.CHECKPOINT_NAME})"
-        )
-    _, meta = checkpoint.load(path)
-    stored = meta.get("config")
-    if not isinstance(stored, dict):
-        raise checkpoint.CheckpointError(f"{path}: the checkpoint holds no training config")
+    # Checked before anything runs: a user module the run names is imported only if overrides name it too.
+    path, meta = read_stored_run(run, model=overrides.get("model"), fields=TRAJECTORY_FIELDS)
+    stored = meta["config"]
     known = {f.name for f in dataclasses.fields(TrainConfig)} - set(INVOCATION_FIELDS)
     values = {k: v for k, v in stored.items() if k in known}
     values.update(overrides)

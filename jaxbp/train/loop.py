@@ -26,8 +26,8 @@ import numpy as np
 
 from jaxbp import checkpoint, data, models, parallel
 from jaxbp.loading import first_line
-from jaxbp.train import steps
-from jaxbp.train.config import ConfigError, TrainConfig, config_differences
+from jaxbp.train import resume, steps
+from jaxbp.train.config import TRAJECTORY_FIELDS, ConfigError, TrainConfig, config_differences
 from jaxbp.train.display import Display, StopSignal
 from jaxbp.train.errors import (
     GradientMismatchError,
@@ -380,22 +380,18 @@ def _start(config: TrainConfig, model, optimizer, ds: data.Dataset) -> tuple[Tra
         raise ConfigError("model", f"is {config.model!r}, which cannot take the {shape} images of {ds.name}: {err}")
     if not config.resume:
         return fresh, Progress(), None
-    path = checkpoint.latest(config.resume)
-    if path is None:
-        raise checkpoint.CheckpointError(
-            f"{config.resume}: no checkpoint to resume from (looked for {checkpoint.CHECKPOINT_NAME})"
-        )
-    _, meta = checkpoint.load(path)  # every process reads the checkpoint on the host
-    diffs = config_differences(meta.get("config") or {}, config)
+    stored = resume.read_stored_run(config.resume, model=config.model, fields=TRAJECTORY_FIELDS)
+    path = stored.checkpoint  # every process reads the checkpoint on the host
+    diffs = config_differences(stored.meta["config"], config)
     if diffs:
         raise checkpoint.CheckpointError(
             f"{path}: cannot resume, the checkpoint was written by a different run configuration ("
             + "; ".join(f"{f}: checkpoint {old!r}, this run {new!r}" for f, (old, new) in diffs.items())
             + ")"
         )
-    progress = Progress.from_checkpoint(path, meta)
-    loaded, _ = checkpoint.load(path, like=fresh._asdict())
-    return TrainState(**loaded), progress, path.parent
+    steps_per_epoch = data.num_batches(len(ds.x_train), config.batch_size, config.drop_last)
+    state, progress = resume.restore(stored, fresh, steps_per_epoch=steps_per_epoch, epochs=config.epochs)
+    return state, progress, path.parent
 
 
 def _train(run: Run, state: TrainState, progress: Progress) -> tuple[TrainState, str, dict[str, float] | None]:

@@ -16,8 +16,11 @@ A run folder holds ``config.json``, ``metrics.jsonl`` (strict JSON, one record a
   checkpoint by :func:`jaxbp.checkpoint.save`; a metrics record is appended whole or
   (disk full) truncated away again. Non-finite numbers are refused (strict JSON).
 * **resume**: the records of ``metrics.jsonl`` up to the checkpoint's step are kept; a
-  torn or NUL-padded tail (a crash mid-write) is cut back to the last complete record,
-  with a note, not an error.
+  torn or NUL-padded last line (a crash mid-write) is left out with a note, but a bad line
+  with records after it is an error naming the line (a valid record is never dropped
+  unsaid). A run whose ``summary.json`` still says "running" was killed: a note says so.
+* **a refusal leaves the folder as it was**: no ``.jaxbp.lock`` (nor a folder) is left
+  behind by a refused open.
 * **the primary-process rule**: only process 0 of a multi-process run writes; the
   others hold a folder object that writes nothing.
 
@@ -33,8 +36,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from jaxbp import checkpoint, models
-from jaxbp.files import OutputError, atomic_write_text, describe_os_error
+from jaxbp import checkpoint, files, models
+from jaxbp.files import LOCK_NAME, InputError, OutputError, atomic_write_text, describe_os_error
 
 try:
     import fcntl
@@ -43,14 +46,13 @@ except ImportError:  # Windows: no advisory locks; a concurrent run is not detec
 
 __all__ = ["LOCK_NAME", "RUN_FILES", "RunFolder", "RunFolderError", "kept_metrics"]
 
-LOCK_NAME = ".jaxbp.lock"
 RUN_FILES = {
     "config": "config.json",
     "metrics": "metrics.jsonl",
     "summary": "summary.json",
     "plot": "training.png",
     "checkpoint": checkpoint.CHECKPOINT_NAME,
-}
+}  # the names of files.RUN_FILE_NAMES, which refuses them as other commands' outputs
 
 
 class RunFolderError(OutputError):
@@ -71,6 +73,7 @@ class RunFolder:
         self.notes: list[str] = []  # what resuming repaired, for the caller to show
         self._lock: int | None = None
         self._metrics: Any = None
+        self._created: list[Path] = []  # the folder and lock file this open made: a refusal removes them
 
     # ---------------------------------------------------------------- opening
 
@@ -90,26 +93,47 @@ class RunFolder:
         folder = cls(Path(path), primary=primary)
         if not primary:
             return folder
+        resume = None if resume is None else Path(resume)
         try:
-            folder._take(overwrite=overwrite, resume=None if resume is None else Path(resume))
-            source = None if resume is None else Path(resume) / RUN_FILES["metrics"]
-            folder._start_metrics(source, resume_step)
+            folder._take(overwrite=overwrite, resume=resume)
+            if resume is not None and files.killed_run(resume, locked_here=_same(resume, folder.path)):
+                folder.notes.append(
+                    f'{resume}: the run there was killed (its summary.json says "running" but no process held '
+                    f"{LOCK_NAME}); it resumes from its checkpoint at step {resume_step}"
+                )
+            folder._start_metrics(None if resume is None else resume / RUN_FILES["metrics"], resume_step)
         except BaseException:
             folder.close()
+            folder._remove_created()
             raise
+        folder._created = []
         return folder
+
+    def _remove_created(self) -> None:
+        """Undo what a refused open made: its lock file, then its folder (if left empty)."""
+        for made in reversed(self._created):
+            try:
+                if made.is_dir():
+                    made.rmdir()
+                else:
+                    made.unlink()
+            except OSError:
+                pass  # not empty, or gone already: leave it
+        self._created = []
 
     def _take(self, *, overwrite: bool, resume: Path | None) -> None:
         path = self.path
         if path.exists() and not path.is_dir():
             raise RunFolderError(f"{path}: exists and is not a folder; choose another --out")
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            if not path.is_dir():
+                path.mkdir(parents=True)
+                self._created.append(path)
         except (FileExistsError, NotADirectoryError):
             raise RunFolderError(f"{path}: a parent of it is a file, not a folder; choose another --out") from None
         except OSError as err:
             raise RunFolderError(describe_os_error(err, path)) from None
-        self._lock = self._acquire(path)
+        self._lock = self._acquire(path, self._created)
         in_place = resume is not None and _same(resume, path)
         if in_place:
             return
@@ -137,9 +161,10 @@ class RunFolder:
         except OSError as err:
             raise RunFolderError(f"{path}: cannot move the old run aside to replace it: {err.strerror}") from None
         old_lock, self._lock = self._lock, None
+        self._created = []  # the old run is gone: the new folder stays, whatever happens next
         try:
             path.mkdir()
-            self._lock = self._acquire(path)
+            self._lock = self._acquire(path, [])
         except FileExistsError:
             raise RunFolderError(f"{path}: another run created it while the old run was being replaced") from None
         except OSError as err:
@@ -152,10 +177,16 @@ class RunFolder:
             self.notes.append(f"the replaced run could not be deleted completely; it is in {aside}")
 
     @staticmethod
-    def _acquire(path: Path) -> int:
+    def _acquire(path: Path, created: list[Path]) -> int:
+        """An exclusive ``flock`` on ``path``'s lock file; appends the lock file to ``created``
+        if this call made it."""
         lock_path = path / LOCK_NAME
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                created.append(lock_path)
+            except FileExistsError:
+                fd = os.open(lock_path, os.O_RDWR)
         except OSError as err:
             raise RunFolderError(describe_os_error(err, path)) from None
         if fcntl is not None:
@@ -171,11 +202,9 @@ class RunFolder:
 
     def _start_metrics(self, source: Path | None, step: int) -> None:
         dest = self.paths["metrics"]
-        text = ""
-        if source is not None:
-            text, notes = kept_metrics(source, step)
-            self.notes += notes
-        if source is None or not _same(source, dest) or self.notes:
+        text, notes = ("", []) if source is None else kept_metrics(source, step)
+        self.notes += notes
+        if source is None or not _same(source, dest) or notes:
             atomic_write_text(dest, text)
         try:
             self._metrics = open(dest, "ab", buffering=0)  # noqa: SIM115 (closed by close())
@@ -187,7 +216,10 @@ class RunFolder:
     def write_json(self, key: str, obj: Any) -> None:
         """``config.json`` or ``summary.json``, atomically, strict JSON."""
         if self.primary:
-            atomic_write_text(self.paths[key], json.dumps(obj, indent=2, allow_nan=False) + "\n")
+            try:
+                atomic_write_text(self.paths[key], json.dumps(obj, indent=2, allow_nan=False) + "\n")
+            except OutputError as err:
+                raise RunFolderError(str(err)) from None
 
     def record(self, rec: dict[str, Any]) -> None:
         """Append one record to ``metrics.jsonl``: whole, or (on a write error) not at all."""
@@ -213,8 +245,8 @@ class RunFolder:
         if self.primary:
             try:
                 checkpoint.save(path, state, step=step, epoch=epoch, config=config, extra=extra)
-            except OSError as err:
-                raise RunFolderError(describe_os_error(err, path)) from None
+            except OutputError as err:
+                raise RunFolderError(str(err)) from None
         return path
 
     def write_plot(self, config: Any) -> None:
@@ -227,8 +259,8 @@ class RunFolder:
         title = f"{config.dataset} / {models.short_name(config.model)} / {config.grad}"
         try:
             curves.plot_training({label: self.paths["metrics"]}, self.paths["plot"], title=title)
-        except OSError as err:
-            raise RunFolderError(describe_os_error(err, self.paths["plot"])) from None
+        except (InputError, OutputError) as err:
+            raise RunFolderError(str(err)) from None
 
     def close(self) -> None:
         if self._metrics is not None:
@@ -252,47 +284,49 @@ def _same(a: Path, b: Path) -> bool:
         return Path(os.path.abspath(a)) == Path(os.path.abspath(b))
 
 
-def kept_metrics(path: Path, step: int) -> tuple[str, list[str]]:
-    """The records of ``metrics.jsonl`` at ``path`` that a run resumed at ``step`` keeps,
-    as text, and notes on what was dropped: the records after ``step`` (written after the
-    checkpoint), and a torn, corrupt or NUL-padded tail, cut back to the last complete
-    record."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+def kept_metrics(path: Path, step: int, history: list[dict[str, Any]] | None = None) -> tuple[str, list[str]]:
+    """The records of ``metrics.jsonl`` at ``path`` that a run resumed at ``step`` keeps, as
+    text, and notes on what was left out: the records after ``step`` (written after the
+    checkpoint) and a torn last line (:func:`jaxbp.files.read_json_lines`). A bad line with
+    records after it, or a record without an integer ``step``, is a :class:`RunFolderError`
+    naming the line: resuming would drop the records after it. With ``history`` (the
+    checkpoint's eval records) the kept eval records must be exactly those: the file must
+    belong to the checkpoint's run."""
+    if not path.exists():
         return "", [f"{path}: not found; the resumed run starts a new one"]
-    except OSError as err:
-        raise RunFolderError(f"{path}: cannot read: {err.strerror}") from None
-    kept: list[str] = []
-    notes: list[str] = []
-    offset = 0
-    later = 0
-    while offset < len(raw):
-        end = raw.find(b"\n", offset)
-        chunk = raw[offset : len(raw) if end < 0 else end]
-        rec = _parse(chunk) if end >= 0 else None
-        if rec is None:
-            last = json.loads(kept[-1])["step"] if kept else 0
-            notes.append(
-                f"{path}: dropped a torn or corrupt tail of {len(raw) - offset} bytes after the last complete "
-                f"record (step {last})"
-            )
-            break
-        if rec["step"] > step:
+    try:
+        lines = files.read_json_lines(path)
+    except InputError as err:
+        raise RunFolderError(f"cannot resume: {err}") from None
+    kept, later = [], 0
+    for line in lines.records:
+        if isinstance(line.record.get("step"), bool) or not isinstance(line.record.get("step"), int):
+            raise RunFolderError(f"cannot resume: {path}: line {line.number}: the record has no integer step")
+        if line.record["step"] > step:
             later += 1
         else:
-            kept.append(chunk.decode("utf-8"))
-        offset = end + 1
+            kept.append(line)
+    if history is not None:
+        _check_history(path, [line.record for line in kept if line.record.get("kind") == "eval"], history)
+    notes = []
+    if lines.torn_line is not None:
+        last = f" (step {lines.records[-1].record['step']})" if lines.records else ""
+        notes.append(
+            f"{path}: dropped a torn or corrupt tail of {lines.torn_bytes} bytes after the last complete "
+            f"record{last}, on line {lines.torn_line}"
+        )
     if later:
         notes.append(f"{path}: dropped {later} records written after the checkpoint's step {step}")
-    return "".join(line + "\n" for line in kept), notes
+    return "".join(line.text + "\n" for line in kept), notes
 
 
-def _parse(chunk: bytes) -> dict[str, Any] | None:
-    try:
-        rec = json.loads(chunk.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    if not isinstance(rec, dict) or isinstance(rec.get("step"), bool) or not isinstance(rec.get("step"), int):
-        return None
-    return rec
+def _check_history(path: Path, evals: list[dict[str, Any]], history: list[dict[str, Any]]) -> None:
+    for i in range(max(len(evals), len(history))):
+        have = evals[i] if i < len(evals) else None
+        want = history[i] if i < len(history) else None
+        if have != want:
+            where = f"epoch {i + 1}" if want is not None else f"an eval record at step {have['step']}"
+            raise RunFolderError(
+                f"cannot resume: {path}: {where} differs from the checkpoint's history; the metrics and "
+                "the checkpoint are of different runs"
+            )

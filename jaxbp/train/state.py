@@ -8,6 +8,7 @@ so that a resumed run writes bitwise the same metrics as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -88,10 +89,29 @@ class Accumulator:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Accumulator:
+        """From a checkpoint's JSON; ``TypeError``/``ValueError`` saying which field is wrong."""
         d = dict(d)
         if d.get("worst") is not None:  # a JSON list in a checkpoint
             d["worst"] = Agreement(*d["worst"])
-        return cls(**d)
+            _check_agreement(d["worst"])
+        acc = cls(**d)
+        for f in dataclasses.fields(cls):
+            value = getattr(acc, f.name)
+            if f.name != "worst" and not (_is_number(value, int if f.type == "int" else float) and value >= 0):
+                raise ValueError(f"{f.name} is {value!r}, not a finite number >= 0")
+        return acc
+
+
+def _is_number(value: Any, kind: type) -> bool:
+    """An int (``kind`` int), or an int or finite float (``kind`` float); never a bool."""
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        return False
+    return math.isfinite(value)
+
+
+def _check_agreement(worst: Agreement) -> None:
+    if not (_is_number(worst.max_rel_err, float) and isinstance(worst.param, str) and _is_number(worst.min_cos, float)):
+        raise ValueError(f"the agreement {list(worst)!r} is not [rel err, parameter name, cosine]")
 
 
 @dataclass
@@ -115,8 +135,13 @@ class Progress:
         }  # fmt: skip
 
     @classmethod
-    def from_checkpoint(cls, path: Path, meta: dict[str, Any]) -> Progress:
-        """Rebuild from a checkpoint's metadata; :class:`CheckpointError` naming ``path`` if malformed."""
+    def from_checkpoint(
+        cls, path: Path, meta: dict[str, Any], *, steps_per_epoch: int | None = None, epochs: int | None = None
+    ) -> Progress:
+        """Rebuild from a checkpoint's metadata; :class:`CheckpointError` naming ``path`` if
+        malformed. With ``steps_per_epoch`` and ``epochs`` (the run's config) the position must
+        be one the run can reach: ``step = epoch * steps_per_epoch + batch_index`` within the
+        run's ``epochs * steps_per_epoch`` steps, one history record per completed epoch."""
         extra = meta.get("extra")
         try:
             if not isinstance(extra, dict):
@@ -133,17 +158,49 @@ class Progress:
                 worst=extra.get("worst"),
                 epoch_acc=Accumulator.from_dict(epoch_acc or {}),
                 window=Accumulator.from_dict(extra.get("window") or {}),
-                wall_time_s=float(extra.get("wall_time_s", 0.0)),
+                wall_time_s=extra.get("wall_time_s", 0.0),
             )
-            ints = (progress.step, progress.epoch, progress.batch_index)
-            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints):
-                raise ValueError(f"step {progress.step}, epoch {progress.epoch}, batch {progress.batch_index}")
-            if not all(isinstance(h, dict) for h in progress.history):
-                raise TypeError("history holds a non-record")
-            if progress.worst is not None and not isinstance(progress.worst, dict):
-                raise TypeError("worst is not a dict")
+            progress._check_types()
         except (TypeError, ValueError, KeyError) as err:
             raise checkpoint.CheckpointError(
                 f"{path}: the checkpoint's run state (extra) is malformed: {err}"
             ) from None
+        if steps_per_epoch is not None and epochs is not None:
+            problem = progress._position_problem(steps_per_epoch, epochs)
+            if problem:
+                raise checkpoint.CheckpointError(f"{path}: {problem}; refusing to resume from it")
         return progress
+
+    def _check_types(self) -> None:
+        ints = (self.step, self.epoch, self.batch_index)
+        if not all(_is_number(v, int) and v >= 0 for v in ints):
+            raise ValueError(f"step {self.step!r}, epoch {self.epoch!r}, batch {self.batch_index!r}")
+        if not (_is_number(self.wall_time_s, float) and self.wall_time_s >= 0):
+            raise ValueError(f"wall_time_s is {self.wall_time_s!r}")
+        for i, rec in enumerate(self.history):
+            if not isinstance(rec, dict) or rec.get("kind") != "eval":
+                raise TypeError(f"history record {i} is not an eval record")
+            numeric = [k for k in rec if k in ("step", "epoch") or k.endswith(("_loss", "_accuracy", "_s"))]
+            bad = [k for k in numeric if not _is_number(rec[k], int if k in ("step", "epoch") else float)]
+            if bad:
+                raise ValueError(f"history record {i}: {bad[0]} is {rec[bad[0]]!r}, not a finite number")
+        w = self.worst
+        if w is not None and not (
+            isinstance(w, dict) and _is_number(w.get("step"), int) and isinstance(w.get("param"), str)
+            and _is_number(w.get("max_rel_err"), float) and _is_number(w.get("min_cos"), float)
+        ):  # fmt: skip
+            raise TypeError(f"worst is {w!r}, not the run's worst agreement"[:300])
+
+    def _position_problem(self, steps_per_epoch: int, epochs: int) -> str | None:
+        total = steps_per_epoch * epochs
+        if not 0 <= self.step <= total:
+            return f"the checkpoint's step {self.step} is outside the run's {total} steps ({epochs} epochs of {steps_per_epoch})"
+        if self.step != self.epoch * steps_per_epoch + self.batch_index or self.batch_index > steps_per_epoch:
+            return (
+                f"the checkpoint's step {self.step} does not follow from its epoch {self.epoch} and batch "
+                f"{self.batch_index} ({steps_per_epoch} batches an epoch)"
+            )
+        steps = [rec["step"] for rec in self.history]
+        if steps != [steps_per_epoch * (i + 1) for i in range(self.epoch)]:
+            return f"the checkpoint's history of evaluations (at steps {steps}) does not match its {self.epoch} epochs"
+        return None
