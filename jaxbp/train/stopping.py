@@ -12,13 +12,15 @@ Before the run starts (data, model, user code), a single process keeps Python's 
 a signal raises ``KeyboardInterrupt`` (a user module that loops at import can be
 interrupted), which leaves :func:`fit` as a :class:`TrainingInterrupted` saying that
 nothing was written. The signal is recorded as well, so that a ``KeyboardInterrupt``
-something swallowed still stops the run, at its first step boundary. Several processes only
+something swallowed still stops the run, at its first step boundary (and the swallowed one
+is not printed as "Exception ignored"). Several processes only
 record from the start: a process that left alone would leave the others waiting for it.
 """
 
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +61,7 @@ class StopSignals:
         self.received = Received()
         self.agreed: int | None = None  # the stop signal every process agreed on at the last poll
         self.old: dict[int, Any] = {}
+        self.old_unraisable: Any = None
 
     def handle(self, signum: int, frame: Any) -> None:
         """The handler: record the signal; raise only before the run starts."""
@@ -73,16 +76,25 @@ class StopSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 self.old[sig] = signal.signal(sig, self.handle)
+            self.old_unraisable, sys.unraisablehook = sys.unraisablehook, self.unraisable
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         ignore = self.after_stop == "ignore" and self.received.first is not None
         for sig, old in self.old.items():
             signal.signal(sig, signal.SIG_IGN if ignore else old)
+        if self.old_unraisable is not None:
+            sys.unraisablehook = self.old_unraisable
         if exc_type is KeyboardInterrupt and self.received.raising:  # before the run started
             name = signal.Signals(self.received.first or signal.SIGINT).name
             raise TrainingInterrupted(f"{name} received before training started: stopped; nothing was written")
         return False
+
+    def unraisable(self, info: Any) -> None:
+        """``sys.unraisablehook``: a ``KeyboardInterrupt`` of :meth:`handle` that something
+        swallowed (XLA's gc callback) is recorded already; anything else is shown as before."""
+        if not (isinstance(info.exc_value, KeyboardInterrupt) and self.received.first is not None):
+            self.old_unraisable(info)
 
     def start_run(self) -> None:
         """The run starts: from here on a signal is only recorded, for :meth:`poll`."""
