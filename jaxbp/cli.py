@@ -133,7 +133,9 @@ def _run_train(args: argparse.Namespace) -> int:
         else:
             config = train.TrainConfig(**given)
         config.validate()
-        result = train.fit(config, progress=False if args.quiet or not primary else None, overwrite=args.overwrite)
+        # after_stop: this process exits after a stop, and a late signal must not break the exit
+        show = False if args.quiet or not primary else None
+        result = train.fit(config, progress=show, overwrite=args.overwrite, after_stop="ignore")
     except train.ConfigError as err:
         return _error(f"{_FLAG_OF_FIELD.get(err.field, err.field)} {err.problem}")
     except (data.DataError, checkpoint.CheckpointError, ValueError) as err:

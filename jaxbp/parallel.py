@@ -237,6 +237,25 @@ def agree(ok: bool) -> bool:
     return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
 
 
+def max_over_processes(mesh: Mesh, value: int) -> int:
+    """The largest ``value`` any process passes (``value`` itself with one process).
+
+    A collective: every process calls it at the same point of the run. Each process places
+    its value on its own devices of ``mesh`` (one global array, rows split over the data
+    axis, as :func:`global_batch` does) and a jitted max reduces it over all of them. The
+    training loop shares its stop decision this way after every step.
+    """
+    if jax.process_count() == 1:
+        return value
+    local = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+    rows = np.full((local,), value, np.int32)
+    array = jax.make_array_from_process_local_data(batch_sharding(mesh), rows, (mesh.devices.size,))
+    return int(to_host(_max(array)))
+
+
+_max = jax.jit(lambda a: a.max())
+
+
 def to_host(tree: Any) -> Any:
     """Fetch arrays to host numpy on every process (replicated ones from the local copy)."""
     from jax.experimental import multihost_utils

@@ -4,20 +4,24 @@
   set before JAX starts, hence a subprocess) train to the same losses and parameters as
   one device, with batch norm (its statistics are over the global batch) and without.
 * Two real processes on 127.0.0.1 (``jax.distributed`` with gloo collectives) train,
-  stop, resume and evaluate like one process, and only process 0 writes files.
+  stop, resume and evaluate like one process, and only process 0 writes files. A SIGINT or
+  SIGTERM that reaches one of them stops both after the same step, with one checkpoint.
 """
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
 
-from jaxbp import cli, train
+from jaxbp import checkpoint, cli, parallel, train
 
 RTOL = 1e-5
 
@@ -122,8 +126,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_processes(flags_of, cwd, timeout=120, expect=0):
-    """Run ``jaxbp train`` as processes 0 and 1 of one jax.distributed run; kill both on any failure."""
+@contextlib.contextmanager
+def _processes(flags_of, cwd):
+    """Start ``jaxbp train`` as processes 0 and 1 of one jax.distributed run; kill both on
+    the way out of the block (they should have ended by then)."""
     port = _free_port()
     procs = []
     try:
@@ -133,15 +139,25 @@ def _two_processes(flags_of, cwd, timeout=120, expect=0):
             procs.append(
                 subprocess.Popen(argv, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             )
-        outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+        yield procs
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
             p.wait()
+
+
+def _outputs(procs, timeout, expect):
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
     for p, text in zip(procs, outputs):
         assert p.returncode == expect, text[-3000:]
     return outputs
+
+
+def _two_processes(flags_of, cwd, timeout=120, expect=0):
+    """Run ``jaxbp train`` as processes 0 and 1 of one jax.distributed run; kill both on any failure."""
+    with _processes(flags_of, cwd) as procs:
+        return _outputs(procs, timeout, expect)
 
 
 def _losses(folder):
@@ -191,3 +207,38 @@ def test_two_processes_both_stop_when_process_0_refuses_the_folder(tmp_path):
     assert "already holds a run" in outs[0] and "Traceback" not in outs[0]
     assert "process 0 cannot take the run folder" in outs[1] and "Traceback" not in outs[1]
     assert (out / "config.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("who, signals", [(1, ("SIGINT", "SIGTERM")), (0, ("SIGINT", "SIGINT"))])
+def test_a_signal_to_one_process_stops_both_after_the_same_step(tmp_path, who, signals):
+    flags = ["--dataset", "digits", "--model", "mlp", "--epochs", "1000", "--batch-size", "64", "--log-every", "1"]
+    flags += ["--quiet", "--devices", "all"]
+    out0, out1 = tmp_path / "p0", tmp_path / "p1"
+    metrics = out0 / "metrics.jsonl"
+    with _processes(lambda i: [*flags, "--out", str([out0, out1][i])], tmp_path) as procs:
+        deadline = time.monotonic() + 120
+        while not (metrics.exists() and metrics.stat().st_size > 0):  # both are training
+            assert all(p.poll() is None for p in procs) and time.monotonic() < deadline
+            time.sleep(0.05)
+        for name in signals:  # to one process only, 20 ms apart
+            procs[who].send_signal(getattr(signal, name))
+            time.sleep(0.02)
+        outputs = _outputs(procs, timeout=120, expect=130)
+    _, meta = checkpoint.load(out0 / "checkpoint.npz")
+    step = meta["step"]
+    assert f"{signals[0]} received: stopped after step {step} " in outputs[who], outputs[who]
+    assert f"{signals[0]} received by another process: stopped after step {step} " in outputs[1 - who]
+    assert "Traceback" not in outputs[0] + outputs[1]
+    assert "process 0 wrote the checkpoint" in outputs[1] and not out1.exists()
+    summary = json.loads((out0 / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["steps"] == step and summary["num_processes"] == 2
+    train_steps = [r["step"] for r in _losses(out0)[0]]
+    assert train_steps == list(range(1, step + 1))
+    # one process resumes the two's checkpoint and goes on
+    resumed = train.fit(train.resume_config(out0, max_steps=step + 2), progress=False)
+    assert resumed.status == "stopped" and [r["step"] for r in _losses(out0)[0]] == list(range(1, step + 3))
+
+
+def test_max_over_processes_is_the_value_itself_in_one_process():
+    mesh = parallel.make_mesh(None)
+    assert [parallel.max_over_processes(mesh, v) for v in (0, 2, 15)] == [0, 2, 15]

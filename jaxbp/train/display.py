@@ -1,38 +1,12 @@
-"""What a user sees and does while a run trains: the progress display (a tqdm bar, log lines
-or a callback) and SIGINT/SIGTERM, which stop the run after the current step."""
+"""What a user sees while a run trains: the progress display (a tqdm bar, log lines or a
+callback). Stop signals are :mod:`jaxbp.train.stopping`'s."""
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 from typing import Any
 
-__all__ = ["Display", "StopSignal", "format_record"]
-
-
-class StopSignal:
-    """Install SIGINT/SIGTERM handlers that set a flag (a second signal interrupts at once)."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def _handler(self, signum, frame):
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        return False
+__all__ = ["Display", "format_record"]
 
 
 class Display:

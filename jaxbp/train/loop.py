@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from jaxbp import checkpoint, data, models, parallel
 from jaxbp.loading import first_line
 from jaxbp.train import resume, steps
 from jaxbp.train.config import TRAJECTORY_FIELDS, ConfigError, TrainConfig, config_differences
-from jaxbp.train.display import Display, StopSignal
+from jaxbp.train.display import Display
 from jaxbp.train.errors import (
     GradientMismatchError,
     NonFiniteLossError,
@@ -37,6 +36,7 @@ from jaxbp.train.errors import (
 )
 from jaxbp.train.runfolder import RunFolder, RunFolderError
 from jaxbp.train.state import Accumulator, Progress, TrainState
+from jaxbp.train.stopping import StopSignals
 
 __all__ = ["Run", "end_epoch", "evaluate", "fit", "save", "train_epoch"]
 
@@ -89,9 +89,10 @@ def last_step(config: TrainConfig, steps_per_epoch: int) -> int:
 # ------------------------------------------------------------------ the loop
 
 
-def train_epoch(run: Run, state: TrainState, progress: Progress, stop: StopSignal) -> TrainState:
+def train_epoch(run: Run, state: TrainState, progress: Progress, stop: StopSignals) -> TrainState:
     """The remaining steps of the current epoch (from ``progress.batch_index``); stops early
-    after a signal or at ``max_steps``. Updates ``progress``; returns the new state."""
+    at ``max_steps`` or after the step at which ``stop.poll`` (asked after every step, by
+    every process) reports a stop signal. Updates ``progress``; returns the new state."""
     config = run.config
     batches = data.batches(
         run.ds.x_train, run.ds.y_train, config.batch_size, seed=config.seed, epoch=progress.epoch,
@@ -113,7 +114,7 @@ def train_epoch(run: Run, state: TrainState, progress: Progress, stop: StopSigna
             run.display.advance(0, rec)
             progress.window = Accumulator()
         run.display.advance(1)
-        if stop.signum is not None or progress.step >= run.last_step:
+        if stop.poll(run.mesh) or progress.step >= run.last_step:
             break
     return state
 
@@ -269,7 +270,9 @@ def _named(tree) -> dict[str, Any]:
 # ------------------------------------------------------------------ fit
 
 
-def fit(config: TrainConfig, *, progress: Any = None, ops=None, overwrite: bool = False) -> TrainResult:
+def fit(
+    config: TrainConfig, *, progress: Any = None, ops=None, overwrite: bool = False, after_stop: str = "restore"
+) -> TrainResult:
     """Train ``config`` and return a :class:`TrainResult`.
 
     The run is written into ``config.out`` (default ``runs/<dataset>-<model>-<grad>``; a
@@ -281,6 +284,12 @@ def fit(config: TrainConfig, *, progress: Any = None, ops=None, overwrite: bool 
     otherwise, ``False`` shows nothing, a callable receives every metrics record.
     ``ops`` replaces :mod:`jaxbp.manual` (for tests that inject a wrong backward).
 
+    SIGINT and SIGTERM (any number, in any process of a multi-process run) stop the run
+    after the current step with a checkpoint and an ``interrupted`` summary, then raise
+    :class:`TrainingInterrupted` (:mod:`jaxbp.train.stopping`). ``after_stop``: what the
+    handlers become when ``fit`` returns: the ones it found (``"restore"``), or ignored once
+    a stop signal arrived (``"ignore"``, for a command that exits next).
+
     Raises ``ValueError`` (:class:`ConfigError` naming the field, :class:`RunFolderError`
     naming the path) for a bad config or output folder, ``data.DataError`` for missing or
     bad data, ``checkpoint.CheckpointError`` for a bad or mismatching checkpoint to resume,
@@ -289,14 +298,15 @@ def fit(config: TrainConfig, *, progress: Any = None, ops=None, overwrite: bool 
     config.validate()
     precision = None if config.matmul_precision == "default" else config.matmul_precision
     with contextlib.ExitStack() as stack:
+        stop = stack.enter_context(StopSignals(after_stop))
         if config.dtype == "float64":
             stack.enter_context(jax.enable_x64(True))
         if precision:
             stack.enter_context(jax.default_matmul_precision(precision))
-        return _fit(config, progress, ops, overwrite)
+        return _fit(config, progress, ops, overwrite, stop)
 
 
-def _fit(config: TrainConfig, progress_arg, ops, overwrite: bool) -> TrainResult:
+def _fit(config: TrainConfig, progress_arg, ops, overwrite: bool, stop: StopSignals) -> TrainResult:
     t_start = time.perf_counter()
     # One data-parallel mesh (one device unless config.devices or several processes say more):
     # parameters replicated, every batch split by rows; the same jitted step runs over it.
@@ -316,6 +326,7 @@ def _fit(config: TrainConfig, progress_arg, ops, overwrite: bool) -> TrainResult
             "give a larger one, or 0 to run to the end"
         )  # fmt: skip
     out = Path(config.out) if config.out else resume_folder or Path(config.default_out(ds.name))
+    stop.start_run()
     with _open_folder(out, overwrite, resume_folder, progress.step, primary) as folder:
         display = Display(
             progress_arg if primary else False, last_step(config, steps_per_epoch), progress.step,
@@ -331,7 +342,7 @@ def _fit(config: TrainConfig, progress_arg, ops, overwrite: bool) -> TrainResult
             folder.write_json("config", config.to_dict())
             folder.write_json("summary", _summary(run, progress, "running", None, None))
             state = parallel.replicate(state, mesh)
-            state, status, stop_eval = _train(run, state, progress)
+            state, status, stop_eval = _train(run, state, progress, stop)
         except (GradientMismatchError, NonFiniteLossError, RunFolderError, ConfigError, models.ModelError) as err:
             status = {GradientMismatchError: "gradient_mismatch", NonFiniteLossError: "diverged"}.get(
                 type(err), "failed"
@@ -394,35 +405,39 @@ def _start(config: TrainConfig, model, optimizer, ds: data.Dataset) -> tuple[Tra
     return state, progress, path.parent
 
 
-def _train(run: Run, state: TrainState, progress: Progress) -> tuple[TrainState, str, dict[str, float] | None]:
-    """Epochs until the end, ``max_steps`` or a signal: ``(state, status, the scores of
-    :func:`evaluate_splits` after a mid-epoch stop, or None)``."""
+def _train(
+    run: Run, state: TrainState, progress: Progress, stop: StopSignals
+) -> tuple[TrainState, str, dict[str, float] | None]:
+    """Epochs until the end, ``max_steps`` or a stop signal: ``(state, status, the scores of
+    :func:`evaluate_splits` after a mid-epoch stop, or None)``; a signal checkpoints and
+    raises :class:`TrainingInterrupted`."""
     config = run.config
-    with StopSignal() as stop:
-        while progress.epoch < config.epochs:
-            t_epoch = time.perf_counter()
-            state = train_epoch(run, state, progress, stop)
-            if stop.signum is None and progress.batch_index == run.steps_per_epoch:
-                end_epoch(run, state, progress, t_epoch)
-            elif stop.signum is None:  # max_steps, mid-epoch: checkpoint, then evaluate
-                save(run, state, progress)
-                return state, "stopped", evaluate_splits(run, state, progress)
-            else:
-                save(run, state, progress)
-            if stop.signum is not None:
-                _interrupt(run, progress, stop.signum)
-            if progress.step >= run.last_step and progress.epoch < config.epochs:
-                return state, "stopped", None
+    while progress.epoch < config.epochs:
+        t_epoch = time.perf_counter()
+        state = train_epoch(run, state, progress, stop)
+        if stop.agreed is not None:
+            save(run, state, progress)
+            _interrupt(run, progress, stop)
+        if progress.batch_index < run.steps_per_epoch:  # max_steps, mid-epoch: checkpoint, then evaluate
+            save(run, state, progress)
+            return state, "stopped", evaluate_splits(run, state, progress)
+        end_epoch(run, state, progress, t_epoch)
+        if progress.step >= run.last_step and progress.epoch < config.epochs:
+            return state, "stopped", None
     return state, "completed", None
 
 
-def _interrupt(run: Run, progress: Progress, signum: int) -> None:
+def _interrupt(run: Run, progress: Progress, stop: StopSignals) -> None:
+    """After a stop signal (the checkpoint is written): the summary, then :class:`TrainingInterrupted`."""
     _finish(run, progress, "interrupted", None, None, best_effort=True)
+    where = f"stopped after step {progress.step} (epoch {progress.epoch + 1}, batch {progress.batch_index})"
+    if not run.folder.primary:
+        raise TrainingInterrupted(
+            f"{stop.describe()}: {where} with the other processes; process 0 wrote the checkpoint"
+        )
     path = run.folder.paths["checkpoint"]
     raise TrainingInterrupted(
-        f"{signal.Signals(signum).name} received: stopped after step {progress.step} (epoch {progress.epoch + 1}, "
-        f"batch {progress.batch_index}); checkpoint written to {path}. "
-        f"Resume with: jaxbp train --resume {run.folder.path}",
+        f"{stop.describe()}: {where}; checkpoint written to {path}. Resume with: jaxbp train --resume {run.folder.path}",
         path,
     )
 
