@@ -36,6 +36,7 @@ from pathlib import Path
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -463,8 +464,10 @@ def int_output_case() -> Case:
 
 
 def all_cases() -> list[Case]:
+    from checker_trust_cases import all_trust_cases  # the cases of issue 24 (kinks, magnitudes, constants, shapes)
+
     return [dense_case(), *sin_cases(), *zero_cotangent_cases(), *softplus_cases(), dropout_case(), *xent_cases(),
-            *complex_cases(), zero_size_case(), *low_precision_cases(), int_output_case()]  # fmt: skip
+            *complex_cases(), zero_size_case(), *low_precision_cases(), int_output_case(), *all_trust_cases()]  # fmt: skip
 
 
 # ------------------------------------------------------------ running and writing

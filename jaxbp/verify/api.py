@@ -183,7 +183,8 @@ def verify_vjp(
         with a note; ``False`` also drops the zeros and ties regions of ``explore``.
       transforms: ``True`` (all), ``False`` (none: only the forward check) or the names
         to run among ``jit``, ``vmap``, ``grad_of_grad``, ``grad_of_grad_ct``,
-        ``zero_cotangents``, ``forward_mode``.
+        ``zero_cotangents``, ``forward_mode``; they run in the most precise dtype checked
+        (first order and the forward run in every dtype).
       explore: also check at inputs beyond the examples, in the most precise dtype
         checked: ``True`` (scaled x1e-3, x10, x100; zeros and ties when ``fd``),
         ``False``, or the region names. Same shapes, so nothing recompiles.
@@ -226,14 +227,14 @@ def verify_vjp(
     problem = _problem(report, manual_fn, reference_fn, example_args, inputs, seed, num_cotangents, fd)
     if problem is None:
         return report
-    explore_dtype = "float64" if "float64" in dtypes else (dtypes[0] if dtypes else None)
+    most_precise = "float64" if "float64" in dtypes else (dtypes[0] if dtypes else None)
     for dtype in dtypes:
         tol, src = tolerance_for(dtype, rtol, precision)
         fd_tol = FD_TOLERANCE if dtype == "float64" else max(FD_TOLERANCE, tol)
         context = jax.default_matmul_precision(matmul_precision) if matmul_precision else contextlib.nullcontext()
         try:
             with compiled.x64_scope(dtype == "float64"), context:
-                _check_dtype(report, Pass(problem, dtype, tol, src, fd_tol), options, dtype == explore_dtype)
+                _check_dtype(report, Pass(problem, dtype, tol, src, fd_tol), options, dtype == most_precise)
         except Exception as e:  # noqa: BLE001 - report, do not crash
             report.errors.append(f"{dtype}: {type(e).__name__}: {first_line(e)}")
     return report
@@ -284,18 +285,20 @@ def _guard(name: str, p: Pass, check: Callable[[Pass], list]) -> list:
         return [TransformCheck(name, p.dtype, None, p.tol, False, f"raised {type(e).__name__}: {first_line(e)}")]
 
 
-def _check_dtype(report: Report, p: Pass, options: _Options, explore: bool) -> None:
-    """Every check of one dtype, appended to the report as it completes: first order first."""
+def _check_dtype(report: Report, p: Pass, options: _Options, most_precise: bool) -> None:
+    """The checks of one dtype, appended to the report as they complete: first order and the forward in
+    every dtype; the transforms and exploration in the most precise one (they test how the backward is
+    built, batched and differentiated, which a dtype does not change, and each costs a compilation)."""
     grads = check_gradients(p)
     report.grads += grads
     report.transforms += _guard("forward", p, CHECKS["forward"])
-    wanted = options.transforms
+    wanted = options.transforms if most_precise else frozenset()
     for name, check in CHECKS.items():
         if name == "forward" or not (name in wanted or (name == "grad_of_grad" and "grad_of_grad_ct" in wanted)):
             continue
         rows = _guard(name, p, check)
         report.transforms += [r for r in rows if r.name in wanted or (r.passed is False and r.name == name)]
-    if explore:
+    if most_precise:
         report.explored += check_explore(p, options.regions, options.strict_kinks)
     if options.jacobian:
         report.jacobians += jacobians(p, [k for k, g in enumerate(grads) if not g.passed])
