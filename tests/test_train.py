@@ -104,8 +104,9 @@ def test_fit_learns_writes_outputs_and_never_retraces(baseline):
     # 46 batches, full and padded alike, and two evaluations: at most one trace each
     # (none when an earlier test compiled the same configuration).
     assert traces.get("train-manual", 0) <= 1 and traces.get("eval", 0) <= 1
-    _, train_step, eval_step, _ = steps.compiled(steps.step_key(BASE), 10, 2 * STEPS_PER_EPOCH, None)
-    assert train_step._cache_size() == 1 and eval_step._cache_size() == 1
+    compiled = steps.compiled(steps.step_key(BASE), 10, 2 * STEPS_PER_EPOCH, None)
+    assert compiled.train_step._cache_size() == 1 and compiled.eval_step._cache_size() == 1
+    assert compiled.audit_step is None  # manual gradients: nothing to audit
 
 
 def test_same_config_is_bitwise_deterministic_via_the_cli(baseline, tmp_path, capsys):

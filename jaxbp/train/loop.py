@@ -127,7 +127,7 @@ def _step(run: Run, state: TrainState, progress: Progress, xb, yb, n_valid: int)
         params, opt_state, model_state, metrics = run.train_step(
             state.params, state.opt_state, state.model_state,
             *parallel.global_batch(run.mesh, np.asarray(xb, run.dtype), yb),
-            np.int32(n_valid), jax.random.fold_in(state.rng, progress.step),
+            np.int32(n_valid), steps.dropout_key(state.rng, progress.step),
         )  # fmt: skip
         m = parallel.to_host(metrics)
     except jax.errors.JaxRuntimeError as err:
@@ -306,9 +306,8 @@ def _fit(config: TrainConfig, progress_arg, ops, overwrite: bool) -> TrainResult
     ds = data.load(config.dataset, config.data_dir, seed=config.seed, val_split=config.val_split)
     config.check_against_data(len(ds.x_train), ds.input_shape)
     steps_per_epoch = data.num_batches(len(ds.x_train), config.batch_size, config.drop_last)
-    model, train_step, eval_step, optimizer = steps.compiled(
-        steps.step_key(config), ds.num_classes, steps_per_epoch * config.epochs, ops
-    )
+    compiled = steps.compiled(steps.step_key(config), ds.num_classes, steps_per_epoch * config.epochs, ops)
+    model, train_step, eval_step, optimizer = compiled[:4]
     state, progress, resume_folder = _start(config, model, optimizer, ds)
     if config.max_steps and config.max_steps <= progress.step:
         raise ConfigError(
