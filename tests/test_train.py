@@ -229,7 +229,12 @@ def test_compare_mode_logs_agreement_within_tolerance(tmp_path):
     assert all(0 <= r["grad_max_rel_err"] <= BASE.compare_rtol and r["grad_min_cos"] > 1 - 1e-6 for r in recs)
     worst = result.worst_agreement
     assert worst["max_rel_err"] == max(r["grad_max_rel_err"] for r in recs)
-    assert json.loads((tmp_path / "summary.json").read_text())["worst_agreement"] == worst
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["worst_agreement"] == worst
+    # The float64 audit of the first step (the next is due at the end of the epoch, step 23).
+    (audit,) = _records(tmp_path, "audit")
+    assert (audit["step"], audit["reason"], audit["passed"]) == (1, "first step", True) and audit["error"] < 1e-12
+    assert summary["audits"]["count"] == 1 and summary["audits"]["every"] == STEPS_PER_EPOCH
 
 
 def _ops_with_wrong_relu_backward():
@@ -252,10 +257,11 @@ def _ops_with_wrong_relu_backward():
 def test_compare_mode_fails_on_a_wrong_backward(tmp_path):
     config = dataclasses.replace(BASE, model="mlp", dropout=0.0, grad="compare", max_steps=3, out=str(tmp_path))
     with pytest.raises(
-        train.GradientMismatchError, match=r"at step 1: parameter 'dense1\.(w|b)'.*> compare_rtol"
+        train.GradientMismatchError,
+        match=r"at step 1 .*float64 audit because the float32 guard failed .*confirms it\): parameter 'dense1\.(w|b)'",
     ) as info:
         train.fit(config, progress=False, ops=_ops_with_wrong_relu_backward())
-    assert "outside tolerance" in str(info.value) and "dense2.w" in str(info.value)
+    assert "outside --audit-rtol" in str(info.value) and "dense2.w" in str(info.value)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "gradient_mismatch"
     assert not (tmp_path / "checkpoint.npz").exists()

@@ -103,13 +103,14 @@ class Progress:
     batch_index: int = 0  # batches of the current epoch done
     history: list[dict[str, Any]] = field(default_factory=list)  # the eval records
     worst: dict[str, Any] | None = None  # compare mode: the worst agreement of the run
+    audits: dict[str, Any] | None = None  # compare mode: jaxbp.train.audit.AuditLog as a dict
     epoch_acc: Accumulator = field(default_factory=Accumulator)
     window: Accumulator = field(default_factory=Accumulator)
     wall_time_s: float = 0.0  # of the processes before this one
 
     def extra(self, wall_time_s: float) -> dict[str, Any]:
         return {
-            "batch_index": self.batch_index, "history": self.history, "worst": self.worst,
+            "batch_index": self.batch_index, "history": self.history, "worst": self.worst, "audits": self.audits,
             "epoch_acc": dataclasses.asdict(self.epoch_acc), "window": dataclasses.asdict(self.window),
             "wall_time_s": wall_time_s,
         }  # fmt: skip
@@ -131,6 +132,7 @@ class Progress:
                 batch_index=extra.get("batch_index", 0),
                 history=list(extra.get("history") or []),
                 worst=extra.get("worst"),
+                audits=extra.get("audits"),
                 epoch_acc=Accumulator.from_dict(epoch_acc or {}),
                 window=Accumulator.from_dict(extra.get("window") or {}),
                 wall_time_s=float(extra.get("wall_time_s", 0.0)),
@@ -142,6 +144,8 @@ class Progress:
                 raise TypeError("history holds a non-record")
             if progress.worst is not None and not isinstance(progress.worst, dict):
                 raise TypeError("worst is not a dict")
+            if progress.audits is not None and not isinstance(progress.audits, dict):
+                raise TypeError("audits is not a dict")
         except (TypeError, ValueError, KeyError) as err:
             raise checkpoint.CheckpointError(
                 f"{path}: the checkpoint's run state (extra) is malformed: {err}"
