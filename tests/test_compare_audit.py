@@ -214,3 +214,53 @@ def test_a_gross_bug_that_appears_between_audits_trips_the_guard_and_the_audit_c
     assert "found by the float64 audit because the float32 guard failed" in err
     assert "--compare-rtol" in err and "the audit of the same step confirms it" in err
     assert f"parameter '{last['param']}'" in err and last["param"].startswith("dense1.")
+
+
+NUMPY_CONSTANT_MODEL = """
+from functools import partial
+
+import jax
+import numpy as np
+from jaxbp import models
+
+W = np.linspace(0.5, 1.5, 16)  # a float64 NumPy array the layer closes over
+
+
+def scaled_swish_reference(x, w=W):
+    return x * jax.nn.sigmoid(x) * w
+
+
+@jax.custom_vjp
+def scaled_swish(x):
+    return scaled_swish_reference(x)
+
+
+def fwd(x):
+    return scaled_swish_reference(x), x
+
+
+def bwd(x, dy):
+    s = jax.nn.sigmoid(x)
+    return (dy * W * (s + x * s * (1 - s)),)
+
+
+scaled_swish.defvjp(fwd, bwd)
+
+
+def make_model(num_classes):
+    act = models.Custom(manual=scaled_swish, reference=partial(scaled_swish_reference, w=W), name="act")
+    return models.serial(models.Flatten, models.Dense(16), act, models.Dense(num_classes))
+"""
+
+
+def test_a_layer_that_closes_over_a_numpy_float64_array_is_audited(tmp_path):
+    # JAX 0.10.2 reuses such a constant traced in float32 when tracing in float64 (and the other
+    # way round): without the audit's isolated trace this run fails to lower its audit.
+    (tmp_path / "numpy_constant.py").write_text(NUMPY_CONSTANT_MODEL)
+    out = tmp_path / "run"
+    spec = f"{tmp_path / 'numpy_constant.py'}:make_model"
+    config = TrainConfig(model=spec, grad="compare", epochs=1, max_steps=6, audit_every=3, out=str(out))
+    result = fit(config, progress=False)
+    assert result.status == "stopped"
+    assert [(a["step"], a["passed"]) for a in _audits(out)] == [(1, True), (3, True), (6, True)]
+    assert max(a["error"] for a in _audits(out)) < 1e-12

@@ -31,7 +31,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from jaxbp import parallel
+from jaxbp import models, parallel
+from jaxbp.loading import first_line
 from jaxbp.train import steps
 from jaxbp.train.config import TrainConfig
 from jaxbp.train.errors import GradientMismatchError
@@ -109,17 +110,56 @@ class AuditLog:
 
 @dataclass
 class Auditor:
-    """What a compare-mode run audits with: the compiled float64 step (built once per
-    configuration by :func:`jaxbp.train.steps.compiled`), the interval, and whether this
-    process has audited yet (its first step always is)."""
+    """What a compare-mode run audits with: the float64 audit step (from
+    :func:`jaxbp.train.steps.compiled`), compiled ahead of time by :meth:`prepare`, the
+    interval, and whether this process has audited yet (its first step always is)."""
 
     audit_step: Callable
     interval: int
+    isolate: bool = True  # clear JAX's caches around the float64 trace (a float32 run)
+    executable: Any = None
+    compile_s: float = 0.0
     audited: bool = False
 
     @classmethod
     def create(cls, config: TrainConfig, audit_step: Callable, steps_per_epoch: int) -> Auditor:
-        return cls(audit_step, config.audit_every or steps_per_epoch)
+        return cls(audit_step, config.audit_every or steps_per_epoch, isolate=config.dtype != "float64")
+
+    def prepare(self, state, batch_shape: tuple[int, ...], model: str) -> None:
+        """Compile the audit for batches of ``batch_shape`` before the run's first float32 trace
+        (``model``: the config's, named in a :class:`~jaxbp.models.ModelError` if a user's fails).
+
+        JAX 0.10.2 reuses a closed-over NumPy float64 constant traced under one x64 setting
+        in a trace under the other (a user's layer that closes over ``np.linspace(...)``
+        fails to lower), so the float64 audit is traced between two ``jax.clear_caches()``
+        and kept as an ahead-of-time executable that never traces again; the float32 steps
+        trace after it, on clean caches. The clear drops this process's other compiled
+        functions, once per compare-mode run."""
+        t0 = time.perf_counter()
+        args = self._arguments(state, (np.zeros(batch_shape), np.zeros(batch_shape[:1]), batch_shape[0]), 1)
+        if self.isolate:
+            jax.clear_caches()
+        try:
+            with jax.enable_x64(True):
+                self.executable = self.audit_step.lower(*args).compile()
+        except Exception as err:
+            if model in models.MODELS:
+                raise
+            raise models.ModelError(  # the first trace of the user's layers: say whose code failed
+                f"{model!r}: tracing the float64 audit of --grad compare raised {type(err).__name__}: {first_line(err)}"
+            ) from err
+        if self.isolate:
+            jax.clear_caches()
+        self.compile_s = time.perf_counter() - t0
+
+    def _arguments(self, state, batch: tuple, step: int) -> tuple:
+        """The audit's host arguments for step ``step`` (1-based): float64 parameters, model
+        state and images from ``state`` (the state before the step) and ``batch``."""
+        xb, yb, n_valid = batch
+        params, model_state, rng = parallel.to_host((state.params, state.model_state, state.rng))
+        key = steps.dropout_key(rng, step - 1)  # float32 mode: the train step's key, bit for bit
+        images = np.asarray(xb, np.float64)
+        return _float64(params), _float64(model_state), images, np.asarray(yb, np.int32), np.int32(n_valid), key
 
     def reason(self, step: int, guard_passed: bool) -> str | None:
         """Why step ``step`` (1-based) is audited, or None."""
@@ -132,15 +172,10 @@ class Auditor:
     def audit(self, state, batch: tuple, step: int, tolerance: float) -> tuple[Verdict, dict[str, Any], float]:
         """Recompute step ``step`` (1-based) in float64 from ``state``, the state before it, and
         its ``batch`` ``(xb, yb, n_valid)``: ``(verdict, {param: (abs err, scale)}, seconds)``."""
-        xb, yb, n_valid = batch
         t0 = time.perf_counter()
-        params, model_state, rng = parallel.to_host((state.params, state.model_state, state.rng))
+        args = self._arguments(state, batch, step)
         with jax.enable_x64(True):
-            out = self.audit_step(
-                _float64(params), _float64(model_state), np.asarray(xb, np.float64), np.asarray(yb),
-                np.int32(n_valid), steps.dropout_key(rng, step - 1),
-            )  # fmt: skip
-            out = jax.device_get(out)
+            out = jax.device_get(self.executable(*args))
         self.audited = True
         err, scale = named(out["abs_err"]), named(out["scale"])
         numbers = {k: (float(err[k]), float(scale[k])) for k in err}
@@ -189,7 +224,7 @@ def summary_fields(config: TrainConfig, auditor: Auditor | None, progress) -> di
     if auditor is None:
         return {"audits": None}
     log = dataclasses.asdict(AuditLog.from_dict(progress.audits))
-    return {"audits": {"every": auditor.interval, "rtol": config.audit_rtol, **log}}
+    return {"audits": {"every": auditor.interval, "rtol": config.audit_rtol, "compile_s": auditor.compile_s, **log}}
 
 
 def _fold_guard(guard: Verdict, progress) -> None:

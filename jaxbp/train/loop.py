@@ -299,6 +299,8 @@ def _fit(config: TrainConfig, progress_arg, ops, overwrite: bool) -> TrainResult
             folder.write_json("config", config.to_dict())
             folder.write_json("summary", _summary(run, progress, "running", None, None))
             state = parallel.replicate(state, mesh)
+            if run.auditor:  # before any float32 step traces (see Auditor.prepare)
+                run.auditor.prepare(state, (config.batch_size, *ds.input_shape), config.model)
             state, status, stop_eval = _train(run, state, progress)
         except (GradientMismatchError, NonFiniteLossError, RunFolderError, ConfigError, models.ModelError) as err:
             status = {GradientMismatchError: "gradient_mismatch", NonFiniteLossError: "diverged"}.get(
