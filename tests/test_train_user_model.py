@@ -105,6 +105,10 @@ def test_a_user_model_trains_in_compare_mode_with_a_validation_split_and_resumes
     assert summary["status"] == "completed" and summary["steps"] == STEPS
     assert summary["config"]["model"] == spec and summary["dataset"]["val"] == len(SPLIT.x_val)
     assert summary["worst_agreement"]["max_rel_err"] <= 1e-4  # the user's backward agreed every step
+    # Audited in float64 at the first step of each process and at the end of the epoch.
+    audits = [(a["step"], a["reason"], a["passed"]) for a in _records(out, "audit")]
+    assert audits == [(1, "first step", True), (8, "first step after resume", True), (STEPS, "interval", True)]
+    assert summary["audits"]["count"] == 3 and summary["audits"]["last_step"] == STEPS
     (epoch,) = _records(out, "eval")
     assert 0.0 < epoch["val_accuracy"] <= 1.0 and np.isfinite(epoch["val_loss"])
     assert summary["val_accuracy"] == epoch["val_accuracy"] and summary["test_accuracy"] == epoch["test_accuracy"]
