@@ -6,7 +6,7 @@ max(max|g_autodiff|, AGREEMENT_FLOOR x the model's largest |g_autodiff| entry)``
 (:func:`jaxbp.train.steps.agreement`). Float32 rounding alone moves that by up to ~130 ulps;
 the guard fails above ``compare_rtol`` (1e-4, 840 ulps): it catches a gross bug on the step
 it shows, never rounding, but a small bug (a layer norm whose backward leaves out eps:
-1.8e-5) hides under it.
+4e-6 to 1.8e-5) hides under it.
 
 The audit decides exactly: at the first step (of the run, and of a resumed one), every
 ``audit_every`` steps (default: the last step of every epoch) and whenever the guard fails,
