@@ -11,10 +11,13 @@ same from the command line:
 
 ``models.Custom`` runs ``swish`` (the hand-derived backward) when the model runs on
 ``jaxbp.manual`` and ``swish_reference`` (differentiated by ``jax.grad``) on
-``jaxbp.autodiff``; ``--grad compare`` computes both gradients every step and stops the
-run if they disagree.
+``jaxbp.autodiff``; ``--grad compare`` computes both gradients every step (a float32 guard
+against gross bugs), recomputes whole steps in float64 at the first step and at the end of
+every epoch (``--audit-every``), where rounding cannot hide a small bug, and stops the run
+if an audit finds them disagreeing.
 """
 
+import json
 from pathlib import Path
 
 import jax
@@ -63,11 +66,13 @@ if __name__ == "__main__":
     assert report.passed, "fix swish_bwd before training with it"
 
     # What `jaxbp train --model examples/custom_layer.py:make_model --grad compare` runs: both
-    # gradients every step, the manual ones applied, the run stopped if they ever disagree.
+    # gradients every step, the manual ones applied, steps audited in float64, the run stopped
+    # if an audit finds them disagreeing.
     config = TrainConfig(model=f"{Path(__file__)}:make_model", grad="compare", epochs=3, val_split=0.1)
     result = fit(config, overwrite=True)
+    audits = json.loads(result.paths["summary"].read_text())["audits"]
     print(
         f"validation accuracy {result.val_accuracy:.4f}, test accuracy {result.test_accuracy:.4f}; "
-        f"worst gradient rel. error {result.worst_agreement['max_rel_err']:.1e} "
-        f"({result.worst_agreement['param']}); run folder {result.out_dir}"
+        f"worst float32 error {result.worst_agreement['max_rel_err']:.1e} ({result.worst_agreement['param']}), "
+        f"{audits['count']} float64 audits, worst {audits['worst']['error']:.1e}; run folder {result.out_dir}"
     )

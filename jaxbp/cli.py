@@ -32,7 +32,11 @@ _TRAIN_FLAGS = {
         "FUNCTION(num_classes) returning a jaxbp.models.serial model",
     ),
     "--init": ("init", str, "he (He normal; Glorot for the last dense) or uniform (U(+-1/sqrt(fan_in)))"),
-    "--grad": ("grad", str, "manual (hand-derived), autodiff (jax.grad) or compare (both, checked every step)"),
+    "--grad": (
+        "grad",
+        str,
+        "manual (hand-derived), autodiff (jax.grad) or compare (both: a float32 guard every step, float64 audits)",
+    ),
     "--optimizer": ("optimizer", str, "the optimizer"),
     "--lr": ("learning_rate", float, "learning rate (peak of the cosine schedule)"),
     "--momentum": ("momentum", float, "momentum of --optimizer momentum, in [0, 1)"),
@@ -50,7 +54,19 @@ _TRAIN_FLAGS = {
     "--out": ("out", str, "output folder (default runs/<dataset>-<model>-<grad>; with --resume: that folder)"),
     "--resume": ("resume", str, "continue the run in this folder (or from this checkpoint .npz), writing there"),
     "--max-steps": ("max_steps", int, "stop with a checkpoint after this many steps in all (0: no limit)"),
-    "--compare-rtol": ("compare_rtol", float, "tolerance of --grad compare (max rel. error per parameter)"),
+    "--compare-rtol": (
+        "compare_rtol",
+        float,
+        "tolerance of the float32 guard of --grad compare, every step: max|manual - autodiff| per parameter "
+        "over max(its max|autodiff|, 10%% of the model's largest); a failure triggers a float64 audit",
+    ),
+    "--audit-every": (
+        "audit_every",
+        int,
+        "--grad compare: recompute both gradients in float64 at the first step and every this many steps "
+        "(0: at the end of every epoch)",
+    ),
+    "--audit-rtol": ("audit_rtol", float, "tolerance of the float64 audits of --grad compare (same measure)"),
     "--log-every": ("log_every", int, "log the train metrics every this many steps"),
     "--dtype": ("dtype", str, "the dtype of parameters and activations"),
     "--matmul-precision": ("matmul_precision", str, "jax.default_matmul_precision of the run"),

@@ -104,8 +104,9 @@ def test_fit_learns_writes_outputs_and_never_retraces(baseline):
     # 46 batches, full and padded alike, and two evaluations: at most one trace each
     # (none when an earlier test compiled the same configuration).
     assert traces.get("train-manual", 0) <= 1 and traces.get("eval", 0) <= 1
-    _, train_step, eval_step, _ = steps.compiled(steps.step_key(BASE), 10, 2 * STEPS_PER_EPOCH, None)
-    assert train_step._cache_size() == 1 and eval_step._cache_size() == 1
+    compiled = steps.compiled(steps.step_key(BASE), 10, 2 * STEPS_PER_EPOCH, None)
+    assert compiled.train_step._cache_size() == 1 and compiled.eval_step._cache_size() == 1
+    assert compiled.audit_step is None  # manual gradients: nothing to audit
 
 
 def test_same_config_is_bitwise_deterministic_via_the_cli(baseline, tmp_path, capsys):
@@ -228,7 +229,12 @@ def test_compare_mode_logs_agreement_within_tolerance(tmp_path):
     assert all(0 <= r["grad_max_rel_err"] <= BASE.compare_rtol and r["grad_min_cos"] > 1 - 1e-6 for r in recs)
     worst = result.worst_agreement
     assert worst["max_rel_err"] == max(r["grad_max_rel_err"] for r in recs)
-    assert json.loads((tmp_path / "summary.json").read_text())["worst_agreement"] == worst
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["worst_agreement"] == worst
+    # The float64 audit of the first step (the next is due at the end of the epoch, step 23).
+    (audit,) = _records(tmp_path, "audit")
+    assert (audit["step"], audit["reason"], audit["passed"]) == (1, "first step", True) and audit["error"] < 1e-12
+    assert summary["audits"]["count"] == 1 and summary["audits"]["every"] == STEPS_PER_EPOCH
 
 
 def _ops_with_wrong_relu_backward():
@@ -251,10 +257,11 @@ def _ops_with_wrong_relu_backward():
 def test_compare_mode_fails_on_a_wrong_backward(tmp_path):
     config = dataclasses.replace(BASE, model="mlp", dropout=0.0, grad="compare", max_steps=3, out=str(tmp_path))
     with pytest.raises(
-        train.GradientMismatchError, match=r"at step 1: parameter 'dense1\.(w|b)'.*> compare_rtol"
+        train.GradientMismatchError,
+        match=r"at step 1 .*float64 audit because the float32 guard failed .*confirms it\): parameter 'dense1\.(w|b)'",
     ) as info:
         train.fit(config, progress=False, ops=_ops_with_wrong_relu_backward())
-    assert "outside tolerance" in str(info.value) and "dense2.w" in str(info.value)
+    assert "outside --audit-rtol" in str(info.value) and "dense2.w" in str(info.value)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "gradient_mismatch"
     assert not (tmp_path / "checkpoint.npz").exists()

@@ -6,6 +6,7 @@ in about a second; every run goes through ``cli.main`` in this process.
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,6 +69,7 @@ def bad_backward(num_classes):
 
 SPLIT = data.load("digits", val_split=0.2)  # what the runs below train and validate on
 STEPS = -(-len(SPLIT.x_train) // 64)  # one epoch in batches of 64
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_layer.py"
 
 
 @pytest.fixture
@@ -105,6 +107,10 @@ def test_a_user_model_trains_in_compare_mode_with_a_validation_split_and_resumes
     assert summary["status"] == "completed" and summary["steps"] == STEPS
     assert summary["config"]["model"] == spec and summary["dataset"]["val"] == len(SPLIT.x_val)
     assert summary["worst_agreement"]["max_rel_err"] <= 1e-4  # the user's backward agreed every step
+    # Audited in float64 at the first step of each process and at the end of the epoch.
+    audits = [(a["step"], a["reason"], a["passed"]) for a in _records(out, "audit")]
+    assert audits == [(1, "first step", True), (8, "first step after resume", True), (STEPS, "interval", True)]
+    assert summary["audits"]["count"] == 3 and summary["audits"]["last_step"] == STEPS
     (epoch,) = _records(out, "eval")
     assert 0.0 < epoch["val_accuracy"] <= 1.0 and np.isfinite(epoch["val_loss"])
     assert summary["val_accuracy"] == epoch["val_accuracy"] and summary["test_accuracy"] == epoch["test_accuracy"]
@@ -128,8 +134,27 @@ def test_compare_mode_fails_the_run_on_a_wrong_backward_in_the_users_layer(tmp_p
     code, _, err = _main(["train", "--model", spec, "--grad", "compare", "--epochs", "1", "--quiet",
                           "--out", tmp_path / "run"], capsys)  # fmt: skip
     assert code == 1
-    assert "GradientMismatchError: gradient mismatch at step 1" in err and "dense1" in err
+    assert "GradientMismatchError: gradient mismatch at step 1 " in err and "parameter 'dense1." in err
+    # A gross bug: the float32 guard of the step sees it, the float64 audit of the step confirms it.
+    assert "found by the float64 audit because the float32 guard failed" in err and "--compare-rtol" in err
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "gradient_mismatch"
+
+
+def test_the_readmes_custom_layer_command_passes(tmp_path, capsys):
+    # `jaxbp train --model examples/custom_layer.py:make_model --grad compare --val-split 0.1`, cut
+    # to 135 of its 315 steps: at step 131 the float32 comparison of jaxbp 0.x (rel. error against a
+    # 1 % floor) failed this correct layer on AVX2 (conv1.b, whose gradient batch norm makes ~0).
+    out = tmp_path / "run"
+    argv = ["train", "--model", f"{EXAMPLE}:make_model", "--grad", "compare", "--val-split", "0.1"]
+    code, _, err = _main([*argv, "--max-steps", "135", "--audit-every", "45", "--quiet", "--out", out], capsys)
+    assert code == 0, err
+    assert "warning" not in err  # the guard never tripped
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["steps"] == 135
+    assert summary["worst_agreement"]["max_rel_err"] < summary["compare_rtol"] / 3
+    audits = _records(out, "audit")
+    assert [(a["step"], a["passed"]) for a in audits] == [(1, True), (45, True), (90, True), (135, True)]
+    assert max(a["error"] for a in audits) < 1e-12 and summary["audits"]["count"] == 4
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,12 @@ Gradients (``grad``): ``"manual"`` runs the model on :mod:`jaxbp.manual` (every
 backward hand-derived), ``"autodiff"`` on :mod:`jaxbp.autodiff` (``jax.grad``
 derives them); both go through ``jax.value_and_grad``, only the ops differ.
 ``"compare"`` computes both gradients from the same parameters in the same step,
-updates with the manual one and checks them against each other, per parameter:
-``max|g_manual - g_autodiff| / max|g_autodiff|`` must stay within ``compare_rtol``,
-or the run stops with :class:`GradientMismatchError`. (Gradients below 1 % of the
-model's largest are measured against that 1 %: see :data:`AGREEMENT_FLOOR`.)
+updates with the manual one and checks them against each other, per parameter: a
+float32 guard every step (``max|g_manual - g_autodiff|`` against ``max(max|g_autodiff|,
+10 % of the model's largest entry)``, see :data:`AGREEMENT_FLOOR`, within
+``compare_rtol``) and exact float64 audits of whole steps (at the first, every
+``audit_every`` and on a guard failure, within ``audit_rtol``; :mod:`~jaxbp.train.audit`).
+A failed audit stops the run with :class:`GradientMismatchError`.
 
 Runs are deterministic (same config, same machine: bitwise the same metrics):
 seeded initialisation, the batch order from ``data.batches(seed, epoch)``,
@@ -24,6 +26,7 @@ The package, one job per module:
 
 * :mod:`~jaxbp.train.config`: :class:`TrainConfig`, its validation, resuming a config;
 * :mod:`~jaxbp.train.steps`: the loss of a padded batch, the optimizer, the jitted steps;
+* :mod:`~jaxbp.train.audit`: compare mode's float32 guard and float64 audits;
 * :mod:`~jaxbp.train.state`: :class:`TrainState`, :class:`Progress`, the metrics :class:`Accumulator`;
 * :mod:`~jaxbp.train.loop`: :func:`fit`, :func:`train_epoch`, :func:`evaluate`;
 * :mod:`~jaxbp.train.runfolder`: :class:`RunFolder`, the one writer of a run's files;

@@ -86,7 +86,17 @@ class TrainConfig:
     out: str | None = None  # default: runs/<dataset>-<model>-<grad>, or the resumed run's folder
     resume: str | None = None  # a run folder or a checkpoint .npz to continue
     max_steps: int = 0  # stop (with a checkpoint) after this many steps in all; 0: no limit
+    # Compare mode (see jaxbp.train.audit): the float32 guard of every step fails a parameter
+    # whose max|g_manual - g_autodiff| exceeds compare_rtol (840 float32 ulps) times its scale,
+    # max(max|g_autodiff|, AGREEMENT_FLOOR x the model's largest entry); measured rounding stays
+    # under 100 ulps. The float64 audit recomputes a step's two gradients at the first step,
+    # every audit_every steps (0: at the end of every epoch) and whenever the guard fails, and
+    # requires the same measure within audit_rtol: float64 rounding is 2^-29 of float32's
+    # (measured under 2e-14), so 1e-9 leaves a margin of 5e4 above it and stays 4e3 below the
+    # smallest bugs seen (a layer norm whose backward leaves out its eps 1e-5: 4e-6 to 1.8e-5).
     compare_rtol: float = 1e-4
+    audit_every: int = 0
+    audit_rtol: float = 1e-9
     log_every: int = 10
     dtype: str = "float32"
     matmul_precision: str = "default"
@@ -112,6 +122,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "log_every", "shift"):
             _check_int(name, getattr(self, name), 1)
         _check_int("max_steps", self.max_steps, 0)
+        _check_int("audit_every", self.audit_every, 0)
         _check_int("seed", self.seed, 0)
         _check_float("learning_rate", self.learning_rate, 0.0, math.inf, low_open=True)
         _check_float("momentum", self.momentum, 0.0, 1.0)
@@ -120,6 +131,7 @@ class TrainConfig:
         _check_float("label_smoothing", self.label_smoothing, 0.0, 1.0)
         _check_float("val_split", self.val_split, 0.0, 1.0)
         _check_float("compare_rtol", self.compare_rtol, 0.0, math.inf, low_open=True)
+        _check_float("audit_rtol", self.audit_rtol, 0.0, math.inf, low_open=True)
         if self.devices is not None and not (
             str(self.devices) == "all" or (str(self.devices).isdigit() and int(self.devices) >= 1)
         ):

@@ -25,7 +25,7 @@ import numpy as np
 
 from jaxbp import checkpoint, data, models, parallel
 from jaxbp.loading import first_line
-from jaxbp.train import resume, steps
+from jaxbp.train import audit, resume, steps
 from jaxbp.train.config import TRAJECTORY_FIELDS, ConfigError, TrainConfig, config_differences
 from jaxbp.train.display import Display
 from jaxbp.train.errors import (
@@ -67,6 +67,7 @@ class Run:
     augment: Any
     timing: Timing
     t_start: float
+    auditor: audit.Auditor | None = None  # compare mode: the float64 audits
 
     @property
     def last_step(self) -> int:
@@ -100,6 +101,7 @@ def train_epoch(run: Run, state: TrainState, progress: Progress, stop: StopSigna
     )  # fmt: skip
     for xb, yb, n_valid in batches:
         xb = run.augment(xb, progress.epoch, progress.batch_index)
+        before = state  # compare mode audits the step from the state it started from
         state, m, seconds = _step(run, state, progress, xb, yb, n_valid)
         progress.step += 1
         progress.batch_index += 1
@@ -107,7 +109,7 @@ def train_epoch(run: Run, state: TrainState, progress: Progress, stop: StopSigna
         for acc in (progress.epoch_acc, progress.window):
             acc.add(float(m["loss"]), int(m["correct"]), n_valid, seconds, loss_a)
         if config.grad == "compare":
-            _check_agreement(config, m, progress)
+            audit.check_step(run, before, (xb, yb, n_valid), m, progress)
         if progress.step % config.log_every == 0 or progress.batch_index == run.steps_per_epoch:
             rec = progress.window.train_record(progress.step, progress.epoch + 1)
             run.log(rec)
@@ -128,7 +130,7 @@ def _step(run: Run, state: TrainState, progress: Progress, xb, yb, n_valid: int)
         params, opt_state, model_state, metrics = run.train_step(
             state.params, state.opt_state, state.model_state,
             *parallel.global_batch(run.mesh, np.asarray(xb, run.dtype), yb),
-            np.int32(n_valid), jax.random.fold_in(state.rng, progress.step),
+            np.int32(n_valid), steps.dropout_key(state.rng, progress.step),
         )  # fmt: skip
         m = parallel.to_host(metrics)
     except jax.errors.JaxRuntimeError as err:
@@ -233,40 +235,6 @@ def save(run: Run, state: TrainState, progress: Progress) -> Path:
     )  # fmt: skip
 
 
-def _check_agreement(config: TrainConfig, m: dict[str, Any], progress: Progress) -> None:
-    """Fold this step's per-parameter agreement into the run's and the window's worst;
-    raise :class:`GradientMismatchError` when a parameter leaves the tolerance."""
-    rel, cos = _named(m["rel_err"]), _named(m["cos"])
-    name = max(rel, key=lambda k: (not math.isfinite(float(rel[k])), float(rel[k])))
-    r, c = float(rel[name]), min(float(v) for v in cos.values())
-    step = progress.step
-    if not r <= config.compare_rtol:  # NaN fails too
-        table = "\n".join(
-            f"  {k:12s} rel err {float(rel[k]):.3e}  cosine {float(cos[k]):.6f}"
-            + ("   <-- outside tolerance" if not float(rel[k]) <= config.compare_rtol else "")
-            for k in rel
-        )
-        raise GradientMismatchError(
-            f"gradient mismatch at step {step}: parameter {name!r} has max|g_manual - g_autodiff| / "
-            f"max|g_autodiff| = {r:.3e} > compare_rtol {config.compare_rtol:.1e} (cosine {float(cos[name]):.6f}).\n"
-            f"Per parameter:\n{table}"
-        )
-    worst = progress.worst
-    if worst is None or r > worst["max_rel_err"]:
-        worst = {**(worst or {}), "max_rel_err": r, "param": name, "step": step}
-    worst["min_cos"] = min(c, worst.get("min_cos", 1.0))
-    progress.worst = worst
-    progress.window.add_agreement(r, name, c)
-
-
-def _named(tree) -> dict[str, Any]:
-    """``{"conv1.w": leaf, ...}`` for a nested dict tree."""
-    out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        out[".".join(str(getattr(k, "key", k)) for k in path)] = leaf
-    return out
-
-
 # ------------------------------------------------------------------ fit
 
 
@@ -316,9 +284,8 @@ def _fit(config: TrainConfig, progress_arg, ops, overwrite: bool, stop: StopSign
     ds = data.load(config.dataset, config.data_dir, seed=config.seed, val_split=config.val_split)
     config.check_against_data(len(ds.x_train), ds.input_shape)
     steps_per_epoch = data.num_batches(len(ds.x_train), config.batch_size, config.drop_last)
-    model, train_step, eval_step, optimizer = steps.compiled(
-        steps.step_key(config), ds.num_classes, steps_per_epoch * config.epochs, ops
-    )
+    compiled = steps.compiled(steps.step_key(config), ds.num_classes, steps_per_epoch * config.epochs, ops)
+    model, train_step, eval_step, optimizer, audit_step = compiled
     state, progress, resume_folder = _start(config, model, optimizer, ds)
     if config.max_steps and config.max_steps <= progress.step:
         raise ConfigError(
@@ -335,6 +302,7 @@ def _fit(config: TrainConfig, progress_arg, ops, overwrite: bool, stop: StopSign
         run = Run(
             config, ds, mesh, model, train_step, eval_step, jnp.dtype(config.dtype), steps_per_epoch,
             folder, display, data.batch_augmenter(config, ds), Timing(), t_start,
+            audit.Auditor.create(config, audit_step, steps_per_epoch) if audit_step else None,
         )  # fmt: skip
         for note in folder.notes:
             display.note(note)
@@ -342,6 +310,8 @@ def _fit(config: TrainConfig, progress_arg, ops, overwrite: bool, stop: StopSign
             folder.write_json("config", config.to_dict())
             folder.write_json("summary", _summary(run, progress, "running", None, None))
             state = parallel.replicate(state, mesh)
+            if run.auditor:  # before any float32 step traces (see Auditor.prepare)
+                run.auditor.prepare(state, (config.batch_size, *ds.input_shape), config.model)
             state, status, stop_eval = _train(run, state, progress, stop)
         except (GradientMismatchError, NonFiniteLossError, RunFolderError, ConfigError, models.ModelError) as err:
             status = {GradientMismatchError: "gradient_mismatch", NonFiniteLossError: "diverged"}.get(
@@ -476,6 +446,7 @@ def _summary(run: Run, progress: Progress, status: str, error, stop_eval) -> dic
         "examples_per_s": timing.examples / timing.train_s if timing.train_s > 0 else 0.0,
         "worst_agreement": progress.worst,
         "compare_rtol": config.compare_rtol if config.grad == "compare" else None,
+        **audit.summary_fields(config, run.auditor, progress),
         "dataset": {
             "name": ds.name,
             "train": len(ds.x_train),

@@ -123,13 +123,14 @@ class Progress:
     batch_index: int = 0  # batches of the current epoch done
     history: list[dict[str, Any]] = field(default_factory=list)  # the eval records
     worst: dict[str, Any] | None = None  # compare mode: the worst agreement of the run
+    audits: dict[str, Any] | None = None  # compare mode: jaxbp.train.audit.AuditLog as a dict
     epoch_acc: Accumulator = field(default_factory=Accumulator)
     window: Accumulator = field(default_factory=Accumulator)
     wall_time_s: float = 0.0  # of the processes before this one
 
     def extra(self, wall_time_s: float) -> dict[str, Any]:
         return {
-            "batch_index": self.batch_index, "history": self.history, "worst": self.worst,
+            "batch_index": self.batch_index, "history": self.history, "worst": self.worst, "audits": self.audits,
             "epoch_acc": dataclasses.asdict(self.epoch_acc), "window": dataclasses.asdict(self.window),
             "wall_time_s": wall_time_s,
         }  # fmt: skip
@@ -156,6 +157,7 @@ class Progress:
                 batch_index=extra.get("batch_index", 0),
                 history=list(extra.get("history") or []),
                 worst=extra.get("worst"),
+                audits=extra.get("audits"),
                 epoch_acc=Accumulator.from_dict(epoch_acc or {}),
                 window=Accumulator.from_dict(extra.get("window") or {}),
                 wall_time_s=extra.get("wall_time_s", 0.0),
@@ -190,6 +192,8 @@ class Progress:
             and _is_number(w.get("max_rel_err"), float) and _is_number(w.get("min_cos"), float)
         ):  # fmt: skip
             raise TypeError(f"worst is {w!r}, not the run's worst agreement"[:300])
+        if self.audits is not None and not isinstance(self.audits, dict):
+            raise TypeError("audits is not a dict")
 
     def _position_problem(self, steps_per_epoch: int, epochs: int) -> str | None:
         total = steps_per_epoch * epochs
