@@ -42,6 +42,7 @@ from jaxbp.datafiles import (
     FILE_NAMES,
     IDX_DATASETS as IDX_DATASETS,
     IDX_FILES,
+    MAX_IDX_BYTES as MAX_IDX_BYTES,
     NUM_CLASSES,
     SHA256 as SHA256,
     SYSTEM_DATA_DIR as SYSTEM_DATA_DIR,

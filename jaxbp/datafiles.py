@@ -52,6 +52,7 @@ __all__ = [
     "FILE_NAMES",
     "IDX_DATASETS",
     "IDX_FILES",
+    "MAX_IDX_BYTES",
     "NUM_CLASSES",
     "SHA256",
     "SYSTEM_DATA_DIR",
@@ -120,6 +121,10 @@ ENV_DATA = "JAXBP_DATA"
 _IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # ubyte (0x08) with 3 dims (images) / 1 dim (labels)
 _IDX_UBYTE = 0x08
 _CHUNK = 1 << 16
+# The largest IDX payload read, 1 GiB (MNIST's train images are 47 MB, EMNIST's largest 0.55 GB):
+# a header declaring more is refused before anything is allocated.
+MAX_IDX_BYTES = 1 << 30
+_DEFLATE_MAX_RATIO = 1032  # deflate's largest expansion: 258 bytes from 2 bits
 
 
 class DataError(ValueError):
@@ -262,17 +267,37 @@ def _open(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
-def _read_exact(f, n: int) -> bytes:
-    """Up to ``n`` bytes (fewer only at end of file); reads in chunks so a bogus huge
-    header cannot make us allocate more than the file actually holds."""
-    parts, got = [], 0
-    while got < n:
-        part = f.read(min(_CHUNK * 64, n - got))
-        if not part:
+def _read_payload(f, size: int) -> tuple[np.ndarray, int]:
+    """A uint8 array of ``size`` bytes filled from ``f`` and how many were there (fewer only at
+    the end of the file). Allocated once, after :func:`_check_declared` bounded ``size``."""
+    payload = np.empty(size, dtype=np.uint8)
+    view, got = memoryview(payload), 0
+    while got < size:
+        n = f.readinto(view[got : got + _CHUNK * 64])
+        if not n:
             break
-        parts.append(part)
-        got += len(part)
-    return b"".join(parts)
+        got += n
+    return payload, got
+
+
+def _check_declared(path: Path, dims: tuple[int, ...]) -> int:
+    """The payload size the header declares, checked before anything is allocated: at most
+    :data:`MAX_IDX_BYTES`, exactly what a raw file holds, and no more than a gzip file of
+    this size can inflate to (deflate expands at most :data:`_DEFLATE_MAX_RATIO` to 1)."""
+    size = math.prod(dims)
+    shape = f"{'x'.join(map(str, dims))} = {size} bytes"
+    if size > MAX_IDX_BYTES:
+        raise DataError(f"{path}: header declares {shape}, more than the limit of {MAX_IDX_BYTES} bytes (1 GiB)")
+    on_disk = path.stat().st_size
+    if path.suffix == ".gz":
+        if size > on_disk * _DEFLATE_MAX_RATIO:
+            raise DataError(f"{path}: header declares {shape}, more than a gzip file of {on_disk} bytes can hold")
+        return size
+    actual = on_disk - (4 + 4 * len(dims))
+    if actual != size:
+        what = "truncated payload" if actual < size else "trailing bytes after the payload"
+        raise DataError(f"{path}: {what}: header says {shape}, file holds {actual}")
+    return size
 
 
 def _parse_header(f, path: Path, ndim: int | None) -> tuple[int, ...]:
@@ -313,10 +338,13 @@ def _idx_errors(path: Path) -> Iterator[None]:
 
 
 def read_idx_header(path: str | os.PathLike, *, ndim: int | None = None) -> tuple[int, ...]:
-    """The dimension sizes from the header of an IDX ubyte file (payload not read)."""
+    """The dimension sizes from the header of an IDX ubyte file (payload not read), with the
+    declared size checked as :func:`read_idx` checks it."""
     path = Path(path)
     with _idx_errors(path), _open(path) as f:
-        return _parse_header(f, path, ndim)
+        dims = _parse_header(f, path, ndim)
+        _check_declared(path, dims)
+    return dims
 
 
 def read_idx(path: str | os.PathLike, *, ndim: int | None = None) -> np.ndarray:
@@ -325,30 +353,24 @@ def read_idx(path: str | os.PathLike, *, ndim: int | None = None) -> np.ndarray:
     Strict: the magic number must be ``0x0000 08 nd`` (``0x00000803`` images,
     ``0x00000801`` labels; ``ndim`` fixes ``nd`` when given), the payload must hold
     exactly ``prod(dims)`` bytes (truncation and trailing bytes are errors), and the
-    gzip stream must be intact (checked to its CRC). Returns a uint8 array of shape
+    gzip stream must be intact (checked to its CRC). The declared size is checked before
+    anything is allocated: at most :data:`MAX_IDX_BYTES`, equal to a raw file's payload,
+    within what a gzip file of its size can inflate to; a gzip stream is inflated no
+    further than the declared size and one byte. Returns a uint8 array of shape
     ``dims``. Every problem raises :class:`DataError` naming the file.
     """
     path = Path(path)
     with _idx_errors(path), _open(path) as f:
         dims = _parse_header(f, path, ndim)
-        size = math.prod(dims)
-        if path.suffix != ".gz":
-            header = 4 + 4 * len(dims)
-            actual = os.fstat(f.fileno()).st_size - header
-            if actual != size:
-                what = "truncated payload" if actual < size else "trailing bytes after the payload"
-                raise DataError(
-                    f"{path}: {what}: header says {'x'.join(map(str, dims))} = {size} bytes, file holds {actual}"
-                )
-        payload = _read_exact(f, size)
-        if len(payload) < size:
+        size = _check_declared(path, dims)
+        payload, got = _read_payload(f, size)  # at most size bytes inflated: a gzip bomb stops here
+        if got < size:
             raise DataError(
-                f"{path}: truncated payload: header says {'x'.join(map(str, dims))} = {size} bytes, "
-                f"only {len(payload)} present"
+                f"{path}: truncated payload: header says {'x'.join(map(str, dims))} = {size} bytes, only {got} present"
             )
         if f.read(1):  # also runs gzip's CRC and length check at end of stream
             raise DataError(f"{path}: trailing bytes after the payload of {size} bytes")
-    return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
+    return payload.reshape(dims)
 
 
 def read_split(name: str, split: str, files: dict[str, Path]) -> tuple[np.ndarray, np.ndarray]:
