@@ -8,6 +8,8 @@ Bad flags exit with status 2 (argparse); failed checks exit with status 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 from collections.abc import Sequence
@@ -216,17 +218,46 @@ def _run_data(args: argparse.Namespace) -> int:
 
     try:
         if args.data_action == "fetch":
+            if args.base_url is not None:
+                data.check_base_url(args.base_url, "--base-url")
             folder = data.fetch(args.name, args.cache_dir, base_url=args.base_url)
-            print(f"{args.name}: verified files in {folder}")
+            _say(f"{args.name}: verified files in {folder}")
             return 0
         infos = [data.info(name, args.data_dir) for name in ([args.name] if args.name else data.DATASETS)]
-        print(json.dumps(infos, indent=2) if args.json else data.format_info(infos))
+        _say(json.dumps(infos, indent=2) if args.json else data.format_info(infos))
         invalid = [item["error"] for item in infos if item["status"] == "invalid"]
         if invalid:
             raise data.DataError("; ".join(invalid))
         return 0
     except data.DataError as err:
         return data.report_error(err, "jaxbp data")
+    except StdoutError as err:
+        return err.report("jaxbp data")
+
+
+class StdoutError(Exception):
+    """Standard output cannot be written (``> /dev/full``, a reader that left the pipe)."""
+
+    def __init__(self, err: OSError):
+        super().__init__(os.strerror(err.errno) if err.errno else str(err))
+        self.broken_pipe = isinstance(err, BrokenPipeError)
+
+    def report(self, prog: str) -> int:
+        """Point stdout at /dev/null (the interpreter's last flush then succeeds); a closed pipe
+        ends quietly with 141 (128 + SIGPIPE, as a shell reports it), anything else is one line, 2."""
+        with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if self.broken_pipe:
+            return 141
+        return _error(f"cannot write to standard output: {self}", prog)
+
+
+def _say(text: str) -> None:
+    """``print(text)`` and flush; a write error is a :class:`StdoutError`."""
+    try:
+        print(text, flush=True)
+    except OSError as err:
+        raise StdoutError(err) from None
 
 
 # ------------------------------------------------------------------------ check

@@ -1,41 +1,35 @@
-"""The files of the IDX data sets: where they are looked for, how they are read, how they are fetched.
+"""The files of the IDX data sets: where they are looked for and how they are read.
 
 The file side of :mod:`jaxbp.data` (which loads, splits, batches and augments what is read
-here, and re-exports every public name of this module, so ``jaxbp.data.fetch`` etc. keep
-working).
+here, and re-exports every public name of this module and of :mod:`jaxbp.download`, so
+``jaxbp.data.read_idx`` etc. keep working).
 
 * ``mnist`` and ``fashion-mnist`` are the four standard IDX files, gzipped (``.gz``)
   or raw, looked up in this order (first folder holding all four wins):
 
   1. the ``data_dir`` argument (``--data-dir``), and ``data_dir/<name>``;
   2. ``$JAXBP_DATA`` and ``$JAXBP_DATA/<name>``;
-  3. the cache, ``<cache>/<name>`` (:func:`default_cache_dir`), where :func:`fetch` writes;
+  3. the cache, ``<cache>/<name>`` (:func:`default_cache_dir`), where ``fetch`` writes;
   4. ``/usr/share/datasets/<name>`` (Debian's ``dataset-fashion-mnist`` installs there).
 
   :func:`find_files` returns them, or raises :class:`MissingDataError` saying where it
   looked and how to get them (:func:`missing_message`).
 * :func:`read_idx` parses them strictly; every problem raises :class:`DataError` naming
   the file. :func:`read_split` reads and cross-checks one split's images and labels.
-* :func:`fetch` is the only code in jaxbp that touches the network: it downloads the
-  four ``.gz`` files, verifies each against a pinned SHA-256 (:data:`SHA256`) and moves
-  it into place atomically.
+* :func:`jaxbp.download.fetch` (the only code in jaxbp that touches the network) writes
+  them into the cache.
 
-The errors live here (``jaxbp.data`` imports this module, never the reverse).
+The errors live here (``jaxbp.data`` and ``jaxbp.download`` import this module, never the reverse).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
 import math
 import os
 import struct
 import sys
-import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,10 +37,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxbp.checkpoint import fsync_dir
 
 __all__ = [
-    "BASE_URLS",
     "DATASETS",
     "ENV_DATA",
     "FILE_NAMES",
@@ -54,7 +46,6 @@ __all__ = [
     "IDX_FILES",
     "MAX_IDX_BYTES",
     "NUM_CLASSES",
-    "SHA256",
     "SYSTEM_DATA_DIR",
     "SYSTEM_PACKAGES",
     "DataError",
@@ -62,7 +53,6 @@ __all__ = [
     "MissingDataError",
     "canonical_name",
     "default_cache_dir",
-    "fetch",
     "find_files",
     "locate",
     "missing_message",
@@ -83,33 +73,6 @@ IDX_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 FILE_NAMES = tuple(name for pair in IDX_FILES.values() for name in pair)
-
-BASE_URLS = {
-    "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-    "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
-}
-
-# SHA-256 of the gzipped files as served at BASE_URLS. The same values are pinned in
-# tensorflow/datasets (tensorflow_datasets/url_checksums/{mnist,fashion_mnist}.txt)
-# and in several independent projects; the Fashion-MNIST ones belong to the files
-# whose MD5s the Fashion-MNIST README publishes (8d4fb7e6..., 25c81989...,
-# bef4ecab..., bb300cfd...). Debian's dataset-fashion-mnist re-compresses the files,
-# so its .gz digests differ: load() does not check digests, only fetch() does; the
-# strict IDX parser checks what load() reads.
-SHA256 = {
-    "mnist": {
-        "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-        "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-        "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-        "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-    },
-    "fashion-mnist": {
-        "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-        "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-        "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-        "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
-    },
-}
 
 # Where system packages put data sets (Debian: dataset-fashion-mnist).
 SYSTEM_DATA_DIR = Path("/usr/share/datasets")
@@ -391,116 +354,3 @@ def read_split(name: str, split: str, files: dict[str, Path]) -> tuple[np.ndarra
         bad = int(np.argmax(labels >= NUM_CLASSES))
         raise DataError(f"{lbl_path}: label {int(labels[bad])} at index {bad} is out of range 0..{NUM_CLASSES - 1}")
     return images, labels
-
-
-# ------------------------------------------------------------------ fetch
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK * 16), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _download(url: str, dest: Path, expected: str, progress: bool) -> None:
-    """Stream ``url`` into a temp file next to ``dest``, verify, fsync, os.replace."""
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
-            try:
-                response = urllib.request.urlopen(url, timeout=60)  # fetch() allows http(s) only
-            except urllib.error.HTTPError as err:
-                raise DataError(f"could not download {url}: HTTP {err.code} {err.reason}") from err
-            except (urllib.error.URLError, OSError) as err:
-                raise DataError(f"could not download {url}: {getattr(err, 'reason', err)}") from err
-            with response:
-                total = response.headers.get("Content-Length")
-                bar = None
-                if progress and sys.stderr.isatty():
-                    from tqdm import tqdm
-
-                    bar = tqdm(
-                        total=int(total) if total and total.isdigit() else None,
-                        unit="B",
-                        unit_scale=True,
-                        unit_divisor=1024,
-                        desc=dest.name,
-                        leave=False,
-                    )
-                try:
-                    while True:
-                        try:
-                            chunk = response.read(_CHUNK)
-                        except OSError as err:
-                            raise DataError(f"could not download {url}: {err}") from err
-                        if not chunk:
-                            break
-                        out.write(chunk)
-                        digest.update(chunk)
-                        if bar is not None:
-                            bar.update(len(chunk))
-                finally:
-                    if bar is not None:
-                        bar.close()
-            out.flush()
-            os.fsync(out.fileno())
-        actual = digest.hexdigest()
-        if actual != expected:
-            raise DataError(
-                f"{dest.name}: SHA-256 mismatch for {url}: expected {expected}, got {actual}; "
-                f"the download was discarded"
-            )
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def fetch(
-    name: str,
-    cache_dir: str | os.PathLike | None = None,
-    *,
-    base_url: str | None = None,
-    progress: bool = True,
-) -> Path:
-    """Download the four ``.gz`` files of ``name`` into ``<cache_dir>/<name>`` and verify them.
-
-    ``cache_dir`` defaults to :func:`default_cache_dir` (where :func:`load` looks);
-    ``base_url`` (http or https) replaces the canonical :data:`BASE_URLS` entry.
-    Each file is checked against its pinned SHA-256 (:data:`SHA256`); a file already
-    present with the right digest is not downloaded again. Downloads go to a temp
-    file in the same folder, are fsynced and moved into place with ``os.replace``,
-    so a file under its final name is always complete and verified. A digest
-    mismatch deletes the temp file and raises :class:`DataError` with both digests.
-    A tqdm progress bar is shown when ``progress`` and stderr is a terminal.
-    Returns the folder holding the files.
-    """
-    name = canonical_name(name)
-    if name not in IDX_DATASETS:
-        raise DataError(
-            f"{name!r} ships with scikit-learn and needs no download; fetch one of: {', '.join(IDX_DATASETS)}"
-        )
-    base = base_url or BASE_URLS[name]
-    scheme = urllib.parse.urlsplit(base).scheme
-    if scheme not in ("http", "https"):
-        raise DataError(f"base URL {base!r} must be http:// or https://")
-    if not base.endswith("/"):
-        base += "/"
-    folder = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / name
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DataError(f"cannot create {folder}: {err}") from err
-    digests = SHA256[name]
-    for stem in FILE_NAMES:
-        fname = f"{stem}.gz"
-        dest = folder / fname
-        if dest.is_file() and _sha256_file(dest) == digests[fname]:
-            continue  # present and verified
-        _download(base + fname, dest, digests[fname], progress)
-    return folder

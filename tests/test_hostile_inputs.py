@@ -78,7 +78,8 @@ def test_a_sparse_terabyte_idx_file_is_refused_before_allocating(isolated, capsy
     before = _files(isolated / "d")
     with pytest.raises(data.DataError, match="more than the limit of 1073741824 bytes"):
         data.read_idx(path)
-    code, _, err = _main(["train", "--dataset", "mnist", "--data-dir", isolated / "d", "--out", isolated / "run"], capsys)
+    argv = ["train", "--dataset", "mnist", "--data-dir", isolated / "d", "--out", isolated / "run"]
+    code, _, err = _main(argv, capsys)
     assert code == 2
     _one_line_error(err, str(path), "1000000x1000x1000 = 1000000000000 bytes", "limit")
     assert not (isolated / "run").exists() and _files(isolated / "d") == before
