@@ -366,12 +366,15 @@ def _run_check(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from jaxbp import suite, verify
+    from jaxbp.data import MAX_SEED
 
     parser: argparse.ArgumentParser = args.check_parser
     dtypes = tuple(dict.fromkeys(args.dtype or ("float64", "float32")))
     common = {"dtypes": dtypes, "seed": args.seed, "matmul_precision": args.matmul_precision}
     own = args.target or args.reference or args.shapes or args.example or args.argnums or args.rtol
     _check_destinations(parser, args)
+    if not 0 <= args.seed <= MAX_SEED:
+        return _error(f"--seed must be an integer in [0, {MAX_SEED}], got {args.seed}", "jaxbp check")
     if own:
         if not (args.target and (args.shapes or args.example)):
             parser.error("--target needs --shapes or --example (and optionally --reference, --argnums, --rtol)")
@@ -384,7 +387,7 @@ def _check(args: argparse.Namespace) -> int:
                 explore=not args.no_explore, jacobian=args.jacobian, **common,
             )  # fmt: skip
         except verify.TargetError as err:
-            parser.error(str(err))
+            return _error(err, "jaxbp check")
         reports = [report]
         print(report, flush=True)
     else:

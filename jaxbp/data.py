@@ -64,6 +64,7 @@ from jaxbp.download import BASE_URLS as BASE_URLS, SHA256 as SHA256, check_base_
 
 __all__ = [
     "DATASETS",
+    "MAX_SEED",
     "augment_batch",
     "batch_augmenter",
     "DataError",
@@ -84,6 +85,11 @@ __all__ = [
     "search_dirs",
     "validation_indices",
 ]
+
+
+# The largest seed: seeds go to scikit-learn's train_test_split (digits), NumPy and jax.random,
+# and the first takes [0, 2**32 - 1] only.
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True, eq=False)

@@ -102,3 +102,14 @@ def test_a_gzip_that_inflates_past_its_header_is_read_no_further(isolated):
     path = _idx_set(isolated / "d", gzip.compress(_header(2, 2, 2) + bytes(64 << 20), compresslevel=1, mtime=0))
     with pytest.raises(data.DataError, match="trailing bytes after the payload of 8 bytes"):
         data.read_idx(path)
+
+
+# ------------------------------------------------------------------ seeds
+
+
+@pytest.mark.parametrize("seed", [2**32, 10**30])
+def test_train_seed_out_of_range_names_the_flag(tmp_path, capsys, seed):
+    code, _, err = _main(["train", "--model", "mlp", "--seed", seed, "--out", tmp_path / "run"], capsys)
+    assert code == 2
+    _one_line_error(err, f"jaxbp train: error: --seed must be an integer in [0, {data.MAX_SEED}], got {seed}")
+    assert not (tmp_path / "run").exists()
