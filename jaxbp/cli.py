@@ -107,7 +107,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from jaxbp import checkpoint, data, parallel, train
+    from jaxbp import checkpoint, data, loading, parallel, train
 
     # Join the other processes before anything touches a JAX device.
     try:
@@ -146,6 +146,9 @@ def _run_train(args: argparse.Namespace) -> int:
         print(f"jaxbp train: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     except train.TrainingInterrupted as err:
+        print(f"jaxbp train: {err}", file=sys.stderr)
+        return 130
+    except loading.UserCodeInterrupted as err:  # Ctrl-C in a --model module (one that loops at import)
         print(f"jaxbp train: {err}", file=sys.stderr)
         return 130
     if not primary:  # process 0 reports; the others only computed
@@ -356,8 +359,13 @@ def _check_destinations(parser: argparse.ArgumentParser, args: argparse.Namespac
 
 
 def _run_check(args: argparse.Namespace) -> int:
+    from jaxbp.loading import UserCodeInterrupted
+
     try:
         return _check(args)
+    except UserCodeInterrupted as err:  # Ctrl-C in a --target, --reference or --example module
+        print(f"jaxbp check: {err}", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `jaxbp check | head`: the reader left; stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again

@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp.loading import LoadError, first_line, load_function, split_spec
+from jaxbp.loading import LoadError, first_line, load_function, split_spec, user_code
 
 Shape = tuple[int, ...]
 Params = dict[str, Any]
@@ -497,10 +497,10 @@ def load_model(spec: str, num_classes: int) -> Model:
     check_model_name(spec)
     try:
         fn = load_function(spec)
+        with user_code(spec, f"calling it with num_classes={num_classes}"):
+            model = fn(num_classes)
     except LoadError as e:
         raise ModelError(str(e)) from None
-    try:
-        model = fn(num_classes)
     except Exception as e:  # the user's code may raise anything
         raise ModelError(
             f"{spec!r}: calling it with num_classes={num_classes} raised {type(e).__name__}: {first_line(e)}"

@@ -113,3 +113,100 @@ def test_train_seed_out_of_range_names_the_flag(tmp_path, capsys, seed):
     assert code == 2
     _one_line_error(err, f"jaxbp train: error: --seed must be an integer in [0, {data.MAX_SEED}], got {seed}")
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------ user modules (--model, --target)
+
+TRAIN = ["train", "--epochs", "1", "--quiet"]
+HEAD = "from jaxbp.models import Custom, Dense, Flatten, serial\n"
+
+
+def _module(folder, name, source):
+    """A user's module ``folder/name.py``; its spec is ``folder/name.py:``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.py"
+    path.write_text(source)
+    return path
+
+
+def _refused(capsys, tmp_path, model, *needles):
+    """``jaxbp train --model model`` exits 2 with one line naming the spec, before any file is written."""
+    code, out, err = _main([*TRAIN, "--model", model, "--out", tmp_path / "run"], capsys)
+    assert code == 2 and out == ""
+    _one_line_error(err, f"jaxbp train: error: {model!r}", *needles)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_builder_raising_system_exit_0_is_an_error_not_a_success(tmp_path, capsys):
+    path = _module(tmp_path / "m", "exits_zero", "def make(num_classes):\n    raise SystemExit(0)\n")
+    _refused(capsys, tmp_path, f"{path}:make", "called sys.exit(0) while calling it with num_classes=10")
+    path = _module(tmp_path / "m", "exits_at_import", "import sys\nsys.exit(0)\n")
+    _refused(capsys, tmp_path, f"{path}:make", f"called sys.exit(0) while importing {str(path)!r}")
+
+
+def test_a_module_that_loops_at_import_stops_on_sigint_in_one_line(tmp_path, capsys):
+    source = """import signal, time
+if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.raise_signal(signal.SIGINT)  # Ctrl-C, while the loop below would run forever
+else:  # a test runner that ignores SIGINT: what the signal would have raised
+    raise KeyboardInterrupt
+end = time.monotonic() + 60
+while time.monotonic() < end:
+    pass
+raise RuntimeError("SIGINT did not stop the import")
+"""
+    path = _module(tmp_path / "m", "loops_at_import", source)
+    code, _, err = _main([*TRAIN, "--model", f"{path}:make", "--out", tmp_path / "run"], capsys)
+    assert code == 130
+    _one_line_error(err, f"jaxbp train: interrupted while importing {str(path)!r} ('{path}:make')")
+    assert not (tmp_path / "run").exists()
+    code, _, err = _main(["check", "--target", f"{path}:f", "--shapes", "3"], capsys)
+    assert code == 130
+    _one_line_error(err, f"jaxbp check: interrupted while importing {str(path)!r}")
+
+
+def test_a_module_that_parses_sys_argv_at_import_sees_a_clean_argv(tmp_path, capsys):
+    source = """import argparse, sys
+import jax.numpy as jnp
+SEEN = list(sys.argv)
+ARGS = argparse.ArgumentParser().parse_args()  # exits 2 on jaxbp's own flags
+
+
+@__import__("jax").custom_vjp
+def f(x):
+    return jnp.sin(x)
+
+
+f.defvjp(lambda x: (jnp.sin(x), x), lambda x, dy: (dy * jnp.cos(x),))
+
+
+def make_inputs():
+    assert sys.argv == SEEN, sys.argv
+    return (jnp.arange(3.0),)
+"""
+    path = _module(tmp_path / "m", "parses_argv", source)
+    code, out, err = _main(["check", "--target", f"{path}:f", "--example", f"{path}:make_inputs",
+                            "--dtype", "float64", "--no-explore"], capsys)  # fmt: skip
+    assert code == 0 and err == "" and "PASS" in out and "note:" not in out, (out, err)
+    assert __import__("sys").modules["parses_argv"].SEEN in ([f"{path}:f"], [f"{path}:make_inputs"])  # [spec]
+
+
+@pytest.mark.parametrize(
+    "spec", ["os:system", "os.path:join", "builtins:exec", "subprocess:run", "__main__:main"]
+)
+def test_a_spec_naming_the_standard_library_is_refused(tmp_path, capsys, spec):
+    _refused(capsys, tmp_path, spec, f"{spec.split('.')[0].split(':')[0]!r} is a module of Python's standard library")
+    code, _, err = _main(["check", "--target", spec, "--shapes", "3"], capsys)
+    assert code == 2
+    _one_line_error(err, "jaxbp check: error: ", "standard library")
+
+
+@pytest.mark.parametrize("name", ["json", "jax", "numpy"])
+def test_a_file_named_like_an_imported_module_is_refused_and_never_runs(tmp_path, capsys, name):
+    import sys
+
+    before = sys.modules.get(name)
+    marker = tmp_path / "ran"
+    path = _module(tmp_path / "m", name, f"open({str(marker)!r}, 'w').close()\n")
+    _refused(capsys, tmp_path, f"{path}:make", f"the file name '{name}.py' would replace the module {name!r}")
+    assert not marker.exists() and sys.modules.get(name) is before

@@ -21,7 +21,7 @@ def test_loads_a_file_path_with_its_sibling_imports(user_file):
 
 
 def test_loads_a_dotted_module():
-    assert loading.load_function("json:dumps")([1]) == "[1]"
+    assert loading.load_function("jaxbp.loading:split_spec")("a.b:c") == ("a.b", "c")
 
 
 @pytest.mark.parametrize(
@@ -31,7 +31,7 @@ def test_loads_a_dotted_module():
         ("json:", "not of the form"),
         ("json:1bad", "not a dotted Python name"),
         ("not_a_module_xyz:f", "cannot import module 'not_a_module_xyz'"),
-        ("json:missing", "has no attribute 'missing'"),
+        ("jaxbp.loading:missing", "has no attribute 'missing'"),
         ("{file}:VALUE", "is not callable"),
         ("{folder}/absent.py:f", "no such file"),
         ("bad-name.module:f", "neither a dotted module name nor a path"),

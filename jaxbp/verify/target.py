@@ -103,8 +103,10 @@ def load_example(spec: str | Callable, seed: int = 0) -> tuple:
     except (TypeError, ValueError):
         takes_seed = False
     try:
-        with jax.enable_x64(True):
+        with jax.enable_x64(True), loading.user_code(str(label), "calling it"):
             args = fn(seed) if takes_seed else fn()
+    except LoadError as e:  # sys.exit
+        raise TargetError(str(e)) from None
     except Exception as e:  # a user's function may raise anything
         raise TargetError(f"{label} raised {type(e).__name__}: {first_line(e)}") from e
     return args if isinstance(args, tuple) else (args,)
