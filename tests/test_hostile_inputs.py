@@ -210,3 +210,45 @@ def test_a_file_named_like_an_imported_module_is_refused_and_never_runs(tmp_path
     path = _module(tmp_path / "m", name, f"open({str(marker)!r}, 'w').close()\n")
     _refused(capsys, tmp_path, f"{path}:make", f"the file name '{name}.py' would replace the module {name!r}")
     assert not marker.exists() and sys.modules.get(name) is before
+
+
+@pytest.mark.parametrize(
+    ("init", "needles"),
+    [
+        ("raise RuntimeError('init exploded')", ["Custom layer 'custom': init raised RuntimeError: init exploded"]),
+        ("return None", ["Custom layer 'custom': init must return (output_shape, params), got None"]),
+        ("return 'x', {}", ["Custom layer 'custom': init's output_shape must be a tuple of ints, got 'x'"]),
+        ("raise SystemExit(0)", ["Custom layer 'custom': init raised SystemExit: 0"]),
+    ],
+)
+def test_a_custom_layer_whose_init_raises_or_returns_nonsense_is_refused(tmp_path, capsys, init, needles):
+    source = HEAD + f"""
+def init(key, shape):
+    {init}
+
+
+def make(num_classes):
+    f = lambda p, x: x
+    return serial(Flatten, Custom(f, f, init=init), Dense(num_classes))
+"""
+    path = _module(tmp_path / "m", "custom_init", source)
+    _refused(capsys, tmp_path, f"{path}:make", *needles)
+
+
+def test_a_model_whose_outputs_are_not_the_classes_is_refused_before_training(tmp_path, capsys):
+    source = HEAD + "def make(num_classes):\n    return serial(Flatten, Dense(7))\n"
+    path = _module(tmp_path / "m", "seven_outputs", source)
+    _refused(capsys, tmp_path, f"{path}:make", "its output has shape (7,) per example, but the data set has 10 classes")
+
+
+@pytest.mark.parametrize(
+    ("layer", "needle"),
+    [
+        ("Dense(10**12)", "Dense(1000000000000): its weights [64, 1000000000000] would hold 64000000000000 values"),
+        ("Dense(0)", "Dense: features must be a positive integer, got 0"),
+        ("Dense(2.5)", "Dense: features must be a positive integer, got 2.5"),
+    ],
+)
+def test_a_layer_too_large_or_malformed_is_refused_naming_it(tmp_path, capsys, layer, needle):
+    path = _module(tmp_path / "m", "big_layer", HEAD + f"def make(num_classes):\n    return serial(Flatten, {layer})\n")
+    _refused(capsys, tmp_path, f"{path}:make", needle)
