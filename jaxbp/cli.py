@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -73,8 +74,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         description="Train a model with hand-derived (manual) or autodiff gradients, or both (compare). "
         "Writes config.json, metrics.jsonl, summary.json, training.png and checkpoint.npz to --out, which must "
         "not hold another run (continue it with --resume, or replace it with --overwrite). "
-        "Exit status: 0 done, 1 gradient mismatch or NaN loss, 2 bad flags, data, checkpoint or output folder, "
-        "130 interrupted.",
+        "Exit status: 0 done, 1 gradient mismatch, NaN loss or a --model that fails while training, 2 bad flags, "
+        "data, checkpoint or output folder, 130 interrupted.",
     )
     choices = {"grad": GRADS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": AUGMENTS,
                "dtype": DTYPES, "matmul_precision": PRECISIONS, "dataset": DATASETS, "init": INITS}  # fmt: skip
@@ -125,6 +126,8 @@ def _run_train(args: argparse.Namespace) -> int:
     except RuntimeError as err:  # XLA's client gave up, or JAX was initialised already
         return _error(f"could not join the distributed run ({dist}): {err}")
     primary = parallel.is_primary()
+    # A --model's host callback that raises: the error is reported once, in one line, not also logged by JAX.
+    logging.getLogger("jax._src.callback").setLevel(logging.CRITICAL)
 
     given = {name: getattr(args, name) for name, *_ in _TRAIN_FLAGS.values()}
     given["drop_last"] = args.drop_last
@@ -142,7 +145,7 @@ def _run_train(args: argparse.Namespace) -> int:
         return _error(f"{_FLAG_OF_FIELD.get(err.field, err.field)} {err.problem}")
     except (data.DataError, checkpoint.CheckpointError, ValueError) as err:
         return _error(err)
-    except (train.GradientMismatchError, train.NonFiniteLossError) as err:
+    except (train.GradientMismatchError, train.NonFiniteLossError, train.UserCodeError) as err:
         print(f"jaxbp train: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     except train.TrainingInterrupted as err:

@@ -252,3 +252,34 @@ def test_a_model_whose_outputs_are_not_the_classes_is_refused_before_training(tm
 def test_a_layer_too_large_or_malformed_is_refused_naming_it(tmp_path, capsys, layer, needle):
     path = _module(tmp_path / "m", "big_layer", HEAD + f"def make(num_classes):\n    return serial(Flatten, {layer})\n")
     _refused(capsys, tmp_path, f"{path}:make", needle)
+
+
+def test_a_host_callback_that_raises_mid_run_fails_the_run_with_its_reason(tmp_path, capsys):
+    source = HEAD + """import jax
+
+CALLS = [0]
+
+
+def host(x):
+    CALLS[0] += 1
+    if CALLS[0] > 2:
+        raise RuntimeError("the sensor went away")
+    return x
+
+
+def f(x):
+    return jax.pure_callback(host, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+
+
+def make(num_classes):
+    return serial(Flatten, Custom(f, f), Dense(num_classes))
+"""
+    path = _module(tmp_path / "m", "callback_fails", source)
+    out = tmp_path / "run"
+    code, _, err = _main([*TRAIN, "--model", f"{path}:make", "--batch-size", "256", "--out", out], capsys)
+    assert code == 1
+    _one_line_error(err, "jaxbp train: UserCodeError: ", f"'{path}:make': step ", "RuntimeError: the sensor went away")
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed" and "RuntimeError: the sensor went away" in summary["error"]

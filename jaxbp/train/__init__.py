@@ -51,6 +51,7 @@ from jaxbp.train.errors import (
     TrainError,
     TrainingInterrupted,
     TrainResult,
+    UserCodeError,
 )
 from jaxbp.train.loop import evaluate, fit, train_epoch
 from jaxbp.train.runfolder import RunFolder, RunFolderError
@@ -79,6 +80,7 @@ __all__ = [
     "TrainResult",
     "TrainState",
     "TrainingInterrupted",
+    "UserCodeError",
     "augment_batch",
     "batch_augmenter",
     "config_differences",
