@@ -283,3 +283,50 @@ def make(num_classes):
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "failed" and "RuntimeError: the sensor went away" in summary["error"]
+
+
+# ------------------------------------------------------------------ check: sys.exit, no hand-written rule
+
+CHECKED = """import sys
+import jax.numpy as jnp
+
+
+def exits(x):
+    sys.exit(0)
+
+
+def exits_making_inputs():
+    sys.exit(0)
+
+
+def plain(x):
+    return jnp.sin(x) * 2
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--target", "{m}:exits", "--shapes", "3"], "'{m}:exits' called sys.exit(0) while checking it"),
+        (["--target", "{m}:plain", "--example", "{m}:exits_making_inputs"], "called sys.exit(0) while calling it"),
+        (["--target", "{x}:f", "--shapes", "3"], "called sys.exit(0) while importing"),
+    ],
+)
+def test_check_code_that_calls_sys_exit_0_is_an_error_not_a_pass(tmp_path, capsys, argv, needle):
+    m = _module(tmp_path / "m", "checked_exits", CHECKED)
+    x = _module(tmp_path / "m", "checked_exits_at_import", "import sys\nsys.exit(0)\n")
+    argv = [a.format(m=m, x=x) for a in argv]
+    code, out, err = _main(["check", *argv, "--dtype", "float64", "--no-explore"], capsys)
+    assert code == 2 and "PASS" not in out
+    _one_line_error(err, "jaxbp check: error: ", needle.format(m=m))
+
+
+def test_check_of_a_function_without_a_hand_written_rule_says_so(tmp_path, capsys):
+    m = _module(tmp_path / "m", "checked_plain", CHECKED)
+    code, out, _ = _main(["check", "--target", f"{m}:plain", "--shapes", "3", "--dtype", "float64",
+                          "--no-explore"], capsys)  # fmt: skip
+    assert code == 0
+    assert out.splitlines()[1] == (
+        f"  note: {m}:plain is not a jax.custom_vjp or jax.custom_jvp function and calls none: no hand-written "
+        "derivative rule was exercised (the check compared JAX's own derivatives)"
+    )

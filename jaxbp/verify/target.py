@@ -26,6 +26,7 @@ __all__ = [
     "check_size",
     "check_target",
     "example_inputs",
+    "exercises_a_rule",
     "load_example",
     "load_function",
     "parse_shape",
@@ -159,18 +160,44 @@ def check_target(
             _check_binds(spec, fn, args, source)
     name = target if isinstance(target, str) else getattr(unwrap(target), "__name__", "function")
     try:
-        return verify_vjp(
-            manual_fn,
-            reference_fn,
-            *args,
-            argnums=None if argnums is None else tuple(argnums),
-            dtypes=dtypes,
-            seed=seed,
-            matmul_precision=matmul_precision,
-            rtol=rtol,
-            explore=explore,
-            jacobian=jacobian,
-            name=name,
-        )
+        with loading.user_code(name, "checking it"):
+            report = verify_vjp(
+                manual_fn, reference_fn, *args, argnums=None if argnums is None else tuple(argnums),
+                dtypes=dtypes, seed=seed, matmul_precision=matmul_precision, rtol=rtol, explore=explore,
+                jacobian=jacobian, name=name,
+            )  # fmt: skip
+            if not exercises_a_rule(manual_fn, args):
+                report.notes.append(
+                    f"{name} is not a jax.custom_vjp or jax.custom_jvp function and calls none: no hand-written "
+                    "derivative rule was exercised (the check compared JAX's own derivatives)"
+                )
+    except LoadError as e:  # sys.exit in the user's code: never a passing check
+        raise TargetError(str(e)) from None
     except ValueError as e:  # argument problems found before any check ran
         raise TargetError(str(e)) from e
+    return report
+
+
+def exercises_a_rule(fn: Callable, args: tuple) -> bool:
+    """Whether ``fn`` is a ``jax.custom_vjp``/``jax.custom_jvp`` function or calls one on ``args``
+    (a nested call shows in its jaxpr); True where tracing it fails (nothing can be said)."""
+    if isinstance(unwrap(fn), (jax.custom_vjp, jax.custom_jvp)):
+        return True
+    try:
+        with jax.enable_x64(True):
+            jaxpr = jax.make_jaxpr(fn)(*args)
+    except Exception:  # the check itself reports what fails
+        return True
+    return _calls_a_rule(jaxpr.jaxpr)
+
+
+def _calls_a_rule(jaxpr) -> bool:
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name.startswith(("custom_vjp", "custom_jvp")):
+            return True
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr holds a Jaxpr
+                if hasattr(inner, "eqns") and _calls_a_rule(inner):
+                    return True
+    return False
