@@ -107,6 +107,18 @@ def _refuse_standard_library(spec: str, module_name: str) -> None:
         raise LoadError(f"{spec!r}: {top!r} is a module of Python's standard library, not your code")
 
 
+def _replaces_a_module(name: str, path: Path) -> bool:
+    """Whether importing ``path`` as ``name`` would replace a module of the standard library or one
+    imported from another file (a file loaded before by spec, or imported as itself, may load again)."""
+    if name in sys.stdlib_module_names:
+        return True
+    existing = sys.modules.get(name)
+    if existing is None or name in _FILE_MODULES:
+        return False
+    origin = getattr(existing, "__file__", None)
+    return origin is None or Path(origin).resolve() != path.resolve()
+
+
 def _import_file(spec: str, path_text: str) -> Any:
     path = Path(path_text).expanduser()
     if not path.is_file():
@@ -114,7 +126,7 @@ def _import_file(spec: str, path_text: str) -> Any:
     name = path.stem
     if not name.isidentifier():
         raise LoadError(f"{spec!r}: {path.name!r} is not importable (the file name must be a Python name)")
-    if name in sys.stdlib_module_names or (name in sys.modules and name not in _FILE_MODULES):
+    if _replaces_a_module(name, path):
         raise LoadError(
             f"{spec!r}: the file name {path.name!r} would replace the module {name!r} that Python "
             f"{'ships' if name in sys.stdlib_module_names else 'has imported already'}; rename the file"
