@@ -8,6 +8,9 @@ Bad flags exit with status 2 (argparse); failed checks exit with status 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -87,8 +90,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         description="Train a model with hand-derived (manual) or autodiff gradients, or both (compare). "
         "Writes config.json, metrics.jsonl, summary.json, training.png and checkpoint.npz to --out, which must "
         "not hold another run (continue it with --resume, or replace it with --overwrite). "
-        "Exit status: 0 done, 1 gradient mismatch or NaN loss, 2 bad flags, data, checkpoint or output folder, "
-        "130 interrupted.",
+        "Exit status: 0 done, 1 gradient mismatch, NaN loss or a --model that fails while training, 2 bad flags, "
+        "data, checkpoint or output folder, 130 interrupted.",
     )
     choices = {"grad": GRADS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": AUGMENTS,
                "dtype": DTYPES, "matmul_precision": PRECISIONS, "dataset": DATASETS, "init": INITS}  # fmt: skip
@@ -121,7 +124,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from jaxbp import checkpoint, data, parallel, train
+    from jaxbp import checkpoint, data, loading, parallel, train
 
     # Join the other processes before anything touches a JAX device.
     try:
@@ -139,6 +142,8 @@ def _run_train(args: argparse.Namespace) -> int:
     except RuntimeError as err:  # XLA's client gave up, or JAX was initialised already
         return _error(f"could not join the distributed run ({dist}): {err}")
     primary = parallel.is_primary()
+    # A --model's host callback that raises: the error is reported once, in one line, not also logged by JAX.
+    logging.getLogger("jax._src.callback").setLevel(logging.CRITICAL)
 
     given = {name: getattr(args, name) for name, *_ in _TRAIN_FLAGS.values()}
     given["drop_last"] = args.drop_last
@@ -156,10 +161,13 @@ def _run_train(args: argparse.Namespace) -> int:
         return _error(f"{_FLAG_OF_FIELD.get(err.field, err.field)} {err.problem}")
     except (data.DataError, checkpoint.CheckpointError, ValueError) as err:
         return _error(err)
-    except (train.GradientMismatchError, train.NonFiniteLossError) as err:
+    except (train.GradientMismatchError, train.NonFiniteLossError, train.UserCodeError) as err:
         print(f"jaxbp train: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     except train.TrainingInterrupted as err:
+        print(f"jaxbp train: {err}", file=sys.stderr)
+        return 130
+    except loading.UserCodeInterrupted as err:  # Ctrl-C in a --model module (one that loops at import)
         print(f"jaxbp train: {err}", file=sys.stderr)
         return 130
     if not primary:  # process 0 reports; the others only computed
@@ -232,17 +240,46 @@ def _run_data(args: argparse.Namespace) -> int:
 
     try:
         if args.data_action == "fetch":
+            if args.base_url is not None:
+                data.check_base_url(args.base_url, "--base-url")
             folder = data.fetch(args.name, args.cache_dir, base_url=args.base_url)
-            print(f"{args.name}: verified files in {folder}")
+            _say(f"{args.name}: verified files in {folder}")
             return 0
         infos = [data.info(name, args.data_dir) for name in ([args.name] if args.name else data.DATASETS)]
-        print(json.dumps(infos, indent=2) if args.json else data.format_info(infos))
+        _say(json.dumps(infos, indent=2) if args.json else data.format_info(infos))
         invalid = [item["error"] for item in infos if item["status"] == "invalid"]
         if invalid:
             raise data.DataError("; ".join(invalid))
         return 0
     except data.DataError as err:
         return data.report_error(err, "jaxbp data")
+    except StdoutError as err:
+        return err.report("jaxbp data")
+
+
+class StdoutError(Exception):
+    """Standard output cannot be written (``> /dev/full``, a reader that left the pipe)."""
+
+    def __init__(self, err: OSError):
+        super().__init__(os.strerror(err.errno) if err.errno else str(err))
+        self.broken_pipe = isinstance(err, BrokenPipeError)
+
+    def report(self, prog: str) -> int:
+        """Point stdout at /dev/null (the interpreter's last flush then succeeds); a closed pipe
+        ends quietly with 141 (128 + SIGPIPE, as a shell reports it), anything else is one line, 2."""
+        with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if self.broken_pipe:
+            return 141
+        return _error(f"cannot write to standard output: {self}", prog)
+
+
+def _say(text: str) -> None:
+    """``print(text)`` and flush; a write error is a :class:`StdoutError`."""
+    try:
+        print(text, flush=True)
+    except OSError as err:
+        raise StdoutError(err) from None
 
 
 # ------------------------------------------------------------------------ check
@@ -341,8 +378,13 @@ def _check_destinations(parser: argparse.ArgumentParser, args: argparse.Namespac
 
 
 def _run_check(args: argparse.Namespace) -> int:
+    from jaxbp.loading import UserCodeInterrupted
+
     try:
         return _check(args)
+    except UserCodeInterrupted as err:  # Ctrl-C in a --target, --reference or --example module
+        print(f"jaxbp check: {err}", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `jaxbp check | head`: the reader left; stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
@@ -351,12 +393,15 @@ def _run_check(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from jaxbp import suite, verify
+    from jaxbp.data import MAX_SEED
 
     parser: argparse.ArgumentParser = args.check_parser
     dtypes = tuple(dict.fromkeys(args.dtype or ("float64", "float32")))
     common = {"dtypes": dtypes, "seed": args.seed, "matmul_precision": args.matmul_precision}
     own = args.target or args.reference or args.shapes or args.example or args.argnums or args.rtol
     _check_destinations(parser, args)
+    if not 0 <= args.seed <= MAX_SEED:
+        return _error(f"--seed must be an integer in [0, {MAX_SEED}], got {args.seed}", "jaxbp check")
     if own:
         if not (args.target and (args.shapes or args.example)):
             parser.error("--target needs --shapes or --example (and optionally --reference, --argnums, --rtol)")
@@ -369,7 +414,7 @@ def _check(args: argparse.Namespace) -> int:
                 explore=not args.no_explore, jacobian=args.jacobian, **common,
             )  # fmt: skip
         except verify.TargetError as err:
-            parser.error(str(err))
+            return _error(err, "jaxbp check")
         reports = [report]
         print(report, flush=True)
     else:

@@ -7,8 +7,8 @@
   stratified, with ``random_state=seed``.
 * ``mnist`` and ``fashion-mnist`` are read from the four standard IDX files, which
   :mod:`jaxbp.datafiles` looks up (``data_dir``, ``$JAXBP_DATA``, the cache,
-  ``/usr/share/datasets``), parses strictly and fetches; this module re-exports its
-  public names (:func:`fetch`, :func:`read_idx`, :func:`search_dirs`, :class:`DataError`,
+  ``/usr/share/datasets``) and parses strictly, and :mod:`jaxbp.download` fetches; this
+  module re-exports their public names (:func:`fetch`, :func:`read_idx`, :func:`search_dirs`, :class:`DataError`,
   :class:`MissingDataError`, ...), so ``jaxbp.data`` stays the one import for callers.
   :func:`info` and :func:`format_info` describe a data set without loading it.
 * ``val_split`` holds out a seeded, stratified validation split (:func:`validation_indices`).
@@ -32,18 +32,18 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-# The file side, re-exported (``X as X`` marks the names this module itself does not use) so
-# that callers keep using ``jaxbp.data.<name>``. Code that monkeypatches one of these globals
-# must patch ``jaxbp.datafiles``, where it is read: patching the alias here has no effect.
+# The file side and the download, re-exported (``X as X`` marks the names this module itself does
+# not use) so that callers keep using ``jaxbp.data.<name>``. Code that monkeypatches one of these
+# globals must patch ``jaxbp.datafiles`` or ``jaxbp.download``, where it is read: patching the alias
+# here has no effect.
 from jaxbp.datafiles import (
-    BASE_URLS as BASE_URLS,
     DATASETS,
     ENV_DATA as ENV_DATA,
     FILE_NAMES,
     IDX_DATASETS as IDX_DATASETS,
     IDX_FILES,
+    MAX_IDX_BYTES as MAX_IDX_BYTES,
     NUM_CLASSES,
-    SHA256 as SHA256,
     SYSTEM_DATA_DIR as SYSTEM_DATA_DIR,
     SYSTEM_PACKAGES as SYSTEM_PACKAGES,
     DataError,
@@ -51,7 +51,6 @@ from jaxbp.datafiles import (
     MissingDataError,
     canonical_name,
     default_cache_dir,
-    fetch,
     find_files,
     locate,
     missing_message as missing_message,
@@ -61,9 +60,11 @@ from jaxbp.datafiles import (
     remedies,
     search_dirs,
 )
+from jaxbp.download import BASE_URLS as BASE_URLS, SHA256 as SHA256, check_base_url as check_base_url, fetch
 
 __all__ = [
     "DATASETS",
+    "MAX_SEED",
     "augment_batch",
     "batch_augmenter",
     "DataError",
@@ -84,6 +85,11 @@ __all__ = [
     "search_dirs",
     "validation_indices",
 ]
+
+
+# The largest seed: seeds go to scikit-learn's train_test_split (digits), NumPy and jax.random,
+# and the first takes [0, 2**32 - 1] only.
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,41 +1,35 @@
-"""The files of the IDX data sets: where they are looked for, how they are read, how they are fetched.
+"""The files of the IDX data sets: where they are looked for and how they are read.
 
 The file side of :mod:`jaxbp.data` (which loads, splits, batches and augments what is read
-here, and re-exports every public name of this module, so ``jaxbp.data.fetch`` etc. keep
-working).
+here, and re-exports every public name of this module and of :mod:`jaxbp.download`, so
+``jaxbp.data.read_idx`` etc. keep working).
 
 * ``mnist`` and ``fashion-mnist`` are the four standard IDX files, gzipped (``.gz``)
   or raw, looked up in this order (first folder holding all four wins):
 
   1. the ``data_dir`` argument (``--data-dir``), and ``data_dir/<name>``;
   2. ``$JAXBP_DATA`` and ``$JAXBP_DATA/<name>``;
-  3. the cache, ``<cache>/<name>`` (:func:`default_cache_dir`), where :func:`fetch` writes;
+  3. the cache, ``<cache>/<name>`` (:func:`default_cache_dir`), where ``fetch`` writes;
   4. ``/usr/share/datasets/<name>`` (Debian's ``dataset-fashion-mnist`` installs there).
 
   :func:`find_files` returns them, or raises :class:`MissingDataError` saying where it
   looked and how to get them (:func:`missing_message`).
 * :func:`read_idx` parses them strictly; every problem raises :class:`DataError` naming
   the file. :func:`read_split` reads and cross-checks one split's images and labels.
-* :func:`fetch` is the only code in jaxbp that touches the network: it downloads the
-  four ``.gz`` files, verifies each against a pinned SHA-256 (:data:`SHA256`) and moves
-  it into place atomically.
+* :func:`jaxbp.download.fetch` (the only code in jaxbp that touches the network) writes
+  them into the cache.
 
-The errors live here (``jaxbp.data`` imports this module, never the reverse).
+The errors live here (``jaxbp.data`` and ``jaxbp.download`` import this module, never the reverse).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
 import math
 import os
 import struct
 import sys
-import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,17 +37,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxbp.checkpoint import fsync_dir
-
 __all__ = [
-    "BASE_URLS",
     "DATASETS",
     "ENV_DATA",
     "FILE_NAMES",
     "IDX_DATASETS",
     "IDX_FILES",
+    "MAX_IDX_BYTES",
     "NUM_CLASSES",
-    "SHA256",
     "SYSTEM_DATA_DIR",
     "SYSTEM_PACKAGES",
     "DataError",
@@ -61,7 +52,6 @@ __all__ = [
     "MissingDataError",
     "canonical_name",
     "default_cache_dir",
-    "fetch",
     "find_files",
     "locate",
     "missing_message",
@@ -83,33 +73,6 @@ IDX_FILES = {
 }
 FILE_NAMES = tuple(name for pair in IDX_FILES.values() for name in pair)
 
-BASE_URLS = {
-    "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-    "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
-}
-
-# SHA-256 of the gzipped files as served at BASE_URLS. The same values are pinned in
-# tensorflow/datasets (tensorflow_datasets/url_checksums/{mnist,fashion_mnist}.txt)
-# and in several independent projects; the Fashion-MNIST ones belong to the files
-# whose MD5s the Fashion-MNIST README publishes (8d4fb7e6..., 25c81989...,
-# bef4ecab..., bb300cfd...). Debian's dataset-fashion-mnist re-compresses the files,
-# so its .gz digests differ: load() does not check digests, only fetch() does; the
-# strict IDX parser checks what load() reads.
-SHA256 = {
-    "mnist": {
-        "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-        "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-        "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-        "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-    },
-    "fashion-mnist": {
-        "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-        "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-        "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-        "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
-    },
-}
-
 # Where system packages put data sets (Debian: dataset-fashion-mnist).
 SYSTEM_DATA_DIR = Path("/usr/share/datasets")
 # Debian packages that provide a data set, for the "how to get it" hint.
@@ -120,6 +83,10 @@ ENV_DATA = "JAXBP_DATA"
 _IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # ubyte (0x08) with 3 dims (images) / 1 dim (labels)
 _IDX_UBYTE = 0x08
 _CHUNK = 1 << 16
+# The largest IDX payload read, 1 GiB (MNIST's train images are 47 MB, EMNIST's largest 0.55 GB):
+# a header declaring more is refused before anything is allocated.
+MAX_IDX_BYTES = 1 << 30
+_DEFLATE_MAX_RATIO = 1032  # deflate's largest expansion: 258 bytes from 2 bits
 
 
 class DataError(ValueError):
@@ -262,17 +229,37 @@ def _open(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
-def _read_exact(f, n: int) -> bytes:
-    """Up to ``n`` bytes (fewer only at end of file); reads in chunks so a bogus huge
-    header cannot make us allocate more than the file actually holds."""
-    parts, got = [], 0
-    while got < n:
-        part = f.read(min(_CHUNK * 64, n - got))
-        if not part:
+def _read_payload(f, size: int) -> tuple[np.ndarray, int]:
+    """A uint8 array of ``size`` bytes filled from ``f`` and how many were there (fewer only at
+    the end of the file). Allocated once, after :func:`_check_declared` bounded ``size``."""
+    payload = np.empty(size, dtype=np.uint8)
+    view, got = memoryview(payload), 0
+    while got < size:
+        n = f.readinto(view[got : got + _CHUNK * 64])
+        if not n:
             break
-        parts.append(part)
-        got += len(part)
-    return b"".join(parts)
+        got += n
+    return payload, got
+
+
+def _check_declared(path: Path, dims: tuple[int, ...]) -> int:
+    """The payload size the header declares, checked before anything is allocated: at most
+    :data:`MAX_IDX_BYTES`, exactly what a raw file holds, and no more than a gzip file of
+    this size can inflate to (deflate expands at most :data:`_DEFLATE_MAX_RATIO` to 1)."""
+    size = math.prod(dims)
+    shape = f"{'x'.join(map(str, dims))} = {size} bytes"
+    if size > MAX_IDX_BYTES:
+        raise DataError(f"{path}: header declares {shape}, more than the limit of {MAX_IDX_BYTES} bytes (1 GiB)")
+    on_disk = path.stat().st_size
+    if path.suffix == ".gz":
+        if size > on_disk * _DEFLATE_MAX_RATIO:
+            raise DataError(f"{path}: header declares {shape}, more than a gzip file of {on_disk} bytes can hold")
+        return size
+    actual = on_disk - (4 + 4 * len(dims))
+    if actual != size:
+        what = "truncated payload" if actual < size else "trailing bytes after the payload"
+        raise DataError(f"{path}: {what}: header says {shape}, file holds {actual}")
+    return size
 
 
 def _parse_header(f, path: Path, ndim: int | None) -> tuple[int, ...]:
@@ -313,10 +300,13 @@ def _idx_errors(path: Path) -> Iterator[None]:
 
 
 def read_idx_header(path: str | os.PathLike, *, ndim: int | None = None) -> tuple[int, ...]:
-    """The dimension sizes from the header of an IDX ubyte file (payload not read)."""
+    """The dimension sizes from the header of an IDX ubyte file (payload not read), with the
+    declared size checked as :func:`read_idx` checks it."""
     path = Path(path)
     with _idx_errors(path), _open(path) as f:
-        return _parse_header(f, path, ndim)
+        dims = _parse_header(f, path, ndim)
+        _check_declared(path, dims)
+    return dims
 
 
 def read_idx(path: str | os.PathLike, *, ndim: int | None = None) -> np.ndarray:
@@ -325,30 +315,24 @@ def read_idx(path: str | os.PathLike, *, ndim: int | None = None) -> np.ndarray:
     Strict: the magic number must be ``0x0000 08 nd`` (``0x00000803`` images,
     ``0x00000801`` labels; ``ndim`` fixes ``nd`` when given), the payload must hold
     exactly ``prod(dims)`` bytes (truncation and trailing bytes are errors), and the
-    gzip stream must be intact (checked to its CRC). Returns a uint8 array of shape
+    gzip stream must be intact (checked to its CRC). The declared size is checked before
+    anything is allocated: at most :data:`MAX_IDX_BYTES`, equal to a raw file's payload,
+    within what a gzip file of its size can inflate to; a gzip stream is inflated no
+    further than the declared size and one byte. Returns a uint8 array of shape
     ``dims``. Every problem raises :class:`DataError` naming the file.
     """
     path = Path(path)
     with _idx_errors(path), _open(path) as f:
         dims = _parse_header(f, path, ndim)
-        size = math.prod(dims)
-        if path.suffix != ".gz":
-            header = 4 + 4 * len(dims)
-            actual = os.fstat(f.fileno()).st_size - header
-            if actual != size:
-                what = "truncated payload" if actual < size else "trailing bytes after the payload"
-                raise DataError(
-                    f"{path}: {what}: header says {'x'.join(map(str, dims))} = {size} bytes, file holds {actual}"
-                )
-        payload = _read_exact(f, size)
-        if len(payload) < size:
+        size = _check_declared(path, dims)
+        payload, got = _read_payload(f, size)  # at most size bytes inflated: a gzip bomb stops here
+        if got < size:
             raise DataError(
-                f"{path}: truncated payload: header says {'x'.join(map(str, dims))} = {size} bytes, "
-                f"only {len(payload)} present"
+                f"{path}: truncated payload: header says {'x'.join(map(str, dims))} = {size} bytes, only {got} present"
             )
         if f.read(1):  # also runs gzip's CRC and length check at end of stream
             raise DataError(f"{path}: trailing bytes after the payload of {size} bytes")
-    return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
+    return payload.reshape(dims)
 
 
 def read_split(name: str, split: str, files: dict[str, Path]) -> tuple[np.ndarray, np.ndarray]:
@@ -369,116 +353,3 @@ def read_split(name: str, split: str, files: dict[str, Path]) -> tuple[np.ndarra
         bad = int(np.argmax(labels >= NUM_CLASSES))
         raise DataError(f"{lbl_path}: label {int(labels[bad])} at index {bad} is out of range 0..{NUM_CLASSES - 1}")
     return images, labels
-
-
-# ------------------------------------------------------------------ fetch
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK * 16), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _download(url: str, dest: Path, expected: str, progress: bool) -> None:
-    """Stream ``url`` into a temp file next to ``dest``, verify, fsync, os.replace."""
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
-            try:
-                response = urllib.request.urlopen(url, timeout=60)  # fetch() allows http(s) only
-            except urllib.error.HTTPError as err:
-                raise DataError(f"could not download {url}: HTTP {err.code} {err.reason}") from err
-            except (urllib.error.URLError, OSError) as err:
-                raise DataError(f"could not download {url}: {getattr(err, 'reason', err)}") from err
-            with response:
-                total = response.headers.get("Content-Length")
-                bar = None
-                if progress and sys.stderr.isatty():
-                    from tqdm import tqdm
-
-                    bar = tqdm(
-                        total=int(total) if total and total.isdigit() else None,
-                        unit="B",
-                        unit_scale=True,
-                        unit_divisor=1024,
-                        desc=dest.name,
-                        leave=False,
-                    )
-                try:
-                    while True:
-                        try:
-                            chunk = response.read(_CHUNK)
-                        except OSError as err:
-                            raise DataError(f"could not download {url}: {err}") from err
-                        if not chunk:
-                            break
-                        out.write(chunk)
-                        digest.update(chunk)
-                        if bar is not None:
-                            bar.update(len(chunk))
-                finally:
-                    if bar is not None:
-                        bar.close()
-            out.flush()
-            os.fsync(out.fileno())
-        actual = digest.hexdigest()
-        if actual != expected:
-            raise DataError(
-                f"{dest.name}: SHA-256 mismatch for {url}: expected {expected}, got {actual}; "
-                f"the download was discarded"
-            )
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def fetch(
-    name: str,
-    cache_dir: str | os.PathLike | None = None,
-    *,
-    base_url: str | None = None,
-    progress: bool = True,
-) -> Path:
-    """Download the four ``.gz`` files of ``name`` into ``<cache_dir>/<name>`` and verify them.
-
-    ``cache_dir`` defaults to :func:`default_cache_dir` (where :func:`load` looks);
-    ``base_url`` (http or https) replaces the canonical :data:`BASE_URLS` entry.
-    Each file is checked against its pinned SHA-256 (:data:`SHA256`); a file already
-    present with the right digest is not downloaded again. Downloads go to a temp
-    file in the same folder, are fsynced and moved into place with ``os.replace``,
-    so a file under its final name is always complete and verified. A digest
-    mismatch deletes the temp file and raises :class:`DataError` with both digests.
-    A tqdm progress bar is shown when ``progress`` and stderr is a terminal.
-    Returns the folder holding the files.
-    """
-    name = canonical_name(name)
-    if name not in IDX_DATASETS:
-        raise DataError(
-            f"{name!r} ships with scikit-learn and needs no download; fetch one of: {', '.join(IDX_DATASETS)}"
-        )
-    base = base_url or BASE_URLS[name]
-    scheme = urllib.parse.urlsplit(base).scheme
-    if scheme not in ("http", "https"):
-        raise DataError(f"base URL {base!r} must be http:// or https://")
-    if not base.endswith("/"):
-        base += "/"
-    folder = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / name
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DataError(f"cannot create {folder}: {err}") from err
-    digests = SHA256[name]
-    for stem in FILE_NAMES:
-        fname = f"{stem}.gz"
-        dest = folder / fname
-        if dest.is_file() and _sha256_file(dest) == digests[fname]:
-            continue  # present and verified
-        _download(base + fname, dest, digests[fname], progress)
-    return folder

@@ -12,29 +12,58 @@ builder). Only :mod:`importlib` is used: nothing the user types is evaluated.
   file's own sibling imports work.
 
 Every failure is a :class:`LoadError` (a ``ValueError``) whose message is one line
-naming the spec and what is wrong; the CLI prints it and exits with status 2.
+naming the spec and what is wrong; the CLI prints it and exits with status 2. So is a
+spec that names a module of Python's standard library (``os:system`` is not a model), a
+file named like a module already imported (``jax.py`` would replace jax) and a module that
+calls ``sys.exit``. The user's code runs under :func:`user_code`: with ``sys.argv`` set to
+``[spec]``, and Ctrl-C during it an :class:`UserCodeInterrupted` naming the spec.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LoadError", "first_line", "load_function", "split_spec"]
+__all__ = ["LoadError", "UserCodeInterrupted", "first_line", "load_function", "split_spec", "user_code"]
 
 
 class LoadError(ValueError):
     """A ``module:function`` spec that cannot be loaded (the CLI exits with status 2)."""
 
 
+class UserCodeInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) while a user's module was importing or running (one that loops at import,
+    say); the message names the spec. The CLI prints it and exits with status 130."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "interrupted"
+
+
+# The module names _import_file has put into sys.modules: a file may be loaded again under its
+# name, but a file never replaces a module that Python or another package imported.
+_FILE_MODULES: set[str] = set()
+
+
+_TRACEBACK = "Traceback (most recent call last):"
+
+
 def first_line(e: BaseException, limit: int = 300) -> str:
-    """The first line of an exception's message, cut to ``limit`` characters."""
+    """The first line of an exception's message, cut to ``limit`` characters; where the message
+    carries a Python traceback (a host callback's error, as XLA reports it), the traceback's last
+    line (the exception) instead of its header."""
     text = str(e).strip().splitlines()
-    return text[0][:limit] if text else ""
+    if not text:
+        return ""
+    line = text[0].rstrip()
+    if line.endswith(_TRACEBACK) and len(text) > 1:
+        line = f"{line[: -len(_TRACEBACK)].rstrip()} {text[-1].strip()}".strip()
+    return line[:limit]
 
 
 def split_spec(spec: str) -> tuple[str, str]:
@@ -50,6 +79,46 @@ def split_spec(spec: str) -> tuple[str, str]:
     return module_part.strip(), attr_path
 
 
+@contextlib.contextmanager
+def user_code(spec: str, doing: str) -> Iterator[None]:
+    """Run a user's code (``doing``: what it is, e.g. ``"importing 'm.py'"``) as a tool should:
+    with a clean ``sys.argv`` (``[spec]``, so a module that parses the command line at import
+    does not see jaxbp's flags), a ``sys.exit`` in it a :class:`LoadError` naming the spec (never
+    jaxbp's own exit status), and Ctrl-C an :class:`UserCodeInterrupted` saying where it happened."""
+    saved = sys.argv
+    sys.argv = [spec]
+    try:
+        yield
+    except SystemExit as e:
+        raise LoadError(
+            f"{spec!r} called sys.exit({e.code!r}) while {doing}; code jaxbp runs must return or raise"
+        ) from None
+    except KeyboardInterrupt as e:
+        if isinstance(e, UserCodeInterrupted):
+            raise
+        raise UserCodeInterrupted(f"interrupted while {doing} ({spec!r})") from None
+    finally:
+        sys.argv = saved
+
+
+def _refuse_standard_library(spec: str, module_name: str) -> None:
+    top = module_name.split(".")[0]
+    if top in sys.stdlib_module_names or top == "__main__":
+        raise LoadError(f"{spec!r}: {top!r} is a module of Python's standard library, not your code")
+
+
+def _replaces_a_module(name: str, path: Path) -> bool:
+    """Whether importing ``path`` as ``name`` would replace a module of the standard library or one
+    imported from another file (a file loaded before by spec, or imported as itself, may load again)."""
+    if name in sys.stdlib_module_names:
+        return True
+    existing = sys.modules.get(name)
+    if existing is None or name in _FILE_MODULES:
+        return False
+    origin = getattr(existing, "__file__", None)
+    return origin is None or Path(origin).resolve() != path.resolve()
+
+
 def _import_file(spec: str, path_text: str) -> Any:
     path = Path(path_text).expanduser()
     if not path.is_file():
@@ -57,6 +126,11 @@ def _import_file(spec: str, path_text: str) -> Any:
     name = path.stem
     if not name.isidentifier():
         raise LoadError(f"{spec!r}: {path.name!r} is not importable (the file name must be a Python name)")
+    if _replaces_a_module(name, path):
+        raise LoadError(
+            f"{spec!r}: the file name {path.name!r} would replace the module {name!r} that Python "
+            f"{'ships' if name in sys.stdlib_module_names else 'has imported already'}; rename the file"
+        )
     folder = str(path.resolve().parent)
     if folder not in sys.path:
         sys.path.insert(0, folder)
@@ -65,10 +139,14 @@ def _import_file(spec: str, path_text: str) -> Any:
         raise LoadError(f"{spec!r}: cannot import {str(path)!r} as a Python module")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module  # so dataclasses, pickling-free copies and relative lookups find it
+    _FILE_MODULES.add(name)
     try:
-        module_spec.loader.exec_module(module)
-    except Exception as e:  # a user's module may raise anything on import
+        with user_code(spec, f"importing {str(path)!r}"):
+            module_spec.loader.exec_module(module)
+    except BaseException as e:  # a user's module may raise anything on import
         sys.modules.pop(name, None)
+        if isinstance(e, LoadError) or not isinstance(e, Exception):  # sys.exit, Ctrl-C: user_code's
+            raise
         raise LoadError(f"{spec!r}: importing {str(path)!r} raised {type(e).__name__}: {first_line(e)}") from e
     return module
 
@@ -76,11 +154,15 @@ def _import_file(spec: str, path_text: str) -> Any:
 def _import_name(spec: str, module_name: str, search_cwd: bool) -> Any:
     if not all(part.isidentifier() for part in module_name.split(".")):
         raise LoadError(f"{spec!r}: {module_name!r} is neither a dotted module name nor a path ending in .py")
+    _refuse_standard_library(spec, module_name)
     if search_cwd and os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     importlib.invalidate_caches()  # a module written a moment ago
     try:
-        return importlib.import_module(module_name)
+        with user_code(spec, f"importing {module_name!r}"):
+            return importlib.import_module(module_name)
+    except LoadError:
+        raise
     except ModuleNotFoundError as e:
         raise LoadError(f"{spec!r}: cannot import module {module_name!r} ({e})") from e
     except Exception as e:  # a user's module may raise anything on import

@@ -44,6 +44,7 @@ faster (see ``experiments/fashion_mnist.py``). Biases and ``beta`` start at zero
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -53,10 +54,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp.loading import LoadError, first_line, load_function, split_spec
+from jaxbp.loading import LoadError, first_line, load_function, split_spec, user_code
 
 Shape = tuple[int, ...]
 Params = dict[str, Any]
+
+
+class ModelError(ValueError):
+    """A model that cannot be built: a user's model spec that does not load or returns the
+    wrong thing, or a :func:`Custom` layer whose two implementations disagree. The message
+    is one line naming the spec or the layer (the CLI prints it and exits with status 2)."""
 
 
 def _rng(key: Any) -> np.random.Generator:
@@ -89,6 +96,29 @@ def _weights(rng: np.random.Generator, shape: tuple[int, ...], init: str) -> jax
 
 def _const(value: float, n: int) -> jax.Array:
     return jnp.asarray(np.full((n,), value, np.float32))  # from NumPy: no XLA program to compile
+
+
+# The most values one layer's weights may hold: 2**28, 1 GiB of float32 (the built-in models' largest
+# layer holds 0.4 million). A layer asking for more is refused at init, before anything is allocated.
+MAX_LAYER_PARAMS = 1 << 28
+
+
+def _positive_int(layer: str, what: str, value: Any) -> int:
+    """``value`` as an int if it is a positive integer; :class:`ModelError` naming the layer otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ModelError(f"{layer}: {what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_weights(layer: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``shape`` if its weights fit :data:`MAX_LAYER_PARAMS`; :class:`ModelError` naming the layer otherwise."""
+    size = math.prod(shape)
+    if size > MAX_LAYER_PARAMS:
+        raise ModelError(
+            f"{layer}: its weights {list(shape)} would hold {size} values, more than the limit of "
+            f"{MAX_LAYER_PARAMS} (1 GiB of float32)"
+        )
+    return shape
 
 
 class Layer(NamedTuple):
@@ -140,6 +170,9 @@ def Conv(features: int, kernel: int = 3, *, stride: int = 1, padding: str = "SAM
     """2-D convolution, NHWC input, HWIO kernel ``w`` [k, k, Cin, features], bias ``b``."""
     if padding not in ("SAME", "VALID"):
         raise ValueError(f"Conv: padding must be 'SAME' or 'VALID', got {padding!r}")
+    features, kernel, stride = (_positive_int("Conv", k, v) for k, v in (("features", features),
+                                ("kernel", kernel), ("stride", stride)))  # fmt: skip
+    label = f"Conv({features}, kernel={kernel})"
 
     def init_fn(key, input_shape):
         h, w, cin = input_shape
@@ -148,7 +181,7 @@ def Conv(features: int, kernel: int = 3, *, stride: int = 1, padding: str = "SAM
         else:
             ho, wo = (h - kernel) // stride + 1, (w - kernel) // stride + 1
         params = {
-            "w": _weights(_rng(key), (kernel, kernel, cin, features), init),
+            "w": _weights(_rng(key), _check_weights(label, (kernel, kernel, cin, features)), init),
             "b": _const(0.0, features),
         }
         return (ho, wo, features), params, {}
@@ -164,10 +197,11 @@ def Conv(features: int, kernel: int = 3, *, stride: int = 1, padding: str = "SAM
 
 def Dense(features: int, *, init: str = "he") -> Layer:
     """Fully connected layer: ``w`` [in, features], ``b`` [features]."""
+    features = _positive_int("Dense", "features", features)
 
     def init_fn(key, input_shape):
         params = {
-            "w": _weights(_rng(key), (input_shape[-1], features), init),
+            "w": _weights(_rng(key), _check_weights(f"Dense({features})", (input_shape[-1], features)), init),
             "b": _const(0.0, features),
         }
         return tuple(input_shape[:-1]) + (features,), params, {}
@@ -255,6 +289,7 @@ GlobalAvgPool = _stateless("global_avg_pool", lambda ops, x: ops.global_avg_pool
 
 def MaxPool(window: int = 2) -> Layer:
     """Max pooling with stride = window, VALID padding: 28 -> 14 -> 7, 8 -> 4 -> 2."""
+    window = _positive_int("MaxPool", "window", window)
     return _stateless(
         "max_pool2d",
         lambda ops, x: ops.max_pool2d(x, window=window),
@@ -263,12 +298,6 @@ def MaxPool(window: int = 2) -> Layer:
 
 
 # ------------------------------------------------------------------ a user's own layer
-
-
-class ModelError(ValueError):
-    """A model that cannot be built: a user's model spec that does not load or returns the
-    wrong thing, or a :func:`Custom` layer whose two implementations disagree. The message
-    is one line naming the spec or the layer (the CLI prints it and exits with status 2)."""
 
 
 def Custom(
@@ -306,13 +335,13 @@ def Custom(
 
     def init_fn(key, input_shape):
         input_shape = tuple(input_shape)
-        declared, params = (None, {}) if init is None else init(jax.random.key(_rng(key).integers(2**31)), input_shape)
+        declared, params = (None, {}) if init is None else _custom_init(name, init, key, input_shape)
         x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
         out = {}
         for label, fn in (("manual", manual), ("reference", reference)):
             try:
                 out[label] = jax.eval_shape(partial(call, fn), params, x)
-            except Exception as e:  # the user's function may raise anything
+            except (Exception, SystemExit) as e:  # the user's function may raise anything
                 raise ModelError(
                     f"Custom layer {name!r}: {label} fails on input {x.shape} {x.dtype}: "
                     f"{type(e).__name__}: {first_line(e)}"
@@ -336,6 +365,24 @@ def Custom(
         return call(fn, params, x), {}
 
     return Layer(name, init_fn, apply)
+
+
+def _custom_init(name: str, init: Callable, key: Any, input_shape: Shape) -> tuple[Shape, Any]:
+    """``(declared output shape, params)`` from a :func:`Custom` layer's ``init``, checked."""
+    try:
+        result = init(jax.random.key(_rng(key).integers(2**31)), input_shape)
+    except (Exception, SystemExit) as e:  # the user's function may raise anything
+        raise ModelError(
+            f"Custom layer {name!r}: init raised {type(e).__name__}: {first_line(e)} (input shape {input_shape})"
+        ) from e
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise ModelError(f"Custom layer {name!r}: init must return (output_shape, params), got {reprlib.repr(result)}")
+    declared, params = result
+    if not (isinstance(declared, (tuple, list)) and all(isinstance(d, (int, np.integer)) for d in declared)):
+        raise ModelError(
+            f"Custom layer {name!r}: init's output_shape must be a tuple of ints, got {reprlib.repr(declared)}"
+        )
+    return tuple(int(d) for d in declared), params
 
 
 # ------------------------------------------------------------------ composition
@@ -497,10 +544,10 @@ def load_model(spec: str, num_classes: int) -> Model:
     check_model_name(spec)
     try:
         fn = load_function(spec)
+        with user_code(spec, f"calling it with num_classes={num_classes}"):
+            model = fn(num_classes)
     except LoadError as e:
         raise ModelError(str(e)) from None
-    try:
-        model = fn(num_classes)
     except Exception as e:  # the user's code may raise anything
         raise ModelError(
             f"{spec!r}: calling it with num_classes={num_classes} raised {type(e).__name__}: {first_line(e)}"
@@ -509,7 +556,23 @@ def load_model(spec: str, num_classes: int) -> Model:
         raise ModelError(
             f"{spec!r} returned a {type(model).__name__}, not a jaxbp.models.Model (build it with jaxbp.models.serial)"
         )
-    return model
+    return _with_classes(model, num_classes)
+
+
+def _with_classes(model: Model, num_classes: int) -> Model:
+    """``model`` whose ``init`` refuses an output other than ``(num_classes,)`` per example: a user's
+    model with fewer outputs than classes would train on, silently, to chance accuracy."""
+
+    def init(key, input_shape):
+        out_shape, params, state = model.init(key, input_shape)
+        if tuple(out_shape) != (num_classes,):
+            raise ModelError(
+                f"its output has shape {tuple(out_shape)} per example, but the data set has {num_classes} classes "
+                f"(num_classes={num_classes}): end the model with Dense(num_classes)"
+            )
+        return out_shape, params, state
+
+    return model._replace(init=init)
 
 
 def flops(model: Model, input_shape: Shape, *, by_layer: bool = False) -> int | dict[str, int]:

@@ -140,17 +140,23 @@ def test_target_wrong_pair_exits_1_with_the_worst_element_and_derivation(capsys,
 )
 def test_target_bad_specs_exit_2(capsys, tmp_path, monkeypatch, target, message):
     mod = write_module(tmp_path, monkeypatch, "user_spec")
-    with pytest.raises(SystemExit) as info:
-        main(["check", "--target", target.format(mod=mod), "--reference", f"{mod}:softplus_reference",
-              "--shapes", "3"])  # fmt: skip
-    assert info.value.code == 2
-    assert message in capsys.readouterr().err
+    argv = ["check", "--target", target.format(mod=mod), "--reference", f"{mod}:softplus_reference", "--shapes", "3"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and err.startswith("jaxbp check: error: ")  # one line
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--shapes", "3,a"], "malformed shape '3,a'"),
+        (["--shapes", "3,a"], "malformed shape '3,a' (--shapes)"),
+        (["--shapes", "\u00b2,3"], "malformed shape '\u00b2,3' (--shapes)"),  # a digit to str.isdigit
+        (["--shapes", "100000,100000"], "holds 10000000000 elements, more than the limit of 10000000"),
+        (["--shapes", "99999999999999999999999"], "holds 99999999999999999999999 elements, more than the limit"),
+        (["--shapes", "3000,3000", "3000,3000"], "the shapes (--shapes) holds 18000000 elements"),
+        (["--shapes", ",".join(["1"] * 40)], "has 40 axes, more than 32"),
+        (["--shapes", "3", "--seed=-1"], "--seed must be an integer in [0, 4294967295], got -1"),
+        (["--shapes", "3", "--seed", str(2**32)], "--seed must be an integer in [0, 4294967295], got 4294967296"),
         (["--shapes", "3", "4"], "cannot take the 2 argument(s)"),
         (["--shapes", "3", "--argnums", "2"], "out of range"),
         ([], "--target needs --shapes or --example"),
@@ -162,10 +168,15 @@ def test_target_bad_specs_exit_2(capsys, tmp_path, monkeypatch, target, message)
 )
 def test_target_bad_shapes_exit_2(capsys, tmp_path, monkeypatch, argv, message):
     mod = write_module(tmp_path, monkeypatch, "user_shapes")
-    with pytest.raises(SystemExit) as info:
-        main(["check", "--target", f"{mod}:softplus", "--reference", f"{mod}:softplus_reference", *argv])
-    assert info.value.code == 2
-    assert message in capsys.readouterr().err
+    try:
+        code = main(["check", "--target", f"{mod}:softplus", "--reference", f"{mod}:softplus_reference", *argv])
+    except SystemExit as exit_:  # argparse's flag errors (usage, then the error)
+        code = exit_.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    if "usage:" not in err:  # the inputs' errors are one line
+        assert err.count("\n") == 1 and err.startswith("jaxbp check: error: "), err
 
 
 def test_target_cannot_be_combined_with_layer(capsys, tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxbp import data, datafiles
+from jaxbp import data, datafiles, download
 from jaxbp.cli import main
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -71,11 +71,12 @@ def isolated(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_data_reexports_every_public_name_of_datafiles():
+@pytest.mark.parametrize("module", [datafiles, download], ids=["datafiles", "download"])
+def test_data_reexports_every_public_name_of_datafiles_and_download(module):
     # Callers use jaxbp.data.<name> for the file side too: the very same objects.
-    assert datafiles.__all__
-    for name in datafiles.__all__:
-        assert getattr(data, name) is getattr(datafiles, name), name
+    assert module.__all__
+    for name in module.__all__:
+        assert getattr(data, name) is getattr(module, name), name
 
 
 # ------------------------------------------------------------------ digits
@@ -350,10 +351,10 @@ class _Server:
 
 @pytest.fixture
 def served(tmp_path, monkeypatch):
-    """A local HTTP server with a small valid gz IDX set; its digests patched into datafiles.SHA256."""
+    """A local HTTP server with a small valid gz IDX set; its digests patched into download.SHA256."""
     src = write_idx_set(tmp_path / "src")
     files = {p.name: p.read_bytes() for p in src["paths"].values()}
-    monkeypatch.setitem(datafiles.SHA256, "mnist", {n: hashlib.sha256(b).hexdigest() for n, b in files.items()})
+    monkeypatch.setitem(download.SHA256, "mnist", {n: hashlib.sha256(b).hexdigest() for n, b in files.items()})
     server = _Server(files)
     server.thread.start()
     try:
@@ -384,7 +385,7 @@ def test_fetch_downloads_verifies_and_is_atomic(tmp_path, served):
 def test_fetch_digest_mismatch_keeps_nothing(tmp_path, served, monkeypatch):
     name = "train-labels-idx1-ubyte.gz"
     wrong = "0" * 64
-    monkeypatch.setitem(datafiles.SHA256["mnist"], name, wrong)
+    monkeypatch.setitem(download.SHA256["mnist"], name, wrong)
     actual = hashlib.sha256(served.files[name]).hexdigest()
     with pytest.raises(data.DataError) as err:
         data.fetch("mnist", tmp_path, base_url=served.url, progress=False)
@@ -404,6 +405,61 @@ def test_fetch_http_error_and_bad_scheme(tmp_path, served):
         data.fetch("mnist", tmp_path, base_url="file:///etc/", progress=False)
     with pytest.raises(data.DataError, match="needs no download"):
         data.fetch("digits", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://[::1", "is malformed: Invalid IPv6 URL"),
+        ("http://", "names no host"),
+        ("https:///files/", "names no host"),
+        ("http://exa mple.com/", "contains ' '"),
+        ("http://host:99999/", "is malformed: Port out of range"),
+        ("http://host/?q=", "has a query or fragment"),
+        ("http://h\u00f6st/", "contains '\u00f6'"),
+        ("file:///etc/", "must be http:// or https://"),
+    ],
+)
+def test_cli_data_fetch_malformed_base_url_is_one_line_before_any_download(tmp_path, capsys, url, message):
+    assert main(["data", "fetch", "mnist", "--dir", str(tmp_path / "cache"), "--base-url", url]) == 2
+    err = capsys.readouterr().err
+    assert err == f"jaxbp data: error: --base-url {url!r} {message}" + err.split(message, 1)[1]
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "cache").exists()  # checked before the cache folder is made
+
+
+@pytest.mark.parametrize(
+    ("where", "errno_", "message"),
+    [("mkstemp", 30, "Read-only file system (the file system is mounted read-only)"),
+     ("mkstemp", 13, "Permission denied"),
+     ("fsync", 28, "No space left on device (the disk is full)")],  # fmt: skip
+)
+def test_cli_data_fetch_into_a_read_only_or_full_cache_is_one_line(
+    tmp_path, served, capsys, monkeypatch, where, errno_, message
+):
+    def fail(*args, **kwargs):
+        raise OSError(errno_, "refused")
+
+    monkeypatch.setattr(download.tempfile if where == "mkstemp" else download.os, where, fail)
+    assert main(["data", "fetch", "mnist", "--dir", str(tmp_path / "cache"), "--base-url", served.url]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("jaxbp data: error: "), err
+    assert f"cannot write: {message}" in err and str(tmp_path / "cache" / "mnist") in err
+    assert not [p for p in (tmp_path / "cache" / "mnist").iterdir()]  # no temp file left
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
+def test_cli_data_info_into_a_full_stdout_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-c", "import sys; from jaxbp import cli; sys.exit(cli.main(['data', 'info', 'digits']))"],
+            stdout=full, stderr=subprocess.PIPE, text=True, timeout=120,
+        )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr == "jaxbp data: error: cannot write to standard output: No space left on device\n"
 
 
 # ------------------------------------------------------------------ batches

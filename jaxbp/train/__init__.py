@@ -54,6 +54,7 @@ from jaxbp.train.errors import (
     TrainError,
     TrainingInterrupted,
     TrainResult,
+    UserCodeError,
 )
 from jaxbp.train.loop import evaluate, fit, train_epoch
 from jaxbp.train.runfolder import RunFolder, RunFolderError
@@ -82,6 +83,7 @@ __all__ = [
     "TrainResult",
     "TrainState",
     "TrainingInterrupted",
+    "UserCodeError",
     "augment_batch",
     "batch_augmenter",
     "config_differences",

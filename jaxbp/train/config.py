@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jaxbp import checkpoint, models
+from jaxbp import checkpoint, data, models
 from jaxbp.train.resume import read_stored_run
 
 __all__ = [
@@ -123,7 +123,7 @@ class TrainConfig:
             _check_int(name, getattr(self, name), 1)
         _check_int("max_steps", self.max_steps, 0)
         _check_int("audit_every", self.audit_every, 0)
-        _check_int("seed", self.seed, 0)
+        _check_int("seed", self.seed, 0, data.MAX_SEED)
         _check_float("learning_rate", self.learning_rate, 0.0, math.inf, low_open=True)
         _check_float("momentum", self.momentum, 0.0, 1.0)
         _check_float("weight_decay", self.weight_decay, 0.0, math.inf)
@@ -159,9 +159,11 @@ class TrainConfig:
         return f"runs/{dataset}-{models.short_name(self.model)}-{self.grad}"
 
 
-def _check_int(name: str, value: Any, low: int) -> None:
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ConfigError(name, f"must be an integer >= {low}, got {value!r}")
+    if high is not None and value > high:
+        raise ConfigError(name, f"must be an integer in [{low}, {high}], got {value!r}")
 
 
 def _check_float(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> None:

@@ -9,7 +9,14 @@ from typing import Any
 
 from jaxbp.train.config import TrainConfig
 
-__all__ = ["GradientMismatchError", "NonFiniteLossError", "TrainError", "TrainResult", "TrainingInterrupted"]
+__all__ = [
+    "GradientMismatchError",
+    "NonFiniteLossError",
+    "TrainError",
+    "TrainResult",
+    "TrainingInterrupted",
+    "UserCodeError",
+]
 
 
 class TrainError(RuntimeError):
@@ -18,6 +25,11 @@ class TrainError(RuntimeError):
 
 class GradientMismatchError(TrainError):
     """Compare mode: a manual gradient left ``compare_rtol`` of the autodiff one."""
+
+
+class UserCodeError(TrainError):
+    """A user's model (``--model MODULE:FUNCTION``) failed after its first step: a host callback
+    raised, say. The summary says ``failed`` and why; the last checkpoint is kept."""
 
 
 class NonFiniteLossError(TrainError):

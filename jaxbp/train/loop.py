@@ -33,6 +33,7 @@ from jaxbp.train.errors import (
     NonFiniteLossError,
     TrainingInterrupted,
     TrainResult,
+    UserCodeError,
 )
 from jaxbp.train.runfolder import RunFolder, RunFolderError
 from jaxbp.train.state import Accumulator, Progress, TrainState
@@ -139,9 +140,14 @@ def _step(run: Run, state: TrainState, progress: Progress, xb, yb, n_valid: int)
                 "batch_size", f"is {run.config.batch_size}: the train step does not fit in memory; choose a smaller one"
             ) from None
         raise
-    except Exception as err:
-        if run.config.model in models.MODELS or run.timing.compile_s:
+    except (Exception, SystemExit) as err:  # sys.exit in a user's backward rule must not end the run as done
+        if run.config.model in models.MODELS:
             raise
+        if run.timing.compile_s:  # a later step: the user's code failed while running (a host callback)
+            raise UserCodeError(
+                f"{run.config.model!r}: step {progress.step + 1} (epoch {progress.epoch + 1}) raised "
+                f"{type(err).__name__}: {first_line(err)}; training stopped. {_kept(run)}"
+            ) from err
         # The first step traces the user's layers and their backward: say whose code failed.
         raise models.ModelError(
             f"{run.config.model!r}: tracing the train step ({run.config.grad} gradients) raised "
@@ -313,7 +319,9 @@ def _fit(config: TrainConfig, progress_arg, ops, overwrite: bool, stop: StopSign
             if run.auditor:  # before any float32 step traces (see Auditor.prepare)
                 run.auditor.prepare(state, (config.batch_size, *ds.input_shape), config.model)
             state, status, stop_eval = _train(run, state, progress, stop)
-        except (GradientMismatchError, NonFiniteLossError, RunFolderError, ConfigError, models.ModelError) as err:
+        except (
+            GradientMismatchError, NonFiniteLossError, UserCodeError, RunFolderError, ConfigError, models.ModelError
+        ) as err:  # fmt: skip
             status = {GradientMismatchError: "gradient_mismatch", NonFiniteLossError: "diverged"}.get(
                 type(err), "failed"
             )

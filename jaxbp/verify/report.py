@@ -186,6 +186,7 @@ class Report:
     skipped: list[dict] = field(default_factory=list)  # {"label", "reason"}: leaves not differentiated
     jacobians: list[JacobianBlock] = field(default_factory=list)
     reference: str = "autodiff"  # or "finite differences only" (reference_fn=None)
+    notes: list[str] = field(default_factory=list)  # what the reader must know about the check itself
 
     @property
     def passed(self) -> bool:
@@ -261,6 +262,7 @@ class Report:
             f"{self.name}: {status}  (backend {self.backend}, matmul precision {self.matmul_precision!r}, "
             f"seed {self.seed}, reference: {self.reference})"
         ]
+        lines += [f"  note: {note}" for note in self.notes]
         lines += self._grad_lines() + self._transform_lines() + self._explore_lines()
         for s in self.skipped:
             lines.append(f"  skipped {s['label']}: {s['reason']}")

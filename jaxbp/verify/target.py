@@ -9,6 +9,7 @@ may return any pytrees: integer labels, PRNG keys, positive-only inputs.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterable, Sequence
 
 import jax
@@ -19,7 +20,17 @@ from jaxbp.loading import LoadError, first_line
 from jaxbp.verify.api import unwrap, verify_vjp
 from jaxbp.verify.report import Report
 
-__all__ = ["TargetError", "check_target", "example_inputs", "load_example", "load_function", "parse_shape"]
+__all__ = [
+    "MAX_ELEMENTS",
+    "TargetError",
+    "check_size",
+    "check_target",
+    "example_inputs",
+    "exercises_a_rule",
+    "load_example",
+    "load_function",
+    "parse_shape",
+]
 
 
 class TargetError(LoadError):
@@ -36,17 +47,42 @@ def load_function(spec: str, *, search_cwd: bool = True) -> Callable:
         raise TargetError(str(e)) from e
 
 
+# The most elements --shapes may ask for, over all arguments: 10 million float64 values (80 MB per
+# copy; a check holds a few dozen copies). Beyond it a shape is refused before anything is allocated.
+MAX_ELEMENTS = 10_000_000
+_MAX_NDIM = 32
+
+
 def parse_shape(text: str) -> tuple[int, ...]:
-    """``"3,4"`` -> ``(3, 4)``; ``"7"`` -> ``(7,)``; ``""`` or ``"()"`` -> a scalar. Raises :class:`TargetError`."""
+    """``"3,4"`` -> ``(3, 4)``; ``"7"`` -> ``(7,)``; ``""`` or ``"()"`` -> a scalar. Raises :class:`TargetError`
+    for anything but ASCII digits (``"²"`` is a digit to ``str.isdigit``), more than 32 axes or more
+    than :data:`MAX_ELEMENTS` elements."""
     body = text.strip().strip("()[]").strip()
     if not body:
         return ()
     parts = [p.strip() for p in body.replace("x", ",").split(",")]
     if parts and parts[-1] == "":  # "3," is the 1-tuple (3,)
         parts = parts[:-1]
-    if not parts or not all(p.isdigit() for p in parts):
-        raise TargetError(f"malformed shape {text!r}: expected non-negative integers separated by commas, e.g. 3,4")
-    return tuple(int(p) for p in parts)
+    if not parts or not all(p.isascii() and p.isdigit() for p in parts):
+        raise TargetError(
+            f"malformed shape {text!r} (--shapes): expected non-negative integers in ASCII digits separated by "
+            "commas, e.g. 3,4"
+        )
+    if len(parts) > _MAX_NDIM:
+        raise TargetError(f"shape {text!r} (--shapes) has {len(parts)} axes, more than {_MAX_NDIM}")
+    shape = tuple(int(p) for p in parts)
+    check_size([shape], f"shape {text!r}")
+    return shape
+
+
+def check_size(shapes: Sequence[tuple[int, ...]], what: str = "the shapes") -> None:
+    """:class:`TargetError` if ``shapes`` hold more than :data:`MAX_ELEMENTS` elements in all."""
+    total = sum(math.prod(shape) for shape in shapes)
+    if total > MAX_ELEMENTS:
+        raise TargetError(
+            f"{what} (--shapes) holds {total} elements, more than the limit of {MAX_ELEMENTS} for a check; "
+            "check a smaller instance (the VJP's math does not depend on the size)"
+        )
 
 
 def example_inputs(shapes: Sequence[tuple[int, ...]], seed: int = 0) -> tuple[np.ndarray, ...]:
@@ -68,8 +104,10 @@ def load_example(spec: str | Callable, seed: int = 0) -> tuple:
     except (TypeError, ValueError):
         takes_seed = False
     try:
-        with jax.enable_x64(True):
+        with jax.enable_x64(True), loading.user_code(str(label), "calling it"):
             args = fn(seed) if takes_seed else fn()
+    except LoadError as e:  # sys.exit
+        raise TargetError(str(e)) from None
     except Exception as e:  # a user's function may raise anything
         raise TargetError(f"{label} raised {type(e).__name__}: {first_line(e)}") from e
     return args if isinstance(args, tuple) else (args,)
@@ -111,6 +149,7 @@ def check_target(
         if not shapes:
             raise TargetError("give the shape of every argument, e.g. --shapes 3,4 4,2 (or --example mod:make_inputs)")
         parsed = [parse_shape(s) if isinstance(s, str) else tuple(s) for s in shapes]
+        check_size(parsed)
         args, source = example_inputs(parsed, seed), "--shapes"
     if argnums is not None:
         bad = [i for i in argnums if not 0 <= i < len(args)]
@@ -121,18 +160,44 @@ def check_target(
             _check_binds(spec, fn, args, source)
     name = target if isinstance(target, str) else getattr(unwrap(target), "__name__", "function")
     try:
-        return verify_vjp(
-            manual_fn,
-            reference_fn,
-            *args,
-            argnums=None if argnums is None else tuple(argnums),
-            dtypes=dtypes,
-            seed=seed,
-            matmul_precision=matmul_precision,
-            rtol=rtol,
-            explore=explore,
-            jacobian=jacobian,
-            name=name,
-        )
+        with loading.user_code(name, "checking it"):
+            report = verify_vjp(
+                manual_fn, reference_fn, *args, argnums=None if argnums is None else tuple(argnums),
+                dtypes=dtypes, seed=seed, matmul_precision=matmul_precision, rtol=rtol, explore=explore,
+                jacobian=jacobian, name=name,
+            )  # fmt: skip
+            if not exercises_a_rule(manual_fn, args):
+                report.notes.append(
+                    f"{name} is not a jax.custom_vjp or jax.custom_jvp function and calls none: no hand-written "
+                    "derivative rule was exercised (the check compared JAX's own derivatives)"
+                )
+    except LoadError as e:  # sys.exit in the user's code: never a passing check
+        raise TargetError(str(e)) from None
     except ValueError as e:  # argument problems found before any check ran
         raise TargetError(str(e)) from e
+    return report
+
+
+def exercises_a_rule(fn: Callable, args: tuple) -> bool:
+    """Whether ``fn`` is a ``jax.custom_vjp``/``jax.custom_jvp`` function or calls one on ``args``
+    (a nested call shows in its jaxpr); True where tracing it fails (nothing can be said)."""
+    if isinstance(unwrap(fn), (jax.custom_vjp, jax.custom_jvp)):
+        return True
+    try:
+        with jax.enable_x64(True):
+            jaxpr = jax.make_jaxpr(fn)(*args)
+    except Exception:  # the check itself reports what fails
+        return True
+    return _calls_a_rule(jaxpr.jaxpr)
+
+
+def _calls_a_rule(jaxpr) -> bool:
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name.startswith(("custom_vjp", "custom_jvp")):
+            return True
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr holds a Jaxpr
+                if hasattr(inner, "eqns") and _calls_a_rule(inner):
+                    return True
+    return False
