@@ -392,7 +392,7 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from jaxbp import suite, verify
+    from jaxbp import suite, targets
     from jaxbp.data import MAX_SEED
 
     parser: argparse.ArgumentParser = args.check_parser
@@ -408,15 +408,20 @@ def _check(args: argparse.Namespace) -> int:
         if args.layer:
             parser.error("--layer picks registered layers; it cannot be combined with --target")
         rtol = _check_rtol(parser, args.rtol)
+        if args.plot and not args.reference:
+            return _error("--plot with --target needs --reference: it draws manual, autodiff and their difference",
+                          "jaxbp check")  # fmt: skip
         try:
-            report = verify.check_target(
+            found = targets.check_target(
                 args.target, args.reference, args.shapes, example=args.example, argnums=args.argnums, rtol=rtol,
                 explore=not args.no_explore, jacobian=args.jacobian, **common,
             )  # fmt: skip
-        except verify.TargetError as err:
+        except targets.TargetError as err:
             return _error(err, "jaxbp check")
-        reports = [report]
-        print(report, flush=True)
+        reports = [found.report]
+        print(found.report, flush=True)
+        if found.shapes is not None:
+            print(found.shapes, flush=True)
     else:
         from jaxbp import registry
 
@@ -429,17 +434,34 @@ def _check(args: argparse.Namespace) -> int:
             print(flush=True)
         print(suite.format_table(reports, dtypes), flush=True)
     if args.plot:
-        from jaxbp import files, plots
-
-        try:
-            for path in plots.gradient_plots(args.plot, seed=args.seed):
-                print(f"wrote {path}")
-        except files.OutputError as err:  # the one writer refused a file there (not a figure), or the disk
-            return _error(f"--plot {err}", "jaxbp check")
+        problem = _check_plots(args, found if own else None)
+        if problem:
+            return problem
     if args.json:
         path = suite.write_json(args.json, reports, dtypes, seed=args.seed, matmul_precision=args.matmul_precision)
         print(f"wrote {path}")
-    return 0 if all(r.passed for r in reports) else 1
+    return 0 if all(r.passed for r in reports) and (not own or found.passed) else 1
+
+
+def _check_plots(args: argparse.Namespace, found) -> int:
+    """``--plot DIR``: the target's own gradients, or jaxbp's conv and pool pictures; 0, or the error status."""
+    from pathlib import Path
+
+    from jaxbp import files, plots
+
+    try:
+        if found is None:
+            paths = plots.gradient_plots(args.plot, seed=args.seed)
+        else:
+            stem = args.target.rsplit(":", 1)[-1]
+            path = Path(args.plot) / f"{stem}_gradients.png"
+            paths = [plots.plot_target_gradients(path, found.manual_fn, found.reference_fn, found.args,
+                                                 name=args.target, seed=args.seed)]  # fmt: skip
+        for path in paths:
+            print(f"wrote {path}")
+    except files.OutputError as err:  # the one writer refused a file there (not a figure), or the disk
+        return _error(f"--plot {err}", "jaxbp check")
+    return 0
 
 
 # ------------------------------------------------------------------------ bench

@@ -29,6 +29,7 @@ __all__ = [
     "plot_curves",
     "plot_gradient_heatmaps",
     "plot_pool_routing",
+    "plot_target_gradients",
     "plot_runs",
     "plot_training",
     "read_metrics",
@@ -131,6 +132,58 @@ def plot_gradient_heatmaps(
     if title:
         fig.suptitle(title, fontsize=12)
     return figure.save_png(fig, path)
+
+
+def _as_2d(a: np.ndarray, max_rows: int = 32) -> tuple[np.ndarray, str]:
+    """A gradient as a 2-D picture: scalars 1x1, vectors one row, higher ranks flattened to
+    ``[-1, last axis]`` (the first ``max_rows`` rows), and the words for what is shown."""
+    a = np.real(np.asarray(a, np.complex128 if np.iscomplexobj(a) else np.float64))
+    if a.ndim < 2:
+        return a.reshape(1, -1), ""
+    flat = a.reshape(-1, a.shape[-1])
+    cut = f" (first {max_rows} of {flat.shape[0]} rows)" if flat.shape[0] > max_rows else ""
+    return flat[:max_rows], (f" as [{flat.shape[0]}, {a.shape[-1]}]" if a.ndim > 2 else "") + cut
+
+
+def plot_target_gradients(
+    path: str | os.PathLike,
+    manual_fn,
+    reference_fn,
+    args: Sequence[Any],
+    *,
+    name: str = "",
+    seed: int = 0,
+    max_leaves: int = 8,
+) -> Path:
+    """The gradients of a user's pair (``jaxbp check --target ... --plot DIR``), manual | autodiff |
+    difference, one row per differentiable leaf (at most ``max_leaves``), in float64 at the
+    example arguments for one seeded random cotangent."""
+    import jax
+
+    from jaxbp.verify.api import arg_names
+    from jaxbp.verify.compiled import x64_scope
+    from jaxbp.verify.numerics import is_inexact
+    from jaxbp.verify.structure import Inputs, Outputs
+
+    with x64_scope(True):
+        args = tuple(jax.tree.map(lambda a: np.asarray(a, np.float64) if is_inexact(a) and not np.iscomplexobj(a)
+                                  else a, a) for a in args)  # fmt: skip
+        names = arg_names(manual_fn, reference_fn, len(args))
+        argnums = tuple(i for i, a in enumerate(args) if any(is_inexact(x) for x in jax.tree.leaves(a)))
+        inputs = Inputs(args, argnums, names)
+        layout = inputs.layout(args)
+        diff, rest = layout.split(args)
+        outputs = Outputs(jax.eval_shape(lambda *d: reference_fn(*layout.build(d, rest)), *diff))
+        ct = outputs.random_cotangent(np.random.default_rng([seed, 2]))
+        rows = []
+        grads = [
+            jax.vjp(lambda *d, fn=fn: fn(*layout.build(d, rest)), *diff)[1](outputs.layout.full(ct))
+            for fn in (manual_fn, reference_fn)
+        ]
+    for label, g_man, g_ref in list(zip(inputs.labels, *grads))[:max_leaves]:
+        (m, how), (r, _) = _as_2d(g_man), _as_2d(g_ref)
+        rows.append((f"d{label}{how}", m, r))
+    return plot_gradient_heatmaps(rows, path, title=f"{name}: manual vs autodiff gradients (float64)" if name else None)
 
 
 # A hand-made 6x6 input for the routing picture: 2x2 windows, two of them tied.

@@ -309,3 +309,50 @@ def test_a_closed_pipe_ends_quietly():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and first.startswith(b"relu[")
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+SHAPE_MODULE = """
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def mean_rows_reference(x):
+    return jnp.mean(x, axis=1)
+
+
+@jax.custom_vjp
+def mean_rows(x):
+    return mean_rows_reference(x)
+
+
+mean_rows.defvjp(lambda x: (mean_rows_reference(x), x.shape),
+                 lambda s, g: (jnp.broadcast_to(g[:, None] / s[{axis}], s),))
+
+
+def make_inputs(seed, shape=(3, 3)):
+    return np.random.default_rng(seed).standard_normal(shape)
+"""
+
+
+@pytest.mark.parametrize("correct", [True, False])
+def test_an_example_factory_that_takes_a_shape_checks_other_shapes(capsys, tmp_path, monkeypatch, correct):
+    """The bug (divide by shape[0], not shape[1]) hides at the factory's square default shape."""
+    (tmp_path / "rows.py").write_text(SHAPE_MODULE.format(axis=1 if correct else 0))
+    monkeypatch.chdir(tmp_path)
+    code = main(["check", "--target", "rows.py:mean_rows", "--reference", "rows.py:mean_rows_reference",
+                 "--example", "rows.py:make_inputs", "--dtype", "float64", "--no-explore"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert out.startswith("rows.py:mean_rows: PASS"), out  # at (3, 3), both ways
+    assert code == (0 if correct else 1), out
+    assert ("at other shapes: PASS" if correct else "shape (2, 3): FAIL grad x float64") in out
+
+
+def test_plot_with_a_target_draws_the_target_s_gradients(capsys, tmp_path, monkeypatch):
+    mod = write_module(tmp_path, monkeypatch, "user_plot")
+    argv = ["check", "--target", f"{mod}:matmul", "--shapes", "3,4", "4,2", "--dtype", "float64", "--no-explore"]
+    assert main([*argv, "--plot", "pics"]) == 2  # no reference: nothing to draw it against
+    assert "needs --reference" in capsys.readouterr().err and not (tmp_path / "pics").exists()
+    assert main([*argv, "--reference", f"{mod}:matmul_reference", "--plot", "pics"]) == 0
+    assert [p.name for p in (tmp_path / "pics").iterdir()] == ["matmul_gradients.png"]
+    assert "wrote pics/matmul_gradients.png" in capsys.readouterr().out

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxbp import suite, verify, verify_vjp
+from jaxbp import suite, targets, verify, verify_vjp
 
 DN = ("NHWC", "HWIO", "NHWC")
 FAST = {"dtypes": ("float64",), "transforms": False}
@@ -456,13 +456,13 @@ def test_check_registry_and_tables():
     ("text", "shape"), [("3,4", (3, 4)), ("7", (7,)), ("7,", (7,)), ("", ()), ("()", ()), (" 2, 3 ,1", (2, 3, 1))]
 )
 def test_parse_shape(text, shape):
-    assert verify.parse_shape(text) == shape
+    assert targets.parse_shape(text) == shape
 
 
 @pytest.mark.parametrize("text", ["3,a", "-1", "3,,4", "2.5", "x"])
 def test_parse_shape_rejects(text):
-    with pytest.raises(verify.TargetError, match="malformed shape"):
-        verify.parse_shape(text)
+    with pytest.raises(targets.TargetError, match="malformed shape"):
+        targets.parse_shape(text)
 
 
 def test_equation_lines():

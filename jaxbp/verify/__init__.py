@@ -19,9 +19,8 @@ through it by :mod:`jaxbp.suite`. One job per module:
 * :mod:`~jaxbp.verify.checks` - the checks of one dtype, independent functions returning rows;
 * :mod:`~jaxbp.verify.explore` - inputs beyond the examples, kinks told apart from bugs;
 * :mod:`~jaxbp.verify.api` - :func:`verify_vjp`;
-* :mod:`~jaxbp.verify.shapes` - :func:`verify_shapes`, the same checks at other shapes;
+* :mod:`~jaxbp.verify.shapes` - :func:`verify_shapes`, the same checks at other shapes.
 * :mod:`~jaxbp.verify.report` - :class:`Report` and its rendering;
-* :mod:`~jaxbp.verify.target` - a user's function from the command line.
 """
 
 from jaxbp.verify.api import verify_vjp
@@ -36,7 +35,6 @@ from jaxbp.verify.report import (
     equation_lines,
 )
 from jaxbp.verify.shapes import ShapesReport, default_shapes, verify_shapes
-from jaxbp.verify.target import TargetError, check_target, example_inputs, load_example, load_function, parse_shape
 from jaxbp.verify.tolerances import FD_DIRECTIONS, FD_STEP, FD_TOLERANCE, default_tolerance, layer_tolerances
 
 __all__ = [
@@ -50,17 +48,11 @@ __all__ = [
     "JacobianBlock",
     "Report",
     "ShapesReport",
-    "TargetError",
     "TransformCheck",
-    "check_target",
     "default_shapes",
     "default_tolerance",
     "equation_lines",
-    "example_inputs",
     "layer_tolerances",
-    "load_example",
-    "load_function",
-    "parse_shape",
     "verify_shapes",
     "verify_vjp",
 ]

@@ -61,7 +61,7 @@ class ShapesReport:
 
     def __str__(self) -> str:
         status = "PASS" if self.passed else "FAIL"
-        lines = [f"{self.name}: {status} at {len(self.reports)} shapes"]
+        lines = [f"{self.name} at other shapes: {status} ({len(self.reports)} shapes checked)"]
         for shape, r in self.reports:
             lines.append(f"  shape {shape}: {'ok' if r.passed else 'FAIL ' + r.headline()}")
         lines += [f"  ERROR {e}" for e in self.errors]

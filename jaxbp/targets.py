@@ -11,17 +11,19 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import jax
 import numpy as np
 
 from jaxbp import loading
 from jaxbp.loading import LoadError, first_line
-from jaxbp.verify.api import unwrap, verify_vjp
-from jaxbp.verify.report import Report
+from jaxbp.verify import Report, ShapesReport, verify_shapes, verify_vjp
+from jaxbp.verify.api import unwrap
 
 __all__ = [
     "MAX_ELEMENTS",
+    "TargetCheck",
     "TargetError",
     "check_size",
     "check_target",
@@ -30,6 +32,7 @@ __all__ = [
     "load_example",
     "load_function",
     "parse_shape",
+    "shape_parameter",
 ]
 
 
@@ -123,6 +126,50 @@ def _check_binds(spec: str | Callable, fn: Callable, args: tuple, source: str) -
         pass
 
 
+@dataclass
+class TargetCheck:
+    """What ``jaxbp check --target`` found: the report at the examples, the report at the default shapes
+    where the ``--example`` factory takes a ``shape``, and the pair and arguments it checked."""
+
+    report: Report
+    shapes: ShapesReport | None
+    manual_fn: Callable
+    reference_fn: Callable | None
+    args: tuple
+
+    @property
+    def passed(self) -> bool:
+        return self.report.passed and (self.shapes is None or self.shapes.passed)
+
+
+def shape_parameter(fn: Callable) -> tuple[int, ...] | None:
+    """The default of ``fn``'s ``shape`` parameter, where it has one (a factory that takes a shape)."""
+    try:
+        param = inspect.signature(fn).parameters.get("shape")
+    except (TypeError, ValueError):
+        return None
+    if param is None:
+        return None
+    if param.default is inspect.Parameter.empty or not isinstance(param.default, tuple):
+        raise TargetError(f"{getattr(fn, '__name__', 'make_inputs')}: give its shape parameter a tuple default, "
+                          "e.g. shape=(2, 3): the check runs there, then at other shapes of that rank")  # fmt: skip
+    return param.default
+
+
+def _shape_factory(fn: Callable, label: str) -> Callable:
+    takes_seed = "seed" in inspect.signature(fn).parameters
+
+    def make(shape: tuple[int, ...], seed: int) -> tuple:
+        try:
+            with jax.enable_x64(True), loading.user_code(label, "calling it"):
+                args = fn(seed=seed, shape=shape) if takes_seed else fn(shape=shape)
+        except LoadError as e:  # sys.exit
+            raise TargetError(str(e)) from None
+        return args if isinstance(args, tuple) else (args,)
+
+    return make
+
+
 def check_target(
     target: str | Callable,
     reference: str | Callable | None,
@@ -136,15 +183,28 @@ def check_target(
     rtol: float | None = None,
     explore: bool | Iterable[str] = True,
     jacobian: bool = False,
-) -> Report:
+) -> TargetCheck:
     """:func:`verify_vjp` of a user's pair (``jaxbp check --target``), on random float64 inputs of the
-    given ``shapes`` or on the arguments ``example`` returns. ``reference=None``: finite differences only."""
+    given ``shapes`` or on the arguments ``example`` returns. ``reference=None``: finite differences only.
+
+    An ``example`` factory with a ``shape`` parameter (``make_inputs(seed, shape=(2, 3))``) is
+    called at its default shape for the full check, then at the default shapes of that rank
+    (:func:`jaxbp.verify.default_shapes`: batch 1, every side distinct, rotated) for first order.
+    """
     manual_fn = load_function(target) if isinstance(target, str) else target
     reference_fn = load_function(reference) if isinstance(reference, str) else reference
+    factory = None
     if example is not None:
         if shapes:
             raise TargetError("give either --shapes or --example, not both")
-        args, source = load_example(example, seed), "--example"
+        example_fn = load_function(example) if isinstance(example, str) else example
+        default_shape = shape_parameter(example_fn)
+        if default_shape is None:
+            args = load_example(example_fn, seed)
+        else:
+            factory = _shape_factory(example_fn, str(example))
+            args = factory(default_shape, seed)
+        source = "--example"
     else:
         if not shapes:
             raise TargetError("give the shape of every argument, e.g. --shapes 3,4 4,2 (or --example mod:make_inputs)")
@@ -171,11 +231,18 @@ def check_target(
                     f"{name} is not a jax.custom_vjp or jax.custom_jvp function and calls none: no hand-written "
                     "derivative rule was exercised (the check compared JAX's own derivatives)"
                 )
+            at_shapes = None
+            if factory is not None:
+                at_shapes = verify_shapes(
+                    manual_fn, reference_fn, factory, rank=len(default_shape), seed=seed, dtypes=dtypes,
+                    matmul_precision=matmul_precision, rtol=rtol, name=name,
+                    argnums=None if argnums is None else tuple(argnums),
+                )  # fmt: skip
     except LoadError as e:  # sys.exit in the user's code: never a passing check
         raise TargetError(str(e)) from None
     except ValueError as e:  # argument problems found before any check ran
         raise TargetError(str(e)) from e
-    return report
+    return TargetCheck(report, at_shapes, manual_fn, reference_fn, args)
 
 
 def exercises_a_rule(fn: Callable, args: tuple) -> bool:
