@@ -119,5 +119,68 @@ def shape_cases() -> list[Case]:
     return cases
 
 
+def _layer_norm(eps_in_backward: float):
+    eps = 1e-5
+
+    def reference(x, gamma, beta):
+        mu = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean((x - mu) ** 2, axis=-1, keepdims=True)
+        return gamma * (x - mu) / jnp.sqrt(var + eps) + beta
+
+    def backward(x, gamma, beta, dy):
+        xc = x - jnp.mean(x, axis=-1, keepdims=True)
+        r = 1.0 / jnp.sqrt(jnp.mean(xc**2, axis=-1, keepdims=True) + eps_in_backward)
+        xhat, dxhat = xc * r, dy * gamma
+        dx = r * (dxhat - jnp.mean(dxhat, -1, keepdims=True) - xhat * jnp.mean(dxhat * xhat, -1, keepdims=True))
+        return dx, jnp.sum(dy * xhat, axis=0), jnp.sum(dy, axis=0)
+
+    return V.custom_vjp_of(reference, backward), reference
+
+
+def _compare_run(tmp: str) -> str:
+    """``jaxbp train --grad compare`` on the layer norm of tests/test_compare_audit.py with the eps bug."""
+    from jaxbp.cli import main
+    from tests.test_compare_audit import LAYER_NORM_MODEL
+
+    path = f"{tmp}/ln_no_eps.py"
+    with open(path, "w") as f:
+        f.write(LAYER_NORM_MODEL.replace("BWD_EPS = EPS", "BWD_EPS = 0.0"))
+    code = main(["train", "--model", f"{path}:make_model", "--grad", "compare", "--epochs", "1", "--quiet",
+                 "--out", f"{tmp}/run"])  # fmt: skip
+    return "pass (exit 0)" if code == 0 else f"fail: exit {code} (the float64 audit at the first step)"
+
+
+def compare_mode_case() -> Case:
+    import tempfile
+
+    manual_fn, reference_fn = _layer_norm(0.0)
+    rng = np.random.default_rng(0)
+    args = (rng.standard_normal((4, 6)), 1 + 0.1 * rng.standard_normal(6), 0.1 * rng.standard_normal(6))
+
+    def jaxbp_go():
+        report = run_jaxbp(manual_fn, reference_fn, *args, explore=False)()
+        with tempfile.TemporaryDirectory() as tmp:
+            report["outcome"] += f"<br>jaxbp train --grad compare: {_compare_run(tmp)}"
+        return report
+
+    def torch_go():
+        def fwd(x, g, b):
+            return torch.nn.functional.layer_norm(x, (x.shape[-1],), g, b, 1e-5)
+
+        def bwd(x, g, b, dy):
+            xc = x - x.mean(-1, keepdim=True)
+            r = 1.0 / torch.sqrt((xc**2).mean(-1, keepdim=True))  # the bug: eps left out
+            xhat, dxhat = xc * r, dy * g
+            dx = r * (dxhat - dxhat.mean(-1, keepdim=True) - xhat * (dxhat * xhat).mean(-1, keepdim=True))
+            return dx, (dy * xhat).sum(0), dy.sum(0)
+
+        return torch_runs(torch_custom(fwd, bwd), tuple(t64(a) for a in args), gradgrad=False)
+
+    return Case("layer_norm_eps_missing_in_backward", "a 1e-5 bug that float32 training cannot see", True,
+                jaxbp_go, [run_check_grads(manual_fn, args, order=1)], torch_go,
+                notes="before this change jaxbp train --grad compare trained it to the end (exit 0): its float32 "
+                "per-step comparison allowed 1e-4; the float64 audit allows 1e-9.")  # fmt: skip
+
+
 def all_trust_cases() -> list[Case]:
-    return [*cnn_cases(), *magnitude_cases(), closed_over_case(), *shape_cases()]
+    return [*cnn_cases(), *magnitude_cases(), closed_over_case(), *shape_cases(), compare_mode_case()]

@@ -23,22 +23,10 @@ import pytest
 
 from jaxbp import bench, checkpoint, cli, data, devices
 from jaxbp.train import loop
+from tests.cli_helpers import assert_one_line_error, run_cli
 
 TINY = ["train", "--model", "mlp", "--epochs", "1", "--quiet"]
 STEPS = 23  # 1437 digits in batches of 64
-
-
-def _main(argv, capsys):
-    """``(exit code, stdout, stderr)`` of ``jaxbp`` in this process."""
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _one_line_error(err, *needles):
-    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("jaxbp "), err
-    for needle in needles:
-        assert needle in err, (needle, err)
 
 
 def _strict_records(folder):
@@ -67,27 +55,27 @@ def _timeless(recs):
 
 def test_a_second_run_into_a_run_is_refused_and_overwrite_replaces_it(tmp_path, capsys):
     out = tmp_path / "a"
-    assert _main([*TINY, "--max-steps", "3", "--out", out], capsys)[0] == 0
+    assert run_cli([*TINY, "--max-steps", "3", "--out", out], capsys)[0] == 0
     first = _files(out)
-    code, _, err = _main([*TINY, "--max-steps", "3", "--out", out], capsys)
+    code, _, err = run_cli([*TINY, "--max-steps", "3", "--out", out], capsys)
     assert code == 2
-    _one_line_error(err, f"{out}: already holds a run", f"jaxbp train --resume {out}", "--overwrite")
+    assert_one_line_error(err, f"{out}: already holds a run", f"jaxbp train --resume {out}", "--overwrite")
     assert _files(out) == first  # byte-identical
-    code, _, _ = _main([*TINY, "--max-steps", "5", "--log-every", "1", "--out", out, "--overwrite"], capsys)
+    code, _, _ = run_cli([*TINY, "--max-steps", "5", "--log-every", "1", "--out", out, "--overwrite"], capsys)
     assert code == 0 and _summary(out)["steps"] == 5
     assert [r["step"] for r in _strict_records(out) if r["kind"] == "train"] == [1, 2, 3, 4, 5]
 
 
 def test_resume_writes_into_the_moved_and_the_copied_folder(tmp_path, capsys):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    assert _main([*TINY, "--max-steps", "3", "--out", a], capsys)[0] == 0
+    assert run_cli([*TINY, "--max-steps", "3", "--out", a], capsys)[0] == 0
     shutil.copytree(a, c)
     os.rename(a, b)
-    assert _main(["train", "--resume", b, "--quiet"], capsys)[0] == 0
+    assert run_cli(["train", "--resume", b, "--quiet"], capsys)[0] == 0
     assert not a.exists()  # the stored out is not recreated
     assert _summary(b)["status"] == "completed" and _summary(b)["steps"] == STEPS
     copy, done = _files(c), _files(b)
-    assert _main(["train", "--resume", c, "--quiet"], capsys)[0] == 0
+    assert run_cli(["train", "--resume", c, "--quiet"], capsys)[0] == 0
     assert _summary(c)["status"] == "completed" and _files(c) != copy
     assert _files(b) == done  # resuming the copy wrote the copy only
 
@@ -102,30 +90,30 @@ def test_max_steps_evaluates_and_its_hint_really_continues_the_run(tmp_path, cap
 
     monkeypatch.setattr(loop, "Display", Recording)
     out = tmp_path / "run"
-    code, printed, _ = _main([*TINY, "--max-steps", "3", "--log-every", "1", "--out", out], capsys)
+    code, printed, _ = run_cli([*TINY, "--max-steps", "3", "--log-every", "1", "--out", out], capsys)
     assert code == 0 and "at step 3 (epoch 1)" in printed and "nan" not in printed
     summary = _summary(out)
     assert summary["status"] == "stopped" and summary["evaluated_at_step"] == 3
     assert 0 <= summary["test_accuracy"] <= 1 and summary["test_loss"] > 0
     hint = printed.split("continue to the end with: ")[1].split(" (")[0].split()
     assert hint[:3] == ["jaxbp", "train", "--resume"]
-    assert _main([*hint[1:], "--quiet"], capsys)[0] == 0
+    assert run_cli([*hint[1:], "--quiet"], capsys)[0] == 0
     assert _summary(out)["status"] == "completed" and _summary(out)["steps"] == STEPS
     assert totals == [(3, 0), (STEPS, 3)]  # the bar counts the steps the run really takes
     # ... and the continued run is the uninterrupted one
-    assert _main([*TINY, "--log-every", "1", "--out", tmp_path / "whole"], capsys)[0] == 0
+    assert run_cli([*TINY, "--log-every", "1", "--out", tmp_path / "whole"], capsys)[0] == 0
     assert _timeless(_strict_records(out)) == _timeless(_strict_records(tmp_path / "whole"))
-    code, _, err = _main(["train", "--resume", out, "--max-steps", "3", "--quiet"], capsys)
+    code, _, err = run_cli(["train", "--resume", out, "--max-steps", "3", "--quiet"], capsys)
     assert code == 2
-    _one_line_error(err, "--max-steps is 3 but the checkpoint is at step 23 already")
+    assert_one_line_error(err, "--max-steps is 3 but the checkpoint is at step 23 already")
 
 
 def test_a_torn_metrics_tail_is_cut_back_with_a_note_not_fatal(tmp_path, capsys):
     out = tmp_path / "run"
-    assert _main([*TINY, "--max-steps", "4", "--log-every", "1", "--out", out], capsys)[0] == 0
+    assert run_cli([*TINY, "--max-steps", "4", "--log-every", "1", "--out", out], capsys)[0] == 0
     with open(out / "metrics.jsonl", "ab") as f:
         f.write(b'{"kind": "train", "step": 5, "lo' + b"\0" * 512)
-    code, _, err = _main(["train", "--resume", out, "--quiet"], capsys)
+    code, _, err = run_cli(["train", "--resume", out, "--quiet"], capsys)
     assert code == 0 and "note: " in err and "torn or corrupt tail" in err and "metrics.jsonl" in err
     steps = [r["step"] for r in _strict_records(out) if r["kind"] == "train"]
     assert steps == list(range(1, STEPS + 1))
@@ -137,13 +125,13 @@ def test_a_torn_metrics_tail_is_cut_back_with_a_note_not_fatal(tmp_path, capsys)
 def test_a_nan_test_loss_stops_with_the_last_good_checkpoint_and_a_summary(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     two = [*TINY[:4], "2", "--quiet", "--out", out]  # two epochs: the first ends clean, with a checkpoint
-    assert _main([*two, "--max-steps", str(STEPS)], capsys)[0] == 0
+    assert run_cli([*two, "--max-steps", str(STEPS)], capsys)[0] == 0
     good = (out / "checkpoint.npz").read_bytes()
     ds = data.load("digits")
     x_test = np.array(ds.x_test)
     x_test[0, 0, 0, 0] = np.inf  # an input the parameters turn into a NaN logit: test loss NaN, train finite
     monkeypatch.setattr(data, "load", lambda *a, **k: dataclasses.replace(ds, x_test=x_test))
-    code, _, err = _main(["train", "--resume", out, "--quiet"], capsys)
+    code, _, err = run_cli(["train", "--resume", out, "--quiet"], capsys)
     assert code == 1 and "Traceback" not in err
     assert "NonFiniteLossError: test loss is nan at step 46 (epoch 2)" in err and "checkpoint is kept" in err
     recs = _strict_records(out)  # strict JSON lines: no NaN token
@@ -172,9 +160,9 @@ BAD_FLAGS = [
 
 @pytest.mark.parametrize("flags, message", BAD_FLAGS, ids=[" ".join(f) for f, _ in BAD_FLAGS])
 def test_bad_values_name_the_flag_and_write_nothing(tmp_path, capsys, flags, message):
-    code, _, err = _main([*TINY, *flags, "--out", tmp_path / "run"], capsys)
+    code, _, err = run_cli([*TINY, *flags, "--out", tmp_path / "run"], capsys)
     assert code == 2
-    _one_line_error(err, f"jaxbp train: error: {message}")
+    assert_one_line_error(err, f"jaxbp train: error: {message}")
     assert not (tmp_path / "run").exists()
 
 
@@ -190,23 +178,23 @@ def test_images_too_small_for_the_model_are_a_flag_error(tmp_path, capsys, monke
         _idx(tmp_path, f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 1, 1)))
         _idx(tmp_path, f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
     argv = ["train", "--dataset", "mnist", "--data-dir", tmp_path, "--batch-size", "8", "--quiet"]
-    code, _, err = _main([*argv, "--out", tmp_path / "run"], capsys)
+    code, _, err = run_cli([*argv, "--out", tmp_path / "run"], capsys)
     assert code == 2
-    _one_line_error(err, "--model is 'cnn', which cannot take the 1x1x1 images of mnist")
+    assert_one_line_error(err, "--model is 'cnn', which cannot take the 1x1x1 images of mnist")
     assert not (tmp_path / "run").exists()
 
 
 def test_a_checkpoint_with_a_malformed_extra_or_a_negative_step_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
-    assert _main([*TINY, "--max-steps", "3", "--out", out], capsys)[0] == 0
+    assert run_cli([*TINY, "--max-steps", "3", "--out", out], capsys)[0] == 0
     state, meta = checkpoint.load(out / "checkpoint.npz")
     for step, extra, problem in ((3, {"history": 5}, "run state (extra) is malformed"),
                                  (3, {"window": {"bogus": 1}}, "run state (extra) is malformed"),
                                  (-1, meta["extra"], "metadata step is -1, not an integer >= 0")):  # fmt: skip
         checkpoint.save(out / "checkpoint.npz", state, step=step, epoch=0, config=meta["config"], extra=extra)
-        code, _, err = _main(["train", "--resume", out, "--quiet"], capsys)
+        code, _, err = run_cli(["train", "--resume", out, "--quiet"], capsys)
         assert code == 2
-        _one_line_error(err, f"{out / 'checkpoint.npz'}: ", problem)
+        assert_one_line_error(err, f"{out / 'checkpoint.npz'}: ", problem)
 
 
 # ------------------------------------------------------------------ file-system faults
@@ -215,9 +203,9 @@ def test_a_checkpoint_with_a_malformed_extra_or_a_negative_step_is_refused(tmp_p
 def test_out_that_is_a_file_or_under_a_file_exits_2(tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     for out, problem in ((tmp_path / "f", "exists and is not a folder"), (tmp_path / "f" / "sub", "is a file")):
-        code, _, err = _main([*TINY, "--out", out], capsys)
+        code, _, err = run_cli([*TINY, "--out", out], capsys)
         assert code == 2
-        _one_line_error(err, str(out), problem)
+        assert_one_line_error(err, str(out), problem)
     assert (tmp_path / "f").read_text() == "x"
 
 
@@ -226,9 +214,9 @@ def test_disk_full_exits_2_naming_the_file_and_leaves_valid_files(tmp_path, caps
 
     with tmpfs(tmp_path / "small", size="128k"):  # room for the small files, not for the checkpoint
         out = tmp_path / "small" / "run"
-        code, _, err = _main([*TINY, "--max-steps", "3", "--log-every", "1", "--out", out], capsys)
+        code, _, err = run_cli([*TINY, "--max-steps", "3", "--log-every", "1", "--out", out], capsys)
         assert code == 2
-        _one_line_error(err, f"{out / 'checkpoint.npz'}: cannot write: No space left on device")
+        assert_one_line_error(err, f"{out / 'checkpoint.npz'}: cannot write: No space left on device")
         assert [r["step"] for r in _strict_records(out)] == [1, 2, 3]
         summary = _summary(out)
         assert summary["status"] == "failed" and "No space left" in summary["error"]
@@ -240,13 +228,13 @@ def test_read_only_folders_exit_2_before_any_work(tmp_path, capsys):
 
     with tmpfs(tmp_path / "disk", size="1m"):
         out = tmp_path / "disk" / "run"
-        assert _main([*TINY, "--max-steps", "3", "--out", out], capsys)[0] == 0
+        assert run_cli([*TINY, "--max-steps", "3", "--out", out], capsys)[0] == 0
         remount_read_only(tmp_path / "disk")
         before = _files(out)
         for argv in ([*TINY, "--out", tmp_path / "disk" / "new"], ["train", "--resume", out, "--quiet"]):
-            code, _, err = _main(argv, capsys)
+            code, _, err = run_cli(argv, capsys)
             assert code == 2
-            _one_line_error(err, "cannot write: Read-only file system")
+            assert_one_line_error(err, "cannot write: Read-only file system")
         assert _files(out) == before
 
 
@@ -261,16 +249,16 @@ def _free_port() -> int:
 
 def test_bad_distributed_settings_fail_fast(capsys, monkeypatch):
     monkeypatch.setenv("JAXBP_NUM_PROCESSES", "abc")
-    code, _, err = _main(TINY, capsys)
+    code, _, err = run_cli(TINY, capsys)
     assert code == 2
-    _one_line_error(err, "JAXBP_NUM_PROCESSES='abc' is not an integer")
+    assert_one_line_error(err, "JAXBP_NUM_PROCESSES='abc' is not an integer")
     monkeypatch.delenv("JAXBP_NUM_PROCESSES")
     port = _free_port()  # nothing listens there
     t0 = time.monotonic()
     argv = [*TINY, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", "1"]
-    code, _, err = _main([*argv, "--coordinator-timeout", "1"], capsys)
+    code, _, err = run_cli([*argv, "--coordinator-timeout", "1"], capsys)
     assert code == 2 and time.monotonic() - t0 < 10
-    _one_line_error(err, f"the coordinator 127.0.0.1:{port} did not answer within 1 s")
+    assert_one_line_error(err, f"the coordinator 127.0.0.1:{port} did not answer within 1 s")
 
 
 # ------------------------------------------------------------------ a real process: lock and SIGTERM
@@ -287,9 +275,9 @@ def test_a_running_train_holds_its_folder_and_stops_on_sigterm_with_a_checkpoint
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.1)
         for extra in ([], ["--overwrite"]):
-            code, _, err = _main([*TINY, "--out", out, *extra], capsys)
+            code, _, err = run_cli([*TINY, "--out", out, *extra], capsys)
             assert code == 2
-            _one_line_error(err, "another jaxbp run is writing to this folder")
+            assert_one_line_error(err, "another jaxbp run is writing to this folder")
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
     finally:
@@ -323,13 +311,13 @@ def test_bench_and_devices_check_their_flags_and_outputs_before_running(tmp_path
         ),
         (["devices", "--train-steps", "1000"], "--train-steps 1000: the golden run holds only 20 steps"),
     ):
-        code, _, err = _main(argv, capsys)
+        code, _, err = run_cli(argv, capsys)
         assert code == 2, argv
-        _one_line_error(err, message)
+        assert_one_line_error(err, message)
     if not any(d.platform == "gpu" for d in devices.list_devices()):
-        code, _, err = _main(["devices", "--backend", "gpu"], capsys)
+        code, _, err = run_cli(["devices", "--backend", "gpu"], capsys)
         assert code == 2
-        _one_line_error(err, "--backend gpu: JAX sees no such device here (backends: cpu)")
+        assert_one_line_error(err, "--backend gpu: JAX sees no such device here (backends: cpu)")
     for argv in (["bench", "--warmup", "-3"], ["bench", "--model", "vgg"]):
         with pytest.raises(SystemExit) as info:
             cli.main(argv)

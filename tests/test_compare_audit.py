@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxbp import autodiff, cli, data, manual, models
+from jaxbp import autodiff, data, manual, models
 from jaxbp.train import TRACE_COUNTS, TrainConfig, fit, steps
+from tests.cli_helpers import run_cli
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_layer.py"
 
@@ -81,12 +82,6 @@ def layer_norm_file(tmp_path):
     return write
 
 
-def _main(argv, capsys):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def _audits(folder):
     recs = map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())
     return [r for r in recs if r["kind"] == "audit"]
@@ -95,7 +90,7 @@ def _audits(folder):
 def test_a_layer_norm_without_eps_in_its_backward_fails_at_the_first_audit(tmp_path, layer_norm_file, capsys):
     out = tmp_path / "run"
     argv = ["train", "--model", layer_norm_file("ln_no_eps", "0.0"), "--grad", "compare", "--epochs", "1"]
-    code, _, err = _main([*argv, "--quiet", "--out", out], capsys)
+    code, _, err = run_cli([*argv, "--quiet", "--out", out], capsys)
     assert code == 1, err
     assert "GradientMismatchError: gradient mismatch at step 1 " in err
     assert "found by the float64 audit at the first step" in err and "--audit-rtol" in err and "--audit-every" in err
@@ -129,7 +124,7 @@ def test_a_guard_failure_is_audited_and_cleared_when_it_is_rounding(tmp_path, la
     # A guard tolerance far below float32 rounding: every step trips it, every audit clears it.
     out = tmp_path / "run"
     argv = ["train", "--model", layer_norm_file("ln_strict"), "--grad", "compare", "--compare-rtol", "1e-12"]
-    code, _, err = _main([*argv, "--epochs", "1", "--max-steps", "4", "--quiet", "--out", out], capsys)
+    code, _, err = run_cli([*argv, "--epochs", "1", "--max-steps", "4", "--quiet", "--out", out], capsys)
     assert code == 0, err
     assert err.count("warning: step ") == 4 and "float32 rounding, not a wrong backward" in err
     assert "--compare-rtol" in err
@@ -204,7 +199,7 @@ def test_a_gross_bug_that_appears_between_audits_trips_the_guard_and_the_audit_c
     (tmp_path / "gross_bug.py").write_text(GROSS_BUG_MODEL)
     out = tmp_path / "run"
     argv = ["train", "--model", f"{tmp_path / 'gross_bug.py'}:make_model", "--grad", "compare", "--epochs", "1"]
-    code, _, err = _main([*argv, "--quiet", "--out", out], capsys)
+    code, _, err = run_cli([*argv, "--quiet", "--out", out], capsys)
     assert code == 1, err
     first, last = _audits(out)[0], _audits(out)[-1]
     assert (first["step"], first["reason"], first["passed"]) == (1, "first step", True)

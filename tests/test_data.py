@@ -430,9 +430,11 @@ def test_cli_data_fetch_malformed_base_url_is_one_line_before_any_download(tmp_p
 
 @pytest.mark.parametrize(
     ("where", "errno_", "message"),
-    [("mkstemp", 30, "Read-only file system (the file system is mounted read-only)"),
-     ("mkstemp", 13, "Permission denied"),
-     ("fsync", 28, "No space left on device (the disk is full)")],  # fmt: skip
+    [
+        ("mkstemp", 30, "Read-only file system (the file system is mounted read-only)"),
+        ("mkstemp", 13, "Permission denied"),
+        ("fsync", 28, "No space left on device (the disk is full)"),
+    ],  # fmt: skip
 )
 def test_cli_data_fetch_into_a_read_only_or_full_cache_is_one_line(
     tmp_path, served, capsys, monkeypatch, where, errno_, message

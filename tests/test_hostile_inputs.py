@@ -11,20 +11,8 @@ import struct
 import numpy as np
 import pytest
 
-from jaxbp import cli, data, datafiles
-
-
-def _main(argv, capsys):
-    """``(exit code, stdout, stderr)`` of ``jaxbp`` in this process."""
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _one_line_error(err, *needles):
-    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("jaxbp "), err
-    for needle in needles:
-        assert needle in err, (needle, err)
+from jaxbp import data, datafiles
+from tests.cli_helpers import assert_one_line_error, run_cli
 
 
 def _files(folder):
@@ -79,18 +67,18 @@ def test_a_sparse_terabyte_idx_file_is_refused_before_allocating(isolated, capsy
     with pytest.raises(data.DataError, match="more than the limit of 1073741824 bytes"):
         data.read_idx(path)
     argv = ["train", "--dataset", "mnist", "--data-dir", isolated / "d", "--out", isolated / "run"]
-    code, _, err = _main(argv, capsys)
+    code, _, err = run_cli(argv, capsys)
     assert code == 2
-    _one_line_error(err, str(path), "1000000x1000x1000 = 1000000000000 bytes", "limit")
+    assert_one_line_error(err, str(path), "1000000x1000x1000 = 1000000000000 bytes", "limit")
     assert not (isolated / "run").exists() and _files(isolated / "d") == before
 
 
 def test_a_small_gzip_declaring_a_terabyte_is_refused_by_data_info(isolated, capsys):
     bomb = gzip.compress(_header(1_000_000, 1_000, 1_000) + bytes(1 << 20), mtime=0)
     path = _idx_set(isolated / "d", bomb)
-    code, out, err = _main(["data", "info", "mnist", "--data-dir", isolated / "d"], capsys)
+    code, out, err = run_cli(["data", "info", "mnist", "--data-dir", isolated / "d"], capsys)
     assert code == 2 and "invalid" in out
-    _one_line_error(err, str(path), "more than the limit")
+    assert_one_line_error(err, str(path), "more than the limit")
     # Under the limit, but more than a gzip file of this size can inflate to.
     path.write_bytes(gzip.compress(_header(8_000, 256, 256) + bytes(1 << 20), mtime=0))
     with pytest.raises(data.DataError, match=r"more than a gzip file of \d+ bytes can hold"):
@@ -109,9 +97,9 @@ def test_a_gzip_that_inflates_past_its_header_is_read_no_further(isolated):
 
 @pytest.mark.parametrize("seed", [2**32, 10**30])
 def test_train_seed_out_of_range_names_the_flag(tmp_path, capsys, seed):
-    code, _, err = _main(["train", "--model", "mlp", "--seed", seed, "--out", tmp_path / "run"], capsys)
+    code, _, err = run_cli(["train", "--model", "mlp", "--seed", seed, "--out", tmp_path / "run"], capsys)
     assert code == 2
-    _one_line_error(err, f"jaxbp train: error: --seed must be an integer in [0, {data.MAX_SEED}], got {seed}")
+    assert_one_line_error(err, f"jaxbp train: error: --seed must be an integer in [0, {data.MAX_SEED}], got {seed}")
     assert not (tmp_path / "run").exists()
 
 
@@ -131,9 +119,9 @@ def _module(folder, name, source):
 
 def _refused(capsys, tmp_path, model, *needles):
     """``jaxbp train --model model`` exits 2 with one line naming the spec, before any file is written."""
-    code, out, err = _main([*TRAIN, "--model", model, "--out", tmp_path / "run"], capsys)
+    code, out, err = run_cli([*TRAIN, "--model", model, "--out", tmp_path / "run"], capsys)
     assert code == 2 and out == ""
-    _one_line_error(err, f"jaxbp train: error: {model!r}", *needles)
+    assert_one_line_error(err, f"jaxbp train: error: {model!r}", *needles)
     assert not (tmp_path / "run").exists()
 
 
@@ -156,13 +144,13 @@ while time.monotonic() < end:
 raise RuntimeError("SIGINT did not stop the import")
 """
     path = _module(tmp_path / "m", "loops_at_import", source)
-    code, _, err = _main([*TRAIN, "--model", f"{path}:make", "--out", tmp_path / "run"], capsys)
+    code, _, err = run_cli([*TRAIN, "--model", f"{path}:make", "--out", tmp_path / "run"], capsys)
     assert code == 130
-    _one_line_error(err, f"jaxbp train: interrupted while importing {str(path)!r} ('{path}:make')")
+    assert_one_line_error(err, f"jaxbp train: interrupted while importing {str(path)!r} ('{path}:make')")
     assert not (tmp_path / "run").exists()
-    code, _, err = _main(["check", "--target", f"{path}:f", "--shapes", "3"], capsys)
+    code, _, err = run_cli(["check", "--target", f"{path}:f", "--shapes", "3"], capsys)
     assert code == 130
-    _one_line_error(err, f"jaxbp check: interrupted while importing {str(path)!r}")
+    assert_one_line_error(err, f"jaxbp check: interrupted while importing {str(path)!r}")
 
 
 def test_a_module_that_parses_sys_argv_at_import_sees_a_clean_argv(tmp_path, capsys):
@@ -185,20 +173,18 @@ def make_inputs():
     return (jnp.arange(3.0),)
 """
     path = _module(tmp_path / "m", "parses_argv", source)
-    code, out, err = _main(["check", "--target", f"{path}:f", "--example", f"{path}:make_inputs",
+    code, out, err = run_cli(["check", "--target", f"{path}:f", "--example", f"{path}:make_inputs",
                             "--dtype", "float64", "--no-explore"], capsys)  # fmt: skip
     assert code == 0 and err == "" and "PASS" in out and "note:" not in out, (out, err)
     assert __import__("sys").modules["parses_argv"].SEEN in ([f"{path}:f"], [f"{path}:make_inputs"])  # [spec]
 
 
-@pytest.mark.parametrize(
-    "spec", ["os:system", "os.path:join", "builtins:exec", "subprocess:run", "__main__:main"]
-)
+@pytest.mark.parametrize("spec", ["os:system", "os.path:join", "builtins:exec", "subprocess:run", "__main__:main"])
 def test_a_spec_naming_the_standard_library_is_refused(tmp_path, capsys, spec):
     _refused(capsys, tmp_path, spec, f"{spec.split('.')[0].split(':')[0]!r} is a module of Python's standard library")
-    code, _, err = _main(["check", "--target", spec, "--shapes", "3"], capsys)
+    code, _, err = run_cli(["check", "--target", spec, "--shapes", "3"], capsys)
     assert code == 2
-    _one_line_error(err, "jaxbp check: error: ", "standard library")
+    assert_one_line_error(err, "jaxbp check: error: ", "standard library")
 
 
 @pytest.mark.parametrize("name", ["json", "jax", "numpy"])
@@ -222,7 +208,9 @@ def test_a_file_named_like_an_imported_module_is_refused_and_never_runs(tmp_path
     ],
 )
 def test_a_custom_layer_whose_init_raises_or_returns_nonsense_is_refused(tmp_path, capsys, init, needles):
-    source = HEAD + f"""
+    source = (
+        HEAD
+        + f"""
 def init(key, shape):
     {init}
 
@@ -231,6 +219,7 @@ def make(num_classes):
     f = lambda p, x: x
     return serial(Flatten, Custom(f, f, init=init), Dense(num_classes))
 """
+    )
     path = _module(tmp_path / "m", "custom_init", source)
     _refused(capsys, tmp_path, f"{path}:make", *needles)
 
@@ -255,7 +244,9 @@ def test_a_layer_too_large_or_malformed_is_refused_naming_it(tmp_path, capsys, l
 
 
 def test_a_host_callback_that_raises_mid_run_fails_the_run_with_its_reason(tmp_path, capsys):
-    source = HEAD + """import jax
+    source = (
+        HEAD
+        + """import jax
 
 CALLS = [0]
 
@@ -274,11 +265,14 @@ def f(x):
 def make(num_classes):
     return serial(Flatten, Custom(f, f), Dense(num_classes))
 """
+    )
     path = _module(tmp_path / "m", "callback_fails", source)
     out = tmp_path / "run"
-    code, _, err = _main([*TRAIN, "--model", f"{path}:make", "--batch-size", "256", "--out", out], capsys)
+    code, _, err = run_cli([*TRAIN, "--model", f"{path}:make", "--batch-size", "256", "--out", out], capsys)
     assert code == 1
-    _one_line_error(err, "jaxbp train: UserCodeError: ", f"'{path}:make': step ", "RuntimeError: the sensor went away")
+    assert_one_line_error(
+        err, "jaxbp train: UserCodeError: ", f"'{path}:make': step ", "RuntimeError: the sensor went away"
+    )
     import json
 
     summary = json.loads((out / "summary.json").read_text())
@@ -316,14 +310,14 @@ def test_check_code_that_calls_sys_exit_0_is_an_error_not_a_pass(tmp_path, capsy
     m = _module(tmp_path / "m", "checked_exits", CHECKED)
     x = _module(tmp_path / "m", "checked_exits_at_import", "import sys\nsys.exit(0)\n")
     argv = [a.format(m=m, x=x) for a in argv]
-    code, out, err = _main(["check", *argv, "--dtype", "float64", "--no-explore"], capsys)
+    code, out, err = run_cli(["check", *argv, "--dtype", "float64", "--no-explore"], capsys)
     assert code == 2 and "PASS" not in out
-    _one_line_error(err, "jaxbp check: error: ", needle.format(m=m))
+    assert_one_line_error(err, "jaxbp check: error: ", needle.format(m=m))
 
 
 def test_check_of_a_function_without_a_hand_written_rule_says_so(tmp_path, capsys):
     m = _module(tmp_path / "m", "checked_plain", CHECKED)
-    code, out, _ = _main(["check", "--target", f"{m}:plain", "--shapes", "3", "--dtype", "float64",
+    code, out, _ = run_cli(["check", "--target", f"{m}:plain", "--shapes", "3", "--dtype", "float64",
                           "--no-explore"], capsys)  # fmt: skip
     assert code == 0
     assert out.splitlines()[1] == (

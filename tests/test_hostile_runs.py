@@ -22,16 +22,11 @@ import numpy as np
 import pytest
 
 from jaxbp import checkpoint, cli
+from tests.cli_helpers import run_cli
 
 TINY = ["train", "--model", "mlp", "--epochs", "1", "--quiet"]
 STEPS = 23  # 1437 digits in batches of 64
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _main(argv, capsys):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _refused(code, err, *needles):
@@ -113,7 +108,7 @@ def test_a_model_edited_into_the_checkpoint_fails_the_checksum_and_never_runs(ru
     spec, marker = _payload(tmp_path)
     _edit_metadata(run, lambda meta: meta["config"].update(model=spec))
     before = _tree(run)
-    code, _, err = _main(["train", "--resume", run, "--quiet"], capsys)
+    code, _, err = run_cli(["train", "--resume", run, "--quiet"], capsys)
     _refused(code, err, f"{run / 'checkpoint.npz'}: checksum mismatch", "corrupted or edited")
     assert not marker.exists() and _tree(run) == before
 
@@ -122,7 +117,7 @@ def test_a_forged_checkpoint_that_disagrees_with_config_json_is_refused(run, tmp
     spec, marker = _payload(tmp_path)
     _forge(run, model=spec)  # the checksum matches; config.json still says mlp
     before = _tree(run)
-    code, _, err = _main(["train", "--resume", run, "--quiet"], capsys)
+    code, _, err = run_cli(["train", "--resume", run, "--quiet"], capsys)
     _refused(code, err, run / "checkpoint.npz", f"differs from {run / 'config.json'}", "model: checkpoint", spec)
     assert not marker.exists() and _tree(run) == before
 
@@ -134,11 +129,11 @@ def test_a_user_module_only_the_files_name_is_never_imported_and_runs_once_named
     (run / "config.json").write_text(json.dumps({**config, "model": spec}))
     before = _tree(run)
     for argv in (["--quiet"], ["--model", "mlp", "--quiet"]):
-        code, _, err = _main(["train", "--resume", run, *argv], capsys)
+        code, _, err = run_cli(["train", "--resume", run, *argv], capsys)
         _refused(code, err, run / "checkpoint.npz", f"the run's model is the user module {spec!r}", f"--model {spec}")
         assert not marker.exists() and _tree(run) == before
     # Named now, the same module is the user's choice: it runs (the marker proves the payload was live).
-    code, _, err = _main(["train", "--resume", run, "--model", spec, "--quiet"], capsys)
+    code, _, err = run_cli(["train", "--resume", run, "--model", spec, "--quiet"], capsys)
     assert code == 0, err
     assert marker.read_text() == "imported"
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
@@ -168,7 +163,7 @@ def _nan_params(state):
 def test_a_forged_position_or_state_is_refused(run, capsys, forge, message):
     _forge(run, **forge)
     before = _tree(run)
-    code, _, err = _main(["train", "--resume", run, "--quiet"], capsys)
+    code, _, err = run_cli(["train", "--resume", run, "--quiet"], capsys)
     _refused(code, err, f"{run / 'checkpoint.npz'}: ", message)
     assert _tree(run) == before
 
@@ -177,17 +172,17 @@ def test_a_forged_history_that_the_metrics_do_not_hold_is_refused(run, capsys):
     record = {"kind": "eval", "step": 23, "epoch": 1, "test_accuracy": 1.0}
     _forge(run, extra=lambda e: {**e, "history": [record]})
     before = _tree(run)
-    code, _, err = _main(["train", "--resume", run, "--quiet"], capsys)
+    code, _, err = run_cli(["train", "--resume", run, "--quiet"], capsys)
     _refused(code, err, f"cannot resume: {run / 'metrics.jsonl'}: epoch 1 differs from the checkpoint's history")
     assert _tree(run) == before
 
 
 def test_a_checkpoint_copied_from_another_run_is_refused(run, tmp_path, capsys):
     other = tmp_path / "other"
-    assert _main([*TINY, "--max-steps", "3", "--seed", "1", "--out", other], capsys)[0] == 0
+    assert run_cli([*TINY, "--max-steps", "3", "--seed", "1", "--out", other], capsys)[0] == 0
     shutil.copy(other / "checkpoint.npz", run / "checkpoint.npz")
     before = _tree(run)
-    code, _, err = _main(["train", "--resume", run, "--quiet"], capsys)
+    code, _, err = run_cli(["train", "--resume", run, "--quiet"], capsys)
     _refused(code, err, f"differs from {run / 'config.json'} (seed: checkpoint 1, config.json 0)", "not this folder's")
     assert _tree(run) == before
 
@@ -200,7 +195,7 @@ def test_a_bad_middle_line_of_the_metrics_is_refused_naming_the_line(run, capsys
     assert len(lines) == 3
     (run / "metrics.jsonl").write_text(lines[0] + '{"kind": "train", "step": 2, "loss": oops}\n' + lines[2])
     before = _tree(run)
-    code, _, err = _main(["train", "--resume", run, "--quiet"], capsys)
+    code, _, err = run_cli(["train", "--resume", run, "--quiet"], capsys)
     _refused(code, err, f"{run / 'metrics.jsonl'}: line 2: is not valid JSON", "records follow it")
     assert _tree(run) == before
 
@@ -209,7 +204,7 @@ def test_a_torn_last_line_is_dropped_with_a_note_and_the_run_continues(run, caps
     torn = b'{"kind": "train", "step": 4, "lo'  # kill -9 in the middle of a write
     with open(run / "metrics.jsonl", "ab") as f:
         f.write(torn)
-    code, _, err = _main(["train", "--resume", run, "--quiet"], capsys)
+    code, _, err = run_cli(["train", "--resume", run, "--quiet"], capsys)
     assert code == 0 and "Traceback" not in err and err.startswith("note: ")
     assert f"torn or corrupt tail of {len(torn)} bytes after the last complete record (step 3), on line 4" in err
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -223,10 +218,10 @@ def test_a_killed_run_is_named_so_by_resume_and_plot(run, tmp_path, capsys):
     summary = json.loads((run / "summary.json").read_text())
     (run / "summary.json").write_text(json.dumps({**summary, "status": "running"}))  # what kill -9 leaves
     assert (run / ".jaxbp.lock").exists()  # ... with a lock file no process holds
-    code, _, err = _main(["train", "--resume", run, "--quiet"], capsys)
+    code, _, err = run_cli(["train", "--resume", run, "--quiet"], capsys)
     assert code == 0 and f"note: {run}: the run there was killed" in err and "at step 3" in err
     (run / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
-    code, out, err = _main(["plot", run, "--out", tmp_path / "c.png"], capsys)
+    code, out, err = run_cli(["plot", run, "--out", tmp_path / "c.png"], capsys)
     assert code == 0 and out == f"wrote {tmp_path / 'c.png'}\n"
     assert (
         err
@@ -243,7 +238,7 @@ def test_plot_never_writes_over_a_file_of_a_run(done, tmp_path, capsys, name):
     (tmp_path / "link").symlink_to(run / name)  # a link to it is refused too
     before = _tree(tmp_path)
     for out in (run / name, tmp_path / "link"):
-        code, _, err = _main(["plot", run, "--out", out], capsys)
+        code, _, err = run_cli(["plot", run, "--out", out], capsys)
         _refused(code, err, f"--out {out}: is {name} of the run in {run}", "refusing to overwrite a run's files")
         assert _tree(tmp_path) == before and (tmp_path / "link").is_symlink()
 
@@ -282,7 +277,7 @@ def test_plot_refuses_an_out_that_is_not_a_new_path_or_a_figure(done, tmp_path, 
     out = _special(tmp_path, kind)
     mode = os.lstat(out).st_mode
     before = _tree(tmp_path)
-    code, _, err = _main(["plot", done, "--out", out], capsys)
+    code, _, err = run_cli(["plot", done, "--out", out], capsys)
     _refused(code, err, f"jaxbp plot: error: --out {out}: {problem}")
     assert os.lstat(out).st_mode == mode and _tree(tmp_path) == before
 
@@ -290,16 +285,16 @@ def test_plot_refuses_an_out_that_is_not_a_new_path_or_a_figure(done, tmp_path, 
 def test_plot_replaces_a_previous_figure_atomically(done, tmp_path, capsys):
     out = tmp_path / "curves.png"
     for _ in range(2):  # the second replaces the first
-        code, printed, _ = _main(["plot", done, "--out", out], capsys)
+        code, printed, _ = run_cli(["plot", done, "--out", out], capsys)
         assert code == 0 and printed == f"wrote {out}\n" and out.read_bytes().startswith(PNG_MAGIC)
     assert os.listdir(tmp_path) == ["curves.png"]  # no temp file beside it
-    code, _, _ = _main(["plot", done, "--out", tmp_path / "curves.svg"], capsys)
+    code, _, _ = run_cli(["plot", done, "--out", tmp_path / "curves.svg"], capsys)
     assert code == 0 and b"<svg" in (tmp_path / "curves.svg").read_bytes()[:1000]
 
 
 def test_plot_names_mathtext_that_does_not_parse(done, tmp_path, capsys):
     for flag, value in (("--title", "$x^$"), ("--labels", r"$\foo$")):
-        code, _, err = _main(["plot", done, "--out", tmp_path / "c.png", flag, value], capsys)
+        code, _, err = run_cli(["plot", done, "--out", tmp_path / "c.png", flag, value], capsys)
         _refused(code, err, f"jaxbp plot: error: {flag} {value!r}: matplotlib cannot draw it")
     assert os.listdir(tmp_path) == []
 
@@ -314,7 +309,7 @@ def test_a_refused_out_folder_gets_no_lock(base, tmp_path, capsys):
     copied = shutil.copytree(base, tmp_path / "copied", ignore=shutil.ignore_patterns(".jaxbp.lock"))
     before = _tree(tmp_path)
     for out, problem in ((mine, "holds no jaxbp run"), (copied, "already holds a run")):
-        code, _, err = _main([*TINY, "--max-steps", "3", "--out", out], capsys)
+        code, _, err = run_cli([*TINY, "--max-steps", "3", "--out", out], capsys)
         _refused(code, err, f"{out}: ", problem)
         assert not (out / ".jaxbp.lock").exists()
     assert _tree(tmp_path) == before

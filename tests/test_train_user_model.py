@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxbp import cli, data
+from jaxbp import data
 from jaxbp.train import TrainConfig, fit
+from tests.cli_helpers import run_cli
 
 USER_MODEL = """
 import jax
@@ -82,12 +83,6 @@ def user_file(tmp_path):
     return write
 
 
-def _main(argv, capsys):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def _records(folder, kind):
     return [r for r in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
 
@@ -96,11 +91,11 @@ def test_a_user_model_trains_in_compare_mode_with_a_validation_split_and_resumes
     spec = f"{user_file('user_model_ok')}:make_model"
     out = tmp_path / "run"
     base = ["train", "--model", spec, "--grad", "compare", "--epochs", "1", "--val-split", "0.2", "--quiet"]
-    code, _, err = _main([*base, "--max-steps", "7", "--out", out], capsys)
+    code, _, err = run_cli([*base, "--max-steps", "7", "--out", out], capsys)
     assert code == 0, err
-    code, _, err = _main(["train", "--resume", out, "--quiet"], capsys)  # a file alone never names code to import
+    code, _, err = run_cli(["train", "--resume", out, "--quiet"], capsys)  # a file alone never names code to import
     assert code == 2 and f"add --model {spec}" in err
-    code, stdout, err = _main(["train", "--resume", out, "--model", spec, "--quiet"], capsys)
+    code, stdout, err = run_cli(["train", "--resume", out, "--model", spec, "--quiet"], capsys)
     assert code == 0, err
     assert "validation accuracy" in stdout
     summary = json.loads((out / "summary.json").read_text())
@@ -131,7 +126,7 @@ def test_a_user_model_trains_alike_with_manual_and_autodiff_gradients(tmp_path, 
 
 def test_compare_mode_fails_the_run_on_a_wrong_backward_in_the_users_layer(tmp_path, user_file, capsys):
     spec = f"{user_file('user_model_wrong', scale=1.5)}:make_model"
-    code, _, err = _main(["train", "--model", spec, "--grad", "compare", "--epochs", "1", "--quiet",
+    code, _, err = run_cli(["train", "--model", spec, "--grad", "compare", "--epochs", "1", "--quiet",
                           "--out", tmp_path / "run"], capsys)  # fmt: skip
     assert code == 1
     assert "GradientMismatchError: gradient mismatch at step 1 " in err and "parameter 'dense1." in err
@@ -146,7 +141,7 @@ def test_the_readmes_custom_layer_command_passes(tmp_path, capsys):
     # 1 % floor) failed this correct layer on AVX2 (conv1.b, whose gradient batch norm makes ~0).
     out = tmp_path / "run"
     argv = ["train", "--model", f"{EXAMPLE}:make_model", "--grad", "compare", "--val-split", "0.1"]
-    code, _, err = _main([*argv, "--max-steps", "135", "--audit-every", "45", "--quiet", "--out", out], capsys)
+    code, _, err = run_cli([*argv, "--max-steps", "135", "--audit-every", "45", "--quiet", "--out", out], capsys)
     assert code == 0, err
     assert "warning" not in err  # the guard never tripped
     summary = json.loads((out / "summary.json").read_text())
@@ -168,7 +163,7 @@ def test_the_readmes_custom_layer_command_passes(tmp_path, capsys):
 )
 def test_errors_in_the_users_module_exit_2_in_one_line(tmp_path, user_file, capsys, function, message):
     spec = f"{user_file('user_model_errors')}:{function}"
-    code, _, err = _main(["train", "--model", spec, "--epochs", "1", "--quiet", "--out", tmp_path / "run"], capsys)
+    code, _, err = run_cli(["train", "--model", spec, "--epochs", "1", "--quiet", "--out", tmp_path / "run"], capsys)
     assert code == 2
     assert err.startswith("jaxbp train: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert message in err and repr(spec) in err
@@ -181,7 +176,7 @@ def test_a_module_that_does_not_import_or_a_malformed_spec_exit_2(tmp_path, caps
         ("cnnn", "--model is 'cnnn': unknown model 'cnnn'; choose one of cnn, cnn-bn, mlp, resnet"),
         (f"{tmp_path}/absent.py:make_model", "no such file"),
     ]:
-        code, _, err = _main(["train", "--model", spec, "--quiet", "--out", tmp_path / "run"], capsys)
+        code, _, err = run_cli(["train", "--model", spec, "--quiet", "--out", tmp_path / "run"], capsys)
         assert code == 2 and err.count("\n") == 1 and message in err, err
         assert not (tmp_path / "run").exists()
 
@@ -193,8 +188,8 @@ def test_the_default_folder_of_a_user_model_is_named_by_its_module_and_function(
 
 
 def test_the_validation_split_is_a_flag_checked_by_name(tmp_path, capsys):
-    code, _, err = _main(["train", "--val-split", "1.5", "--quiet", "--out", tmp_path / "run"], capsys)
+    code, _, err = run_cli(["train", "--val-split", "1.5", "--quiet", "--out", tmp_path / "run"], capsys)
     assert code == 2 and "--val-split must be in [0, 1), got 1.5" in err
     # A split so small that a class would hold out nothing: the data module says so.
-    code, _, err = _main(["train", "--val-split", "0.001", "--quiet", "--out", tmp_path / "run"], capsys)
+    code, _, err = run_cli(["train", "--val-split", "0.001", "--quiet", "--out", tmp_path / "run"], capsys)
     assert code == 2 and "val_split" in err and err.count("\n") == 1
