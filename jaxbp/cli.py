@@ -438,7 +438,12 @@ def _check(args: argparse.Namespace) -> int:
         if problem:
             return problem
     if args.json:
-        path = suite.write_json(args.json, reports, dtypes, seed=args.seed, matmul_precision=args.matmul_precision)
+        from jaxbp import files
+
+        try:
+            path = suite.write_json(args.json, reports, dtypes, seed=args.seed, matmul_precision=args.matmul_precision)
+        except files.OutputError as err:  # the disk filled or the folder turned read-only during the run
+            return _error(f"--json {err}", "jaxbp check")
         print(f"wrote {path}")
     return 0 if all(r.passed for r in reports) and (not own or found.passed) else 1
 

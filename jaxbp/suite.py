@@ -304,8 +304,11 @@ def check_output_path(path: str | os.PathLike, *, folder: bool = False) -> str |
 
 
 def write_json(path: str, reports: Sequence[Report], dtypes: Sequence[str] = ("float64", "float32"), **meta: Any):
-    """Write :func:`reports_to_dict` to ``path`` (parents created); returns the path."""
+    """Write :func:`reports_to_dict` to ``path`` (parents created) through the one atomic writer
+    (:func:`jaxbp.files.atomic_write_text`, which refuses a run's files and non-regular files);
+    returns the path."""
+    from jaxbp import files
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(reports_to_dict(reports, dtypes, **meta), indent=2) + "\n", encoding="utf-8")
-    return path
+    return files.atomic_write_text(path, json.dumps(reports_to_dict(reports, dtypes, **meta), indent=2) + "\n")
