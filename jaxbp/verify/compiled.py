@@ -34,6 +34,7 @@ __all__ = [
     "jvp",
     "pairing",
     "pairing_batch",
+    "primal",
     "vjp",
     "vjp_eager",
     "vmapped_vjp",
@@ -148,6 +149,12 @@ def vjp_eager(fn: Callable, layout: Layout, out_layout: OutLayout, diff, rest, c
 
 
 vjp = jax.jit(vjp_eager, static_argnums=(0, 1, 2))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def primal(fn, layout, diff, rest):
+    """``fn`` at these leaves, outside any differentiation (a custom_vjp runs its primal function)."""
+    return fn(*layout.build(diff, rest))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
