@@ -66,46 +66,59 @@ def check_registry(
     matmul_precision: str | None = "highest",
     progress: bool = False,
     on_report: Callable[[Report], None] | None = None,
+    workers: int | None = None,
 ) -> list[Report]:
     """:func:`verify_layer` for every configuration of the named layers (default: all registered).
 
     Unknown names raise ``KeyError`` listing the registered ones. ``progress`` shows
-    a tqdm bar on stderr; ``on_report`` is called with each report as it completes
+    a tqdm bar on stderr; ``on_report`` is called with each report, in registry order
     (the CLI prints a line per configuration when its output is a log, not a terminal).
     A configuration whose check raises is a failed report (``report.errors``), and the
-    others still run.
+    others still run. ``workers`` threads (default: one per core) check configurations
+    side by side: most of the time is XLA compiling, which runs outside the GIL, and
+    ``jax_enable_x64`` is a per-thread setting.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from jaxbp import registry
 
     specs = list(registry.REGISTRY.values()) if layers is None else [registry.get(n) for n in dict.fromkeys(layers)]
     jobs = [(spec, case) for spec in specs for case in spec.cases]
-    reports = []
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(jobs, desc="jaxbp check", unit="config", file=sys.stderr, leave=False)
-    else:
-        bar = jobs
-    for spec, case in bar:
-        if progress:
-            bar.set_postfix_str(f"{spec.name}[{case.name}]")
-        try:
-            report = verify_layer(spec, case, dtypes=dtypes, seed=seed, matmul_precision=matmul_precision)
-        except Exception as e:  # noqa: BLE001 - one broken layer must not hide the others
-            report = Report(
-                f"{spec.name}[{case.name}]",
-                matmul_precision=matmul_precision or "default",
-                backend=jax.default_backend(),
-                derivation=spec.doc,
-                seed=seed,
-                layer=spec.name,
-                config=case.name,
-                errors=[f"{type(e).__name__}: {first_line(e)}"],
-            )
-        reports.append(report)
-        if on_report is not None:
-            on_report(report)
+        bar = tqdm(total=len(jobs), desc="jaxbp check", unit="config", file=sys.stderr, leave=False)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
+    reports = []
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jaxbp-check") as pool:
+        for report in pool.map(lambda job: _checked(*job, dtypes, seed, matmul_precision), jobs):
+            reports.append(report)
+            if bar is not None:
+                bar.set_postfix_str(report.name)
+                bar.update()
+            if on_report is not None:
+                on_report(report)
+    if bar is not None:
+        bar.close()
     return reports
+
+
+def _checked(spec, case, dtypes, seed, matmul_precision) -> Report:
+    """:func:`verify_layer`, a raised exception turned into a failed report."""
+    try:
+        return verify_layer(spec, case, dtypes=dtypes, seed=seed, matmul_precision=matmul_precision)
+    except Exception as e:  # noqa: BLE001 - one broken layer must not hide the others
+        return Report(
+            f"{spec.name}[{case.name}]",
+            matmul_precision=matmul_precision or "default",
+            backend=jax.default_backend(),
+            derivation=spec.doc,
+            seed=seed,
+            layer=spec.name,
+            config=case.name,
+            errors=[f"{type(e).__name__}: {first_line(e)}"],
+        )
 
 
 def status_line(report: Report) -> str:
