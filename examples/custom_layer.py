@@ -25,6 +25,7 @@ from jaxbp import models
 from jaxbp.train import TrainConfig, fit
 
 
+# --8<-- [start:layer]
 def swish_reference(x):
     return x * jax.nn.sigmoid(x)
 
@@ -55,6 +56,9 @@ def make_model(num_classes: int) -> models.Model:
         models.Conv(32), models.BatchNorm(), act,
         models.GlobalAvgPool, models.Dense(num_classes, init="glorot"),
     )  # fmt: skip
+
+
+# --8<-- [end:layer]
 
 
 if __name__ == "__main__":
