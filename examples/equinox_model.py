@@ -51,11 +51,11 @@ def loss_autodiff(m, x, labels):
 
 
 def main(steps: int = 30) -> dict:
-    data = datasets.load("digits")
+    # --8<-- [start:verify]
+    data = datasets.load("digits")  # 8x8 images, NHWC
     x, y = jnp.asarray(data.x_train[:16]), jnp.asarray(data.y_train[:16])
     model = SmallCNN(jax.random.key(0))
 
-    # --8<-- [start:verify]
     # Every leaf of the module (m.conv_w, m.conv_b, m.w1, m.b1) and the images x are checked;
     # the integer labels pass through, listed as skipped.
     report = jaxbp.verify_vjp(loss_manual, loss_autodiff, model, x, y, dtypes=("float64",), explore=False)

@@ -40,10 +40,10 @@ def loss_fn(model, x, labels, ops=manual):
 
 
 def main(steps: int = 30) -> dict:
-    data = datasets.load("digits")
+    # --8<-- [start:train]
+    data = datasets.load("digits")  # 8x8 images, NHWC
     model = SmallCNN(data.num_classes, rngs=nnx.Rngs(0))
 
-    # --8<-- [start:train]
     x, y = jnp.asarray(data.x_train[:64]), jnp.asarray(data.y_train[:64])
     g_manual = nnx.grad(loss_fn)(model, x, y, manual)
     g_autodiff = nnx.grad(loss_fn)(model, x, y, autodiff)
