@@ -28,6 +28,7 @@ from jaxbp import models
 from jaxbp.train import TrainConfig, fit
 
 
+# --8<-- [start:layer]
 def swish_reference(x):
     return x * jax.nn.sigmoid(x)
 
@@ -58,6 +59,9 @@ def make_model(num_classes: int) -> models.Model:
         models.Conv(32), models.BatchNorm(), act,
         models.GlobalAvgPool, models.Dense(num_classes, init="glorot"),
     )  # fmt: skip
+
+
+# --8<-- [end:layer]
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from jaxbp import __version__, allocator
@@ -670,8 +671,33 @@ def _run_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+class PlainHelpFormatter(argparse.HelpFormatter):
+    """Help as plain text: the docstrings' ``double backticks`` dropped, and lines broken only at
+    spaces, so that a flag (``--max-steps``) or a value (the XLA flags) is never split mid-word."""
+
+    def _plain(self, text: str) -> str:
+        return self._whitespace_matcher.sub(" ", text.replace("``", "")).strip()
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(self._plain(text), width, break_long_words=False, break_on_hyphens=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(
+            self._plain(text), width, initial_indent=indent, subsequent_indent=indent,
+            break_long_words=False, break_on_hyphens=False,
+        )  # fmt: skip
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every parser of the command, subcommands included (add_subparsers makes them of this class)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", PlainHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="jaxbp",
         description=__doc__.splitlines()[0],
         epilog="When XLA_FLAGS is unset, the jaxbp command runs XLA:CPU with "
