@@ -163,7 +163,7 @@ def verify_vjp(
       reference_fn: the same forward in plain JAX; its gradient comes from autodiff, the
         primary oracle. ``None`` checks against finite differences only: every basis
         direction of leaves up to 64 elements, 8 random ones above, no second order;
-        weaker (see the README), but it needs no twin.
+        weaker (see the docs page on verifying), but it needs no twin.
       *example_args: positional arguments for both, any pytrees. Every floating or
         complex array leaf of the selected arguments is differentiated and named by
         its key path (``params['w']``); integer labels, PRNG keys, bools and Python
