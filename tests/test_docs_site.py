@@ -89,7 +89,9 @@ def test_the_api_pages_render_docstrings_as_markdown_with_links(site):
             assert raw not in text, (path, raw)
     top = html[out / "api/jaxbp/index.html"]
     # jaxbp's docstring says :func:`verify_vjp`: a link to where verify_vjp is documented
-    assert re.search(r'<a class="autorefs autorefs-internal"[^>]*href="\.\./verify/#jaxbp\.verify\.api\.verify_vjp"', top)
+    assert re.search(
+        r'<a class="autorefs autorefs-internal"[^>]*href="\.\./verify/#jaxbp\.verify\.api\.verify_vjp"', top
+    )
     testing = html[out / "api/verify/index.html"]
     assert "from jaxbp.testing import assert_vjp, assert_vjp_shapes" in re.sub(r"<[^>]+>", "", testing)
 
@@ -160,7 +162,7 @@ def test_the_readme_is_a_front_door_with_the_commands_ci_runs():
     lines = text.count("\n")
     assert 100 <= lines <= 250, f"README.md has {lines} lines: results and guides belong in docs/"
     setup_and_train = "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/jaxbp train"
-    setup_and_test = "python3 -m venv .venv && .venv/bin/pip install -e '.[dev]' && .venv/bin/python -m pytest"
+    setup_and_test = "python3 -m venv .venv && .venv/bin/pip install -e '.[dev]' && .venv/bin/python -m pytest -n auto"
     assert f"```bash\n{setup_and_train}\n```" in text
     assert f"```bash\n{setup_and_test}\n```" in text
     assert setup_and_test in (ROOT / ".ci/run").read_text(encoding="utf-8").splitlines()

@@ -86,9 +86,13 @@ def test_one_definition_runs_on_both_namespaces(name):
         return out
 
     out = run(params, state, x)
-    np.testing.assert_allclose(out["manual"][0], out["autodiff"][0], rtol=1e-6, atol=1e-6)
-    for a, b in zip(jax.tree.leaves(out["manual"][1]), jax.tree.leaves(out["autodiff"][1])):
-        np.testing.assert_allclose(a, b, rtol=1e-6)
+    # The two namespaces may sum in another order (the conv routes differ from autodiff's), and batch
+    # norm divides by a batch's spread: a bound that holds on every CPU is norm-wise, a few float32
+    # ulps of the largest entry per layer, not element-wise (2 of 160 logits were off by 7.4e-6 on AVX2).
+    ulps = 64 * np.finfo(np.float32).eps
+    for a, b in zip(jax.tree.leaves(out["manual"]), jax.tree.leaves(out["autodiff"])):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        assert np.max(np.abs(a - b)) <= ulps * np.max(np.abs(b)), (np.max(np.abs(a - b)), np.max(np.abs(b)))
 
 
 def test_batch_norm_running_stats_count_real_rows_only_and_eval_uses_them():
