@@ -323,3 +323,14 @@ def test_bench_and_devices_check_their_flags_and_outputs_before_running(tmp_path
             cli.main(argv)
         assert info.value.code == 2
         assert "Traceback" not in capsys.readouterr().err
+
+
+def test_running_the_same_command_twice_without_out_gives_two_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = [a for a in TINY if a != "--quiet"] + ["--quiet", "--max-steps", "2"]
+    assert run_cli(argv, capsys)[0] == 0
+    first = _files(tmp_path / "runs" / "digits-mlp-manual")
+    code, out, _ = run_cli(argv, capsys)
+    assert code == 0 and "runs/digits-mlp-manual-2" in out, out
+    assert _files(tmp_path / "runs" / "digits-mlp-manual") == first  # the first run untouched
+    assert (tmp_path / "runs" / "digits-mlp-manual-2" / "summary.json").exists()

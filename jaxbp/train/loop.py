@@ -35,7 +35,7 @@ from jaxbp.train.errors import (
     TrainResult,
     UserCodeError,
 )
-from jaxbp.train.runfolder import RunFolder, RunFolderError
+from jaxbp.train.runfolder import RunFolder, RunFolderError, next_free_folder
 from jaxbp.train.state import Accumulator, Progress, TrainState
 from jaxbp.train.stopping import StopSignals
 
@@ -298,7 +298,7 @@ def _fit(config: TrainConfig, progress_arg, ops, overwrite: bool, stop: StopSign
             "max_steps", f"is {config.max_steps} but the checkpoint is at step {progress.step} already; "
             "give a larger one, or 0 to run to the end"
         )  # fmt: skip
-    out = Path(config.out) if config.out else resume_folder or Path(config.default_out(ds.name))
+    out = Path(config.out) if config.out else resume_folder or _default_folder(config, ds.name, overwrite)
     stop.start_run()
     with _open_folder(out, overwrite, resume_folder, progress.step, primary) as folder:
         display = Display(
@@ -381,6 +381,13 @@ def _start(config: TrainConfig, model, optimizer, ds: data.Dataset) -> tuple[Tra
     steps_per_epoch = data.num_batches(len(ds.x_train), config.batch_size, config.drop_last)
     state, progress = resume.restore(stored, fresh, steps_per_epoch=steps_per_epoch, epochs=config.epochs)
     return state, progress, path.parent
+
+
+def _default_folder(config: TrainConfig, dataset: str, overwrite: bool) -> Path:
+    """The default run folder, or the next free one beside it (one process: several processes
+    must agree on the folder, so there the default is refused as before if it holds a run)."""
+    base = Path(config.default_out(dataset))
+    return base if overwrite or jax.process_count() > 1 else next_free_folder(base)
 
 
 def _train(

@@ -44,7 +44,7 @@ try:
 except ImportError:  # Windows: no advisory locks; a concurrent run is not detected there
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["LOCK_NAME", "RUN_FILES", "RunFolder", "RunFolderError", "kept_metrics"]
+__all__ = ["LOCK_NAME", "RUN_FILES", "RunFolder", "RunFolderError", "kept_metrics", "next_free_folder"]
 
 RUN_FILES = {
     "config": "config.json",
@@ -61,6 +61,16 @@ class RunFolderError(OutputError):
 
 def holds_run(folder: Path) -> bool:
     return any((folder / name).exists() for name in RUN_FILES.values())
+
+
+def next_free_folder(base: Path) -> Path:
+    """``base`` if it holds no run, else the first of ``base-2``, ``base-3``, ... that holds none:
+    a second run without ``--out`` goes next to the first instead of being refused."""
+    path, n = Path(base), 1
+    while holds_run(path) or (path.exists() and not path.is_dir()):
+        n += 1
+        path = Path(f"{base}-{n}")
+    return path
 
 
 class RunFolder:
