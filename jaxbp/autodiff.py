@@ -21,7 +21,11 @@ from jaxbp.layers.loss import (
     sigmoid_binary_cross_entropy_reference as sigmoid_binary_cross_entropy,
     softmax_cross_entropy_reference as softmax_cross_entropy,
 )
-from jaxbp.layers.norm import batch_norm_reference as batch_norm
+from jaxbp.layers.norm import (
+    batch_norm_reference as batch_norm,
+    group_norm_reference as group_norm,
+    layer_norm_reference as layer_norm,
+)
 from jaxbp.layers.pool import avg_pool2d_reference as avg_pool2d, max_pool2d_reference as max_pool2d
 from jaxbp.layers.residual import residual_add_reference as residual_add
 
@@ -35,6 +39,8 @@ __all__ = [
     "dropout",
     "flatten",
     "global_avg_pool",
+    "group_norm",
+    "layer_norm",
     "leaky_relu",
     "log_softmax",
     "max_pool2d",

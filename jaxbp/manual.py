@@ -14,7 +14,7 @@ from jaxbp.layers.dense import dense, flatten
 from jaxbp.layers.dropout import dropout
 from jaxbp.layers.global_pool import global_avg_pool
 from jaxbp.layers.loss import sigmoid_binary_cross_entropy, softmax_cross_entropy
-from jaxbp.layers.norm import batch_norm
+from jaxbp.layers.norm import batch_norm, group_norm, layer_norm
 from jaxbp.layers.pool import avg_pool2d, max_pool2d
 from jaxbp.layers.residual import residual_add
 
@@ -28,6 +28,8 @@ __all__ = [
     "dropout",
     "flatten",
     "global_avg_pool",
+    "group_norm",
+    "layer_norm",
     "leaky_relu",
     "log_softmax",
     "max_pool2d",

@@ -23,6 +23,9 @@ import jax
 import numpy as np
 
 from jaxbp import autodiff, manual, models
+from jaxbp.cases import (
+    norm as norm_cases,
+)
 from jaxbp.cases.kit import (  # re-exported: registry.Case etc. are the names the tests and devices use
     ArgMaker,
     BadInput,
@@ -518,6 +521,7 @@ REGISTRY: dict[str, LayerSpec] = {
         *_NORM,
         *_DROPOUT,
         *_RESIDUAL,
+        *norm_cases.SPECS,
     )
 }
 
