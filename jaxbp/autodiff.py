@@ -6,10 +6,12 @@ forward of the layer module, so both namespaces compute identical outputs.
 """
 
 from jaxbp.layers.activation import (
+    gelu_reference as gelu,
     leaky_relu_reference as leaky_relu,
     log_softmax_reference as log_softmax,
     relu_reference as relu,
     sigmoid_reference as sigmoid,
+    silu_reference as silu,
     softmax_reference as softmax,
     tanh_reference as tanh,
 )
@@ -38,6 +40,7 @@ __all__ = [
     "dense",
     "dropout",
     "flatten",
+    "gelu",
     "global_avg_pool",
     "group_norm",
     "layer_norm",
@@ -48,6 +51,7 @@ __all__ = [
     "residual_add",
     "sigmoid",
     "sigmoid_binary_cross_entropy",
+    "silu",
     "softmax",
     "softmax_cross_entropy",
     "tanh",

@@ -8,7 +8,7 @@ one namespace runs with the other: ``ops.conv2d(x, w, b, stride=2)``.
 (:func:`jaxbp.models.Custom`) reads it to pick one; see :func:`jaxbp.models.gradients_of`.
 """
 
-from jaxbp.layers.activation import leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
+from jaxbp.layers.activation import gelu, leaky_relu, log_softmax, relu, sigmoid, silu, softmax, tanh
 from jaxbp.layers.conv import conv2d
 from jaxbp.layers.dense import dense, flatten
 from jaxbp.layers.dropout import dropout
@@ -27,6 +27,7 @@ __all__ = [
     "dense",
     "dropout",
     "flatten",
+    "gelu",
     "global_avg_pool",
     "group_norm",
     "layer_norm",
@@ -37,6 +38,7 @@ __all__ = [
     "residual_add",
     "sigmoid",
     "sigmoid_binary_cross_entropy",
+    "silu",
     "softmax",
     "softmax_cross_entropy",
     "tanh",

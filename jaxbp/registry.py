@@ -24,6 +24,7 @@ import numpy as np
 
 from jaxbp import autodiff, manual, models
 from jaxbp.cases import (
+    activation as activation_cases,
     norm as norm_cases,
 )
 from jaxbp.cases.kit import (  # re-exported: registry.Case etc. are the names the tests and devices use
@@ -522,6 +523,7 @@ REGISTRY: dict[str, LayerSpec] = {
         *_DROPOUT,
         *_RESIDUAL,
         *norm_cases.SPECS,
+        *activation_cases.SPECS,
     )
 }
 
