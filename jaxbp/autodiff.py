@@ -30,6 +30,7 @@ from jaxbp.layers.norm import (
 )
 from jaxbp.layers.pool import avg_pool2d_reference as avg_pool2d, max_pool2d_reference as max_pool2d
 from jaxbp.layers.residual import residual_add_reference as residual_add
+from jaxbp.layers.upsample import upsample2d_reference as upsample2d
 
 GRADIENTS = "autodiff"  # not a layer: which gradients this namespace gives
 
@@ -55,4 +56,5 @@ __all__ = [
     "softmax",
     "softmax_cross_entropy",
     "tanh",
+    "upsample2d",
 ]

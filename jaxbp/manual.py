@@ -17,6 +17,7 @@ from jaxbp.layers.loss import sigmoid_binary_cross_entropy, softmax_cross_entrop
 from jaxbp.layers.norm import batch_norm, group_norm, layer_norm
 from jaxbp.layers.pool import avg_pool2d, max_pool2d
 from jaxbp.layers.residual import residual_add
+from jaxbp.layers.upsample import upsample2d
 
 GRADIENTS = "manual"  # not a layer: which gradients this namespace gives (see the docstring)
 
@@ -42,4 +43,5 @@ __all__ = [
     "softmax",
     "softmax_cross_entropy",
     "tanh",
+    "upsample2d",
 ]

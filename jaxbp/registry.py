@@ -26,6 +26,7 @@ from jaxbp import autodiff, manual, models
 from jaxbp.cases import (
     activation as activation_cases,
     norm as norm_cases,
+    upsample as upsample_cases,
 )
 from jaxbp.cases.kit import (  # re-exported: registry.Case etc. are the names the tests and devices use
     ArgMaker,
@@ -524,6 +525,7 @@ REGISTRY: dict[str, LayerSpec] = {
         *_RESIDUAL,
         *norm_cases.SPECS,
         *activation_cases.SPECS,
+        *upsample_cases.SPECS,
     )
 }
 
