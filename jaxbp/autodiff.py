@@ -15,11 +15,13 @@ from jaxbp.layers.activation import (
     softmax_reference as softmax,
     tanh_reference as tanh,
 )
+from jaxbp.layers.concat import concatenate_reference as concatenate
 from jaxbp.layers.conv import conv2d_reference as conv2d
 from jaxbp.layers.dense import dense_reference as dense, flatten_reference as flatten
 from jaxbp.layers.dropout import dropout_reference as dropout
 from jaxbp.layers.global_pool import global_avg_pool_reference as global_avg_pool
 from jaxbp.layers.loss import (
+    mse_loss_reference as mse_loss,
     sigmoid_binary_cross_entropy_reference as sigmoid_binary_cross_entropy,
     softmax_cross_entropy_reference as softmax_cross_entropy,
 )
@@ -37,6 +39,7 @@ GRADIENTS = "autodiff"  # not a layer: which gradients this namespace gives
 __all__ = [
     "avg_pool2d",
     "batch_norm",
+    "concatenate",
     "conv2d",
     "dense",
     "dropout",
@@ -48,6 +51,7 @@ __all__ = [
     "leaky_relu",
     "log_softmax",
     "max_pool2d",
+    "mse_loss",
     "relu",
     "residual_add",
     "sigmoid",

@@ -9,11 +9,12 @@ one namespace runs with the other: ``ops.conv2d(x, w, b, stride=2)``.
 """
 
 from jaxbp.layers.activation import gelu, leaky_relu, log_softmax, relu, sigmoid, silu, softmax, tanh
+from jaxbp.layers.concat import concatenate
 from jaxbp.layers.conv import conv2d
 from jaxbp.layers.dense import dense, flatten
 from jaxbp.layers.dropout import dropout
 from jaxbp.layers.global_pool import global_avg_pool
-from jaxbp.layers.loss import sigmoid_binary_cross_entropy, softmax_cross_entropy
+from jaxbp.layers.loss import mse_loss, sigmoid_binary_cross_entropy, softmax_cross_entropy
 from jaxbp.layers.norm import batch_norm, group_norm, layer_norm
 from jaxbp.layers.pool import avg_pool2d, max_pool2d
 from jaxbp.layers.residual import residual_add
@@ -24,6 +25,7 @@ GRADIENTS = "manual"  # not a layer: which gradients this namespace gives (see t
 __all__ = [
     "avg_pool2d",
     "batch_norm",
+    "concatenate",
     "conv2d",
     "dense",
     "dropout",
@@ -35,6 +37,7 @@ __all__ = [
     "leaky_relu",
     "log_softmax",
     "max_pool2d",
+    "mse_loss",
     "relu",
     "residual_add",
     "sigmoid",

@@ -25,6 +25,7 @@ import numpy as np
 from jaxbp import autodiff, manual, models
 from jaxbp.cases import (
     activation as activation_cases,
+    combine as combine_cases,
     norm as norm_cases,
     upsample as upsample_cases,
 )
@@ -526,6 +527,7 @@ REGISTRY: dict[str, LayerSpec] = {
         *norm_cases.SPECS,
         *activation_cases.SPECS,
         *upsample_cases.SPECS,
+        *combine_cases.SPECS,
     )
 }
 
