@@ -134,14 +134,23 @@ def case_gradients(spec: registry.LayerSpec, case: registry.Case, dtype: str, se
     with jax.enable_x64(True):
         args = case.args(seed)
     with jax.enable_x64(dtype == "float64"):
-        cast = tuple(numerics.cast(a, dtype) for a in args)
+        cast = tuple(jax.tree.map(lambda a: numerics.cast(a, dtype), a) for a in args)  # a list arg: each leaf
         fn = lambda *d: spec.manual(*numerics.substitute(cast, case.argnums, d), **case.kwargs)  # noqa: E731
         diff = tuple(cast[i] for i in case.argnums)
         out, pullback = jax.vjp(fn, *diff)
         rng = np.random.default_rng(seed + 1)
         ct = jax.tree.map(lambda o: jnp.asarray(rng.standard_normal(np.shape(o)), o.dtype), out)
         grads = jax.jit(pullback)(ct)
-        return {_golden_key(spec, case, i): np.asarray(g, np.float64) for i, g in zip(case.argnums, grads)}
+        return {_golden_key(spec, case, i): _golden_array(g) for i, g in zip(case.argnums, grads)}
+
+
+def _golden_array(grad) -> np.ndarray:
+    """One argument's gradient as one float64 array: an array as it is, a pytree's leaves
+    (``concatenate``'s list of inputs) raveled and joined in tree order."""
+    leaves = jax.tree.leaves(grad)
+    if len(leaves) == 1 and leaves[0] is grad:
+        return np.asarray(grad, np.float64)
+    return np.concatenate([np.ravel(np.asarray(leaf, np.float64)) for leaf in leaves])
 
 
 @functools.lru_cache(maxsize=1)

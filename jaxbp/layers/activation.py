@@ -8,9 +8,16 @@ Forward and backward (``dy`` is the upstream cotangent, ``dx`` what we return):
     tanh:        y = tanh(x)                          dx = dy * (1 - y^2)
     softmax:     y_i = exp(x_i) / sum_j exp(x_j)      dx = y * (dy - sum_j dy_j y_j)
     log_softmax: y_i = x_i - logsumexp(x)             dx = dy - softmax(x) * sum_j dy_j
+    gelu:        y = x Phi(x)                         dx = dy * (Phi(x) + x phi(x))
+                 (Phi, phi: the standard normal cdf and pdf; Phi(x) = (1 + erf(x / sqrt 2)) / 2)
+    gelu, tanh:  y = x/2 (1 + t), t = tanh(u),        dx = dy * (1/2 (1 + t) + x/2 (1 - t^2) u')
+                 u = sqrt(2/pi) (x + 0.044715 x^3),   u' = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+    silu:        y = x s, s = sigmoid(x)              dx = dy * s (1 + x (1 - s))
 
 The sigmoid, tanh and softmax backwards are written in terms of the *output*
 ``y``, so the forward saves ``y`` and nothing else: no second exp in the backward.
+GELU and SiLU save ``x`` (their derivatives are not functions of ``y``) and recompute
+``Phi``/``t``/``s`` from it in the backward.
 """
 
 from __future__ import annotations
@@ -220,3 +227,89 @@ def _log_softmax_bwd(axis, res, dy):
 
 
 _log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
+
+# --------------------------------------------------------------------------- gelu
+
+_SQRT_HALF = 0.7071067811865476  # 1 / sqrt(2)
+_INV_SQRT_2PI = 0.3989422804014327  # 1 / sqrt(2 pi)
+_SQRT_2_OVER_PI = 0.7978845608028654  # sqrt(2 / pi)
+_GELU_CUBIC = 0.044715
+
+
+def _check_approximate(approximate) -> bool:
+    if not isinstance(approximate, bool):
+        _checks.fail("gelu", f"approximate must be a Python bool (False: erf, True: tanh), got {approximate!r}")
+    return approximate
+
+
+def _gelu_tanh_inner(x):
+    """``u = sqrt(2/pi) (x + 0.044715 x^3)``, the argument of the tanh form."""
+    return _SQRT_2_OVER_PI * (x + _GELU_CUBIC * x * x * x)
+
+
+def gelu_reference(x: jax.Array, approximate: bool = False) -> jax.Array:
+    """GELU, any shape: ``x Phi(x)`` (``approximate=False``, the erf form) or its tanh approximation.
+
+    As PyTorch ``F.gelu(x, approximate='none' | 'tanh')``.
+    """
+    if _check_approximate(approximate):
+        return 0.5 * x * (1 + jnp.tanh(_gelu_tanh_inner(x)))
+    return 0.5 * x * (1 + lax.erf(x * _SQRT_HALF))
+
+
+def gelu(x: jax.Array, approximate: bool = False) -> jax.Array:
+    """GELU with a hand-derived VJP. ``x``: any shape; ``approximate`` a Python bool.
+
+    erf form: ``y = x Phi(x)``, ``dx = dy (Phi(x) + x phi(x))``; tanh form:
+    ``y = x/2 (1 + t)``, ``t = tanh(u)``, ``dx = dy (1/2 (1 + t) + x/2 (1 - t^2) u'(x))``.
+    """
+    return _gelu(x, _check_approximate(approximate))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _gelu(x, approximate):
+    return gelu_reference(x, approximate)
+
+
+def _gelu_fwd(x, approximate):
+    return gelu_reference(x, approximate), (x,)  # the derivative needs x itself, not y
+
+
+def _gelu_bwd(approximate, res, dy):
+    (x,) = res
+    if approximate:
+        t = jnp.tanh(_gelu_tanh_inner(x))
+        du = _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * x * x)  # u'(x)
+        return (dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du),)  # dx = dy (1/2 (1+t) + x/2 (1-t^2) u')
+    cdf = 0.5 * (1 + lax.erf(x * _SQRT_HALF))  # Phi(x)
+    pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * x * x)  # phi(x)
+    return (dy * (cdf + x * pdf),)  # dx = dy (Phi(x) + x phi(x))
+
+
+_gelu.defvjp(_gelu_fwd, _gelu_bwd)
+
+# --------------------------------------------------------------------------- silu
+
+
+def silu_reference(x: jax.Array) -> jax.Array:
+    """SiLU (swish), ``x sigmoid(x)``, any shape (PyTorch ``F.silu``)."""
+    return x * lax.logistic(x)
+
+
+@jax.custom_vjp
+def silu(x: jax.Array) -> jax.Array:
+    """SiLU with a hand-derived VJP. Forward ``y = x s``, ``s = sigmoid(x)``; backward ``dx = dy s (1 + x (1 - s))``."""
+    return silu_reference(x)
+
+
+def _silu_fwd(x):
+    return silu_reference(x), (x,)  # s is recomputed from x: one array saved, not two
+
+
+def _silu_bwd(res, dy):
+    (x,) = res
+    s = lax.logistic(x)
+    return (dy * s * (1 + x * (1 - s)),)  # dx = dy (s + x s (1 - s))
+
+
+silu.defvjp(_silu_fwd, _silu_bwd)

@@ -1,4 +1,4 @@
-r"""Losses: softmax cross-entropy and sigmoid binary cross-entropy, as batch means.
+r"""Losses: softmax cross-entropy, sigmoid binary cross-entropy and mean squared error, as means.
 
 softmax_cross_entropy, ``logits`` z [N, K], targets y [N, K] (probabilities, or the
 one-hot rows of integer labels [N]), ``p = softmax(z)``, ``log p = log_softmax(z)``:
@@ -16,6 +16,12 @@ sigmoid_binary_cross_entropy, logits z and targets t of any (equal) shape with M
     forward:   L = (1/M) sum (max(z, 0) - z t + log1p(exp(-|z|)))   (no overflow for large |z|)
     backward:  dlogits  = dy/M * (sigmoid(z) - t)
                dtargets = -dy/M * z
+
+mse_loss, predictions p and targets t of any (equal) shape with M elements:
+
+    forward:   L = (1/M) sum (p - t)^2
+    backward:  dpred   = 2 dy/M * (p - t)
+               dtarget = -dpred
 """
 
 from __future__ import annotations
@@ -182,3 +188,61 @@ def _sigmoid_binary_cross_entropy_bwd(res, dy):
 
 
 _sigmoid_binary_cross_entropy.defvjp(_sigmoid_binary_cross_entropy_fwd, _sigmoid_binary_cross_entropy_bwd)
+
+# ---------------------------------------------------------------------- mse_loss
+
+
+def _check_mse(pred, target):
+    layer = "mse_loss"
+    _checks.require_float(layer, "pred", pred)
+    _checks.require_float(layer, "target", target)
+    if jnp.shape(pred) != jnp.shape(target):
+        _checks.fail(
+            layer,
+            f"target must have pred's shape; pred has shape {tuple(jnp.shape(pred))}, "
+            f"target has shape {tuple(jnp.shape(target))}",
+        )
+    if prod(jnp.shape(pred)) == 0:
+        _checks.fail(layer, f"pred must be non-empty, got shape {tuple(jnp.shape(pred))}")
+    if jnp.result_type(pred) != jnp.result_type(target):
+        _checks.fail(
+            layer, f"pred and target must have one dtype, got {jnp.result_type(pred)} and {jnp.result_type(target)}"
+        )
+
+
+def mse_loss_reference(pred: jax.Array, target: jax.Array) -> jax.Array:
+    """Mean squared error ``mean((pred - target)^2)`` over every element; any equal shapes, returns a scalar.
+
+    As PyTorch ``F.mse_loss(pred, target)`` (``reduction='mean'``).
+    """
+    _check_mse(pred, target)
+    return jnp.mean(jnp.square(pred - target))
+
+
+def mse_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
+    """Mean squared error with a hand-derived VJP; any equal shapes, returns a scalar.
+
+    Forward ``L = (1/M) sum (pred - target)^2``; backward ``dpred = 2 dy (pred - target) / M``,
+    ``dtarget = -dpred``.
+    """
+    _check_mse(pred, target)
+    return _mse_loss(pred, target)
+
+
+@jax.custom_vjp
+def _mse_loss(pred, target):
+    return mse_loss_reference(pred, target)
+
+
+def _mse_loss_fwd(pred, target):
+    return mse_loss_reference(pred, target), (pred - target,)  # the residual r = pred - target
+
+
+def _mse_loss_bwd(res, dy):
+    (r,) = res
+    dpred = (2 * dy / r.size) * r  # dpred = 2 dy (pred - target) / M
+    dtarget = -dpred  # dtarget = -dpred: the loss depends on the difference only
+    return dpred.astype(r.dtype), dtarget.astype(r.dtype)
+
+
+_mse_loss.defvjp(_mse_loss_fwd, _mse_loss_bwd)

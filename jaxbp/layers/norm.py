@@ -1,4 +1,18 @@
-r"""Batch normalisation in training mode, channels last.
+r"""Normalisation layers, channels last: batch norm (training mode), layer norm, group norm.
+
+All three standardise ``x`` over a set of axes S and apply a per-channel affine map;
+they differ only in S. With M the number of elements a statistic runs over:
+
+    batch_norm:  S = every axis but the channels      (one mu, var per channel)
+    layer_norm:  S = the channel axis                 (one mu, var per position; M = C)
+    group_norm:  S = the spatial axes and the C/G channels of a group   (one per example and group)
+
+and the same closed-form backward, each mean over S, ``dxhat = dy gamma``:
+
+    dx     = inv_std (dxhat - mean_S(dxhat) - xhat mean_S(dxhat xhat))
+    dgamma = sum(dy xhat),  dbeta = sum(dy)      (over every axis but the channels)
+
+Each forward saves ``xhat``, ``inv_std`` and ``gamma``. Batch norm in detail:
 
 ``x`` [N, C] or [N, H, W, C] (any rank >= 2), ``gamma`` and ``beta`` [C]; every sum and
 mean runs over all axes but the last, M = the number of elements per channel:
@@ -23,6 +37,8 @@ parameter gradients, and reuses them in
                dx     = gamma inv_std / M * (M dy - dbeta - xhat dgamma)
 
 (four reductions otherwise, each over an [N, ..., C] product with a broadcast ``gamma``).
+Layer and group norm cannot take that shortcut: their statistics run across channels, where
+``gamma`` varies, so their ``dx`` makes the two means of ``dxhat`` and ``dxhat xhat`` directly.
 
 Running statistics for evaluation are the caller's business: :func:`batch_norm_stats`
 returns the batch mean and biased variance that the forward normalises with.
@@ -65,30 +81,35 @@ def batch_norm_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return mean, var
 
 
-def _check_eps(eps) -> float:
+def _check_eps(layer: str, eps) -> float:
     if not isinstance(eps, (int, float)) or isinstance(eps, bool):
-        _checks.fail("batch_norm", f"eps must be a Python float, got {eps!r}")
+        _checks.fail(layer, f"eps must be a Python float, got {eps!r}")
     if not (eps > 0 and math.isfinite(eps)):
-        _checks.fail("batch_norm", f"eps must be a finite number > 0, got {eps!r}")
+        _checks.fail(layer, f"eps must be a finite number > 0, got {eps!r}")
     return float(eps)
 
 
-def _check_batch_norm(x, gamma, beta, eps) -> float:
-    _check_input("batch_norm", x)
+def _check_affine(layer: str, x, gamma, beta, eps) -> float:
+    """``gamma`` and ``beta`` of shape [C] (x's last axis) and one dtype; returns ``eps`` as a float."""
+    _check_input(layer, x)
     c = jnp.shape(x)[-1]
     for name, p in (("gamma", gamma), ("beta", beta)):
         if tuple(jnp.shape(p)) != (c,):
             _checks.fail(
-                "batch_norm",
+                layer,
                 f"{name} must have shape ({c},) to match x of shape {tuple(jnp.shape(x))} (channels last), "
                 f"got {tuple(jnp.shape(p))}",
             )
     if jnp.result_type(gamma) != jnp.result_type(beta):
         _checks.fail(
-            "batch_norm",
+            layer,
             f"gamma and beta must have the same dtype, got {jnp.result_type(gamma)} and {jnp.result_type(beta)}",
         )
-    return _check_eps(eps)
+    return _check_eps(layer, eps)
+
+
+def _check_batch_norm(x, gamma, beta, eps) -> float:
+    return _check_affine("batch_norm", x, gamma, beta, eps)
 
 
 def _batch_norm_parts(x, gamma, beta, eps):
@@ -143,3 +164,152 @@ def _batch_norm_bwd(eps, res, dy):
 
 
 _batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
+
+# ------------------------------------------------------------ layer and group norm
+# The same standardisation as batch norm over other axes: per position over the channels
+# (layer norm), per example and group over the spatial axes and the group's channels (group norm).
+
+
+def _standardize(x, axes, eps):
+    """``xhat`` and ``inv_std`` of ``x`` over ``axes``; ``inv_std`` keeps them as size-1 axes."""
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)  # biased, two passes
+    inv_std = lax.rsqrt(var + eps)
+    return (x - mean) * inv_std, inv_std
+
+
+def _standardize_bwd(xhat, inv_std, dxhat, axes):
+    """``dx = inv_std (dxhat - mean(dxhat) - xhat mean(dxhat xhat))``, the means over ``axes``.
+
+    Batch norm's three-term closed form divided through by M: the direct path, the path
+    through the mean, the path through the variance.
+    """
+    mean_dxhat = jnp.mean(dxhat, axis=axes, keepdims=True)  # path through mu
+    mean_dxhat_xhat = jnp.mean(dxhat * xhat, axis=axes, keepdims=True)  # path through var
+    return inv_std * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat)
+
+
+def _check_layer_norm(x, gamma, beta, eps) -> float:
+    return _check_affine("layer_norm", x, gamma, beta, eps)
+
+
+def _layer_norm_parts(x, gamma, beta, eps):
+    """The output and the residuals of the backward: ``xhat`` [..., C] and ``inv_std`` [..., 1]."""
+    xhat, inv_std = _standardize(x, (-1,), eps)
+    return gamma * xhat + beta, xhat, inv_std
+
+
+def layer_norm_reference(x: jax.Array, gamma: jax.Array, beta: jax.Array, *, eps: float = 1e-6) -> jax.Array:
+    """Layer norm over the last (channel) axis. ``x`` [..., C] (rank >= 2); ``gamma``, ``beta`` [C].
+
+    ``y = gamma (x - mean) / sqrt(var + eps) + beta`` with the mean and biased variance
+    of each position's C channels (PyTorch ``F.layer_norm(x, (C,), gamma, beta, eps)``);
+    returns ``y``, the shape of ``x``.
+    """
+    eps = _check_layer_norm(x, gamma, beta, eps)
+    return _layer_norm_parts(x, gamma, beta, eps)[0]
+
+
+def layer_norm(x: jax.Array, gamma: jax.Array, beta: jax.Array, *, eps: float = 1e-6) -> jax.Array:
+    """Layer norm with a hand-derived VJP. Shapes as :func:`layer_norm_reference`.
+
+    Backward, means over the channels: ``dx = inv_std (g - mean(g) - xhat mean(g xhat))``
+    with ``g = dy gamma``; ``dgamma = sum(dy xhat)``, ``dbeta = sum(dy)`` over the other axes.
+    """
+    return _layer_norm(x, gamma, beta, _check_layer_norm(x, gamma, beta, eps))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _layer_norm(x, gamma, beta, eps):
+    return layer_norm_reference(x, gamma, beta, eps=eps)
+
+
+def _layer_norm_fwd(x, gamma, beta, eps):
+    y, xhat, inv_std = _layer_norm_parts(x, gamma, beta, eps)  # the reference's own computation
+    return y, (xhat, inv_std, gamma)
+
+
+def _layer_norm_bwd(eps, res, dy):
+    xhat, inv_std, gamma = res
+    axes = _reduce_axes(xhat)
+    dgamma = jnp.sum(dy * xhat, axis=axes)  # dgamma = sum(dy xhat) over every position
+    dbeta = jnp.sum(dy, axis=axes)  # dbeta = sum(dy)
+    dx = _standardize_bwd(xhat, inv_std, dy * gamma, (-1,))  # dx = inv_std (g - mean_c g - xhat mean_c(g xhat))
+    return dx.astype(xhat.dtype), dgamma.astype(gamma.dtype), dbeta.astype(gamma.dtype)
+
+
+_layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+def _check_group_norm(x, gamma, beta, groups, eps) -> float:
+    eps = _check_affine("group_norm", x, gamma, beta, eps)
+    c = jnp.shape(x)[-1]
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        _checks.fail("group_norm", f"groups must be an int >= 1, got {groups!r}")
+    if c % groups:
+        _checks.fail(
+            "group_norm",
+            f"the channels of x (shape {tuple(jnp.shape(x))}, C = {c}) must be divisible by groups ({groups})",
+        )
+    return eps
+
+
+def _grouped(x, groups):
+    """``x`` [N, ..., C] as [N, ..., G, C/G] and the axes a group's statistics run over."""
+    shape = jnp.shape(x)
+    axes = (*range(1, len(shape) - 1), len(shape))  # the spatial axes and the channels within a group
+    return jnp.reshape(x, (*shape[:-1], groups, shape[-1] // groups)), axes
+
+
+def _group_norm_parts(x, gamma, beta, groups, eps):
+    """The output and the residuals: ``xhat`` (the shape of x) and ``inv_std`` [N, 1.., G, 1]."""
+    xg, axes = _grouped(x, groups)
+    xhat, inv_std = _standardize(xg, axes, eps)
+    xhat = jnp.reshape(xhat, jnp.shape(x))
+    return gamma * xhat + beta, xhat, inv_std
+
+
+def group_norm_reference(
+    x: jax.Array, gamma: jax.Array, beta: jax.Array, *, groups: int, eps: float = 1e-5
+) -> jax.Array:
+    """Group norm. ``x`` [N, ..., C] with C divisible by ``groups``; ``gamma``, ``beta`` [C].
+
+    The C channels split into ``groups`` runs of C/G consecutive channels; each example
+    and group is standardised over its spatial positions and its C/G channels (PyTorch
+    ``F.group_norm`` on the NCHW view), then ``y = gamma xhat + beta`` per channel.
+    """
+    eps = _check_group_norm(x, gamma, beta, groups, eps)
+    return _group_norm_parts(x, gamma, beta, groups, eps)[0]
+
+
+def group_norm(x: jax.Array, gamma: jax.Array, beta: jax.Array, *, groups: int, eps: float = 1e-5) -> jax.Array:
+    """Group norm with a hand-derived VJP. Shapes as :func:`group_norm_reference`.
+
+    Backward, means over each example's group: ``dx = inv_std (g - mean(g) - xhat mean(g xhat))``
+    with ``g = dy gamma``; ``dgamma = sum(dy xhat)``, ``dbeta = sum(dy)`` over all but the channels.
+    """
+    return _group_norm(x, gamma, beta, groups, _check_group_norm(x, gamma, beta, groups, eps))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _group_norm(x, gamma, beta, groups, eps):
+    return group_norm_reference(x, gamma, beta, groups=groups, eps=eps)
+
+
+def _group_norm_fwd(x, gamma, beta, groups, eps):
+    y, xhat, inv_std = _group_norm_parts(x, gamma, beta, groups, eps)  # the reference's own computation
+    return y, (xhat, inv_std, gamma)
+
+
+def _group_norm_bwd(groups, eps, res, dy):
+    xhat, inv_std, gamma = res
+    axes = _reduce_axes(xhat)
+    dgamma = jnp.sum(dy * xhat, axis=axes)  # dgamma = sum(dy xhat)
+    dbeta = jnp.sum(dy, axis=axes)  # dbeta = sum(dy)
+    dxhat, group_axes = _grouped(dy * gamma, groups)  # g = dy gamma, grouped like the forward
+    xhat_g, _ = _grouped(xhat, groups)
+    dx = _standardize_bwd(xhat_g, inv_std, dxhat, group_axes)  # dx = inv_std (g - mean g - xhat mean(g xhat))
+    return jnp.reshape(dx, xhat.shape).astype(xhat.dtype), dgamma.astype(gamma.dtype), dbeta.astype(gamma.dtype)
+
+
+_group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
