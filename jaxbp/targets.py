@@ -94,14 +94,14 @@ def example_inputs(shapes: Sequence[tuple[int, ...]], seed: int = 0) -> tuple[np
     return tuple(rng.standard_normal(shape) for shape in shapes)
 
 
-def load_example(spec: str | Callable, seed: int = 0) -> tuple:
+def load_example(spec: str | Callable, seed: int = 0, *, label: str | None = None) -> tuple:
     """The example arguments from a user's ``make_inputs`` (``module:fn``): called with ``seed`` if it takes
     an argument, else with none; a tuple is the arguments, anything else the single argument.
 
     Runs with x64 on, so float64 inputs stay float64 until each dtype's cast.
     """
     fn = load_function(spec) if isinstance(spec, str) else spec
-    label = spec if isinstance(spec, str) else getattr(fn, "__name__", "make_inputs")
+    label = label or (spec if isinstance(spec, str) else getattr(fn, "__name__", "make_inputs"))
     try:
         takes_seed = bool(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
@@ -200,7 +200,7 @@ def check_target(
         example_fn = load_function(example) if isinstance(example, str) else example
         default_shape = shape_parameter(example_fn)
         if default_shape is None:
-            args = load_example(example_fn, seed)
+            args = load_example(example_fn, seed, label=str(example) if isinstance(example, str) else None)
         else:
             factory = _shape_factory(example_fn, str(example))
             args = factory(default_shape, seed)

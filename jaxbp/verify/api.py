@@ -234,7 +234,8 @@ def verify_vjp(
         context = jax.default_matmul_precision(matmul_precision) if matmul_precision else contextlib.nullcontext()
         try:
             with compiled.x64_scope(dtype == "float64"), context:
-                _check_dtype(report, Pass(problem, dtype, tol, src, fd_tol), options, dtype == most_precise)
+                p = Pass(problem, dtype, tol, src, fd_tol, most_precise=dtype == most_precise)
+                _check_dtype(report, p, options)
         except Exception as e:  # noqa: BLE001 - report, do not crash
             report.errors.append(f"{dtype}: {type(e).__name__}: {first_line(e)}")
     return report
@@ -285,20 +286,20 @@ def _guard(name: str, p: Pass, check: Callable[[Pass], list]) -> list:
         return [TransformCheck(name, p.dtype, None, p.tol, False, f"raised {type(e).__name__}: {first_line(e)}")]
 
 
-def _check_dtype(report: Report, p: Pass, options: _Options, most_precise: bool) -> None:
+def _check_dtype(report: Report, p: Pass, options: _Options) -> None:
     """The checks of one dtype, appended to the report as they complete: first order and the forward in
     every dtype; the transforms and exploration in the most precise one (they test how the backward is
     built, batched and differentiated, which a dtype does not change, and each costs a compilation)."""
     grads = check_gradients(p)
     report.grads += grads
     report.transforms += _guard("forward", p, CHECKS["forward"])
-    wanted = options.transforms if most_precise else frozenset()
+    wanted = options.transforms if p.most_precise else frozenset()
     for name, check in CHECKS.items():
         if name == "forward" or not (name in wanted or (name == "grad_of_grad" and "grad_of_grad_ct" in wanted)):
             continue
         rows = _guard(name, p, check)
         report.transforms += [r for r in rows if r.name in wanted or (r.passed is False and r.name == name)]
-    if most_precise:
+    if p.most_precise:
         report.explored += check_explore(p, options.regions, options.strict_kinks)
     if options.jacobian:
         report.jacobians += jacobians(p, [k for k, g in enumerate(grads) if not g.passed])
