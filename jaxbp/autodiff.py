@@ -14,6 +14,7 @@ from jaxbp.layers.activation import (
     tanh_reference as tanh,
 )
 from jaxbp.layers.conv import conv2d_reference as conv2d
+from jaxbp.layers.conv_transpose import conv_transpose2d_reference as conv_transpose2d
 from jaxbp.layers.dense import dense_reference as dense, flatten_reference as flatten
 from jaxbp.layers.dropout import dropout_reference as dropout
 from jaxbp.layers.global_pool import global_avg_pool_reference as global_avg_pool
@@ -31,6 +32,7 @@ __all__ = [
     "avg_pool2d",
     "batch_norm",
     "conv2d",
+    "conv_transpose2d",
     "dense",
     "dropout",
     "flatten",

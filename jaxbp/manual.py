@@ -10,6 +10,7 @@ one namespace runs with the other: ``ops.conv2d(x, w, b, stride=2)``.
 
 from jaxbp.layers.activation import leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
 from jaxbp.layers.conv import conv2d
+from jaxbp.layers.conv_transpose import conv_transpose2d
 from jaxbp.layers.dense import dense, flatten
 from jaxbp.layers.dropout import dropout
 from jaxbp.layers.global_pool import global_avg_pool
@@ -24,6 +25,7 @@ __all__ = [
     "avg_pool2d",
     "batch_norm",
     "conv2d",
+    "conv_transpose2d",
     "dense",
     "dropout",
     "flatten",

@@ -277,12 +277,8 @@ def _conv2d_fwd(x, w, b, cfg):
 
 def _conv2d_bwd(cfg, res, dy):
     x, w = res
-    if cfg.taps_block:  # depthwise: the same equations as sums over the taps
-        dx = depthwise.depthwise_dx(dy, w, x.shape, dx_padding(x.shape, dy.shape, w.shape, cfg), cfg.stride, cfg.dilation, cfg.taps_block)
-        dw = depthwise.depthwise_dw(x, dy, w.shape, cfg.padding, cfg.stride, cfg.dilation, cfg.taps_block)
-    else:
-        dx = conv2d_dx(dy, w, x.shape, cfg)  # dx = conv(dilate_s(dy), rot180(w)^T)
-        dw = (conv2d_dw_im2col if cfg.im2col_block else conv2d_dw_conv)(x, dy, w.shape, cfg)  # dw = x correlated with dy
+    dx = manual_dx(dy, w, x.shape, cfg)  # dx = conv(dilate_s(dy), rot180(w)^T)
+    dw = manual_dw(x, dy, w.shape, cfg)  # dw = x correlated with dy
     db = jnp.sum(dy, axis=(0, 1, 2)) if cfg.has_bias else None  # db = sum_{n,o,p} dy
     return dx, dw, db
 
@@ -296,6 +292,21 @@ def manual_forward(x, w, b, cfg):
     out_hw = output_hw(x.shape[1:3], w.shape[:2], cfg.padding, cfg.stride, cfg.dilation)
     y = depthwise.depthwise_forward(x, w, cfg.padding, cfg.stride, cfg.dilation, out_hw, cfg.taps_block)
     return y if b is None else y + b
+
+
+def manual_dx(dy, w, x_shape, cfg):
+    """The manual layer's dx: the taps (depthwise) or the convolution of the stride-dilated dy."""
+    if cfg.taps_block:
+        pads = dx_padding(x_shape, dy.shape, w.shape, cfg)
+        return depthwise.depthwise_dx(dy, w, x_shape, pads, cfg.stride, cfg.dilation, cfg.taps_block)
+    return conv2d_dx(dy, w, x_shape, cfg)
+
+
+def manual_dw(x, dy, w_shape, cfg):
+    """The manual layer's dw: the taps (depthwise), im2col (grouped, on the CPU) or one convolution."""
+    if cfg.taps_block:
+        return depthwise.depthwise_dw(x, dy, w_shape, cfg.padding, cfg.stride, cfg.dilation, cfg.taps_block)
+    return (conv2d_dw_im2col if cfg.im2col_block else conv2d_dw_conv)(x, dy, w_shape, cfg)
 
 
 # ---------------------------------------------------------------- backward terms
