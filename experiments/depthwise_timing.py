@@ -58,21 +58,34 @@ def _depthwise_variants(rng):
 
 
 def _torch_step(x, w, dy, op, kwargs):
-    """PyTorch eager forward + backward on the NCHW twins, or None without PyTorch."""
+    """PyTorch eager forward + backward on the NCHW twins, or None without PyTorch: ``step(threads,
+    channels_last)`` (channels_last: the activations and weights in PyTorch's NHWC memory format)."""
     try:
         import torch
     except ImportError:
         return None
-    xt = torch.tensor(x.transpose(0, 3, 1, 2).copy(), requires_grad=True)
     # conv2d: OIHW from HWIO; conv_transpose2d: [Cin, Cout/G, KH, KW] from [KH, KW, Cin, Cout/G]
-    wt = torch.tensor(w.transpose(3, 2, 0, 1).copy() if op == "conv2d" else w.transpose(2, 3, 0, 1).copy())
-    wt.requires_grad_(True)
-    dyt = torch.tensor(dy.transpose(0, 3, 1, 2).copy())
+    w_torch = w.transpose(3, 2, 0, 1) if op == "conv2d" else w.transpose(2, 3, 0, 1)
+    nchw = [torch.tensor(a.copy()) for a in (x.transpose(0, 3, 1, 2), w_torch, dy.transpose(0, 3, 1, 2))]
+    layouts = {
+        False: nchw,
+        True: [a.contiguous(memory_format=torch.channels_last) for a in nchw],
+    }
+    for xt, wt, _ in layouts.values():
+        xt.requires_grad_(True)
+        wt.requires_grad_(True)
     fn = getattr(torch.nn.functional, op)
+    default_threads = torch.get_num_threads()
 
-    def step():
-        y = fn(xt, wt, **kwargs)
-        return torch.autograd.grad(y, (xt, wt), dyt)
+    def step(threads=None, channels_last=False):
+        xt, wt, dyt = layouts[channels_last]
+        if threads:  # one thread: on a loaded 2-core machine PyTorch's two OpenMP threads wait on each other
+            torch.set_num_threads(threads)
+        try:
+            y = fn(xt, wt, **kwargs)
+            return torch.autograd.grad(y, (xt, wt), dyt)
+        finally:
+            torch.set_num_threads(default_threads)
 
     return step
 
@@ -98,9 +111,15 @@ def _transpose_variants(rng):
     return "conv_transpose2d k4 s2 p1, 64x7x7x64 -> 64x14x14x32", variants, (x, w, dy), torch_step
 
 
+#: Seconds of rest before each timed call: XLA's and PyTorch's worker threads spin a while after a
+#: call, and would otherwise run against the next variant (PyTorch eager measured 10x slower so).
+PAUSE_S = 0.05
+
+
 def _time(fn) -> float:
     import jax
 
+    time.sleep(PAUSE_S)
     start = time.perf_counter()
     jax.block_until_ready(fn())
     return time.perf_counter() - start
@@ -119,9 +138,11 @@ def measure(rounds: int) -> dict:
     layers = {}
     for make in makers:
         name, variants, args, torch_step = make(rng)
-        calls = {v: (lambda f=f: f(*args)) for v, f in variants.items()}
+        calls = {v: (lambda f=f, args=args: f(*args)) for v, f in variants.items()}
         if torch_step is not None:
             calls["pytorch eager"] = torch_step
+            calls["pytorch eager, 1 thread"] = lambda step=torch_step: step(threads=1)
+            calls["pytorch eager, channels_last"] = lambda step=torch_step: step(channels_last=True)
         layers[name] = calls
     times = {name: {v: [] for v in calls} for name, calls in layers.items()}
     for name, calls in layers.items():  # compile and warm up
@@ -168,7 +189,16 @@ def main(argv=None) -> int:
     if args.flags:  # a child: XLA_FLAGS is already set; print the measurement as JSON
         before = _machine()
         layers = _with_ratios(measure(args.rounds))
-        print(json.dumps({"xla_flags": os.environ.get("XLA_FLAGS", ""), "machine_before": before, "machine_after": _machine(), "layers": layers}))
+        print(
+            json.dumps(
+                {
+                    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                    "machine_before": before,
+                    "machine_after": _machine(),
+                    "layers": layers,
+                }
+            )
+        )
         return 0
     from jaxbp import xla_flags
 

@@ -38,7 +38,12 @@ def test_conv_transpose2d_matches_pytorch_float64(fn, x_shape, w_shape, kwargs):
     with jax.enable_x64(True):
         y, pullback = jax.vjp(lambda x, w, b: fn(x, w, b, **kwargs), x, w, b)
         dx, dw, db = pullback(ct.transpose(0, 2, 3, 1))
-    got = [np.asarray(y).transpose(0, 3, 1, 2), np.asarray(dx).transpose(0, 3, 1, 2), np.asarray(dw).transpose(2, 3, 0, 1), np.asarray(db)]
+    got = [
+        np.asarray(y).transpose(0, 3, 1, 2),
+        np.asarray(dx).transpose(0, 3, 1, 2),
+        np.asarray(dw).transpose(2, 3, 0, 1),
+        np.asarray(db),
+    ]
     for name, g, e in zip(("y", "dx", "dw", "db"), got, expected):
         assert g.shape == e.shape, (name, g.shape, e.shape)
         np.testing.assert_allclose(g, e, rtol=0, atol=1e-12 * np.max(np.abs(e)), err_msg=name)

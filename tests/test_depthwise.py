@@ -17,7 +17,7 @@ from hypothesis import given, settings, strategies as st
 
 from jaxbp import autodiff, manual
 from jaxbp.layers import conv as conv_module, depthwise
-from tests.test_conv_pool_properties import SETTINGS, _pair, _padding, _size, _as_pair, assert_vjp_matches
+from tests.test_conv_pool_properties import SETTINGS, as_pair, assert_vjp_matches, draw_padding, draw_pair, draw_size
 
 
 @st.composite
@@ -25,10 +25,10 @@ def depthwise_configs(draw):
     cin = draw(st.integers(2, 5))  # groups > 1: one input channel and one group is an ordinary convolution
     multiplier = draw(st.integers(1, 3))
     kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
-    stride, dilation = _pair(draw, 1, 3), _pair(draw, 1, 2)
-    padding, pads = _padding(draw, (3, 3))
-    extent = [d * (k - 1) + 1 for d, k in zip(_as_pair(dilation), kernel)]
-    h, w = _size(draw, extent[0], pads, 0), _size(draw, extent[1], pads, 1)
+    stride, dilation = draw_pair(draw, 1, 3), draw_pair(draw, 1, 2)
+    padding, pads = draw_padding(draw, (3, 3))
+    extent = [d * (k - 1) + 1 for d, k in zip(as_pair(dilation), kernel)]
+    h, w = draw_size(draw, extent[0], pads, 0), draw_size(draw, extent[1], pads, 1)
     x_shape = (draw(st.integers(1, 4)), h, w, cin)
     w_shape = (*kernel, 1, cin * multiplier)
     kwargs = {"stride": stride, "padding": padding, "dilation": dilation, "groups": cin}
@@ -41,7 +41,11 @@ def depthwise_configs(draw):
 def test_depthwise_taps_vjp_matches_autodiff(images_per_block, config):
     x_shape, w_shape, bias, kwargs, seed = config
     rng = np.random.default_rng(seed)
-    args = [rng.standard_normal(x_shape), rng.standard_normal(w_shape), rng.standard_normal(w_shape[3]) if bias else None]
+    args = [
+        rng.standard_normal(x_shape),
+        rng.standard_normal(w_shape),
+        rng.standard_normal(w_shape[3]) if bias else None,
+    ]
     n = x_shape[0]
     block = n if images_per_block == "batch" else max(d for d in range(1, images_per_block + 1) if n % d == 0)
     with pytest.MonkeyPatch.context() as mp:
@@ -49,13 +53,17 @@ def test_depthwise_taps_vjp_matches_autodiff(images_per_block, config):
         mp.setattr(depthwise, "images_per_block", lambda n, per_image: block)  # one block, or several
         with jax.enable_x64(True):
             x, w, b = (None if a is None else jnp.asarray(a) for a in args)
-            cfg = conv_module.conv_config(x, w, b, kwargs["stride"], kwargs["padding"], kwargs["dilation"], cin := kwargs["groups"])
+            cfg = conv_module.conv_config(
+                x, w, b, kwargs["stride"], kwargs["padding"], kwargs["dilation"], cin := kwargs["groups"]
+            )
             assert cfg.taps_block == block and cin == x_shape[3]
             # the taps' forward: the reference's sums (and the bias) in another order, within their rounding bound
             terms = w_shape[0] * w_shape[1] + 1
             magnitude = autodiff.conv2d(jnp.abs(x), jnp.abs(w), None if b is None else jnp.abs(b), **kwargs)
             y = conv_module.manual_forward(x, w, b, cfg)
-            assert np.all(np.abs(y - autodiff.conv2d(x, w, b, **kwargs)) <= 2 * terms * np.finfo(np.float64).eps * magnitude)
+            assert np.all(
+                np.abs(y - autodiff.conv2d(x, w, b, **kwargs)) <= 2 * terms * np.finfo(np.float64).eps * magnitude
+            )
         assert_vjp_matches(
             lambda x, w, b: manual.conv2d(x, w, b, **kwargs),
             lambda x, w, b: autodiff.conv2d(x, w, b, **kwargs),
@@ -83,6 +91,8 @@ def test_depthwise_convolutions_take_the_taps_route_on_the_cpu(cin, groups, cout
         assert (cfg.dw_lhs_dilation, cfg.dx_extra_row, cfg.y_extra_row) == (1, False, False)
 
 
-@pytest.mark.parametrize(("n", "per_image", "block"), [(64, 204800, 2), (64, 10**9, 1), (7, 1000, 7), (6, 2**18, 2), (5, 2**17, 1)])
+@pytest.mark.parametrize(
+    ("n", "per_image", "block"), [(64, 204800, 2), (64, 10**9, 1), (7, 1000, 7), (6, 2**18, 2), (5, 2**17, 1)]
+)
 def test_taps_blocks_divide_the_batch_within_the_budget(n, per_image, block):
     assert depthwise.images_per_block(n, per_image) == block

@@ -24,6 +24,9 @@ Shapes: ``x`` [N, H, W, Cin], ``w`` [KH, KW, Cin/G, Cout], ``b`` [Cout], ``y`` [
                    per group on the CPU: im2col patches^T dy, one matmul per group and block
                db[c] = sum_{n,o,p} dy[n,o,p,c]
 
+Depthwise inputs (groups == Cin >= DEPTHWISE_TAPS_CHANNELS) on the CPU: the same forward, dx and dw
+as sums over the kernel's taps (jaxbp.layers.depthwise), no convolution op.
+
 The forward saves ``x`` and ``w``; whether a ``db`` is owed is static.
 """
 
@@ -92,7 +95,7 @@ def padding_pairs(layer: str, padding, in_hw, window, stride, context: str = "")
 #   per group) run as batch-grouped convolutions 8-21x slower than im2col on XLA:CPU (either
 #   kernel), so they go through im2col and one matmul per group on the CPU for up to
 #   IM2COL_MAX_CHANNELS per group; depthwise ones (one channel per group) are faster as the
-#   convolution.
+#   convolution than by im2col, and faster still as sums over the taps (below).
 # - dx: YNNPACK's dx kernel is the slower one, so where YNNPACK would take dx (stride 1, dy as
 #   large as x) the convolution computes one row more than x has, which is cropped: 1/H more
 #   multiplications, on XLA's kernel.
@@ -154,7 +157,9 @@ class ConvConfig(NamedTuple):
     dw_lhs_dilation: int  # dw's convolution reads x dilated by this: DW_LHS_DILATION keeps it off YNNPACK
     dx_extra_row: bool  # dx computed one row taller than x, then cropped: keeps it off YNNPACK
     y_extra_row: bool  # the forward computed one row taller than y, then cropped: the same
-    taps_block: int  # depthwise as sums over the taps (jaxbp.layers.depthwise), this many images a block; 0: convolutions
+    taps_block: (
+        int  # depthwise as sums over the taps (jaxbp.layers.depthwise), this many images a block; 0: convolutions
+    )
 
 
 def conv_config(x, w, b, stride, padding, dilation, groups) -> ConvConfig:
@@ -285,6 +290,7 @@ def _conv2d_bwd(cfg, res, dy):
 
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
+
 def manual_forward(x, w, b, cfg):
     """The manual layer's forward: the convolution (one row taller where cfg says), or the taps (depthwise)."""
     if not cfg.taps_block:
@@ -344,7 +350,9 @@ def add_at_window_taps(contribution, hw, window, stride, dilation, padding):
 def dx_padding(x_shape, dy_shape, w_shape, cfg) -> list[tuple[int, int]]:
     """The (before, after) padding of the stride-dilated dy in dx's correlation, per spatial axis."""
     pads = []
-    for n_in, n_out, k, s, d, (lo, _) in zip(x_shape[1:3], dy_shape[1:3], w_shape[:2], cfg.stride, cfg.dilation, cfg.padding):
+    for n_in, n_out, k, s, d, (lo, _) in zip(
+        x_shape[1:3], dy_shape[1:3], w_shape[:2], cfg.stride, cfg.dilation, cfg.padding
+    ):
         before = d * (k - 1) - lo  # output row r reads dy rows (r + lo - d i) / s; negative crops
         after = n_in + d * (k - 1) - (s * (n_out - 1) + 1) - before  # brings the output back to n_in rows:
         pads.append((before, after))  # rows the forward never read see only padding, so get 0

@@ -80,8 +80,10 @@ def transpose_config(x, w, b, stride, padding, output_padding, dilation, groups)
                 "conv_transpose2d",
                 f"output_padding {output_padding} must be smaller than the stride or the dilation{shapes}",
             )
-    out_hw = [(m - 1) * s - 2 * p + d * (k - 1) + op + 1
-              for m, s, p, d, k, op in zip((h, wd), stride, padding, dilation, (kh, kw), output_padding)]
+    out_hw = [
+        (m - 1) * s - 2 * p + d * (k - 1) + op + 1
+        for m, s, p, d, k, op in zip((h, wd), stride, padding, dilation, (kh, kw), output_padding)
+    ]
     if min(out_hw) < 1:
         _checks.fail("conv_transpose2d", f"the output would have {out_hw[0]}x{out_hw[1]} cells{shapes}")
     cout = cout_g * groups
