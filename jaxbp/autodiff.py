@@ -17,6 +17,7 @@ from jaxbp.layers.activation import (
 )
 from jaxbp.layers.concat import concatenate_reference as concatenate
 from jaxbp.layers.conv import conv2d_reference as conv2d
+from jaxbp.layers.conv_transpose import conv_transpose2d_reference as conv_transpose2d
 from jaxbp.layers.dense import dense_reference as dense, flatten_reference as flatten
 from jaxbp.layers.dropout import dropout_reference as dropout
 from jaxbp.layers.global_pool import global_avg_pool_reference as global_avg_pool
@@ -41,6 +42,7 @@ __all__ = [
     "batch_norm",
     "concatenate",
     "conv2d",
+    "conv_transpose2d",
     "dense",
     "dropout",
     "flatten",

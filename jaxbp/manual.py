@@ -11,6 +11,7 @@ one namespace runs with the other: ``ops.conv2d(x, w, b, stride=2)``.
 from jaxbp.layers.activation import gelu, leaky_relu, log_softmax, relu, sigmoid, silu, softmax, tanh
 from jaxbp.layers.concat import concatenate
 from jaxbp.layers.conv import conv2d
+from jaxbp.layers.conv_transpose import conv_transpose2d
 from jaxbp.layers.dense import dense, flatten
 from jaxbp.layers.dropout import dropout
 from jaxbp.layers.global_pool import global_avg_pool
@@ -27,6 +28,7 @@ __all__ = [
     "batch_norm",
     "concatenate",
     "conv2d",
+    "conv_transpose2d",
     "dense",
     "dropout",
     "flatten",

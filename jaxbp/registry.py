@@ -178,6 +178,68 @@ _CONV = (
 )
 
 
+def _transpose_case(name, x, w, groups=1, bias=True, **kwargs) -> Case:
+    """x, w ([KH, KW, Cin, Cout/groups]): shapes; the bias has Cout = w[3] * groups entries."""
+    b = normal(w[3] * groups) if bias else None
+    return Case(
+        name, args_of(normal(*x), normal(*w), b), {"groups": groups, **kwargs}, argnums=(0, 1, 2) if bias else (0, 1)
+    )
+
+
+_CONV_TRANSPOSE = (
+    LayerSpec(
+        "conv_transpose2d",
+        manual.conv_transpose2d,
+        autodiff.conv_transpose2d,
+        (
+            _transpose_case("3x3-stride1", (2, 5, 5, 3), (3, 3, 3, 4)),
+            _transpose_case("k4-s2-p1-odd", (2, 5, 7, 3), (4, 4, 3, 2), stride=2, padding=1),
+            _transpose_case(
+                "3x3-s2-p1-output-padding1", (1, 4, 5, 2), (3, 3, 2, 3), stride=2, padding=1, output_padding=1
+            ),
+            _transpose_case(
+                "s3-output-padding2-no-bias", (1, 3, 4, 2), (2, 3, 2, 2), bias=False, stride=3, output_padding=2
+            ),
+            # output padding past the stride, allowed by the dilation: A (the convolution) has a row more than x
+            _transpose_case("dilation2-output-padding1-s1", (1, 4, 4, 2), (3, 3, 2, 2), dilation=2, output_padding=1),
+            _transpose_case(
+                "rect-stride-dilation-padding",
+                (1, 4, 3, 2),
+                (3, 2, 2, 3),
+                stride=(2, 3),
+                padding=(2, 0),
+                dilation=(1, 2),
+            ),
+            _transpose_case("groups2", (2, 4, 4, 4), (3, 3, 4, 3), groups=2, stride=2, padding=1),
+            _transpose_case("depthwise-groups3", (1, 5, 5, 3), (3, 3, 3, 1), groups=3, stride=2),
+        ),
+        bad_inputs=(
+            _conv_bad("x-rank", (5, 5, 3), (3, 3, 3, 2), r"conv_transpose2d: x must have rank 4.*\(5, 5, 3\)"),
+            _conv_bad("w-rank", (1, 5, 5, 3), (3, 3, 3), r"w must have rank 4.*\(3, 3, 3\)"),
+            _conv_bad("channel-mismatch", (1, 5, 5, 3), (3, 3, 2, 4), r"3 input channels but w expects 2"),
+            _conv_bad(
+                "groups-not-dividing",
+                (1, 5, 5, 3),
+                (3, 3, 3, 2),
+                r"Cin \(3\) must be divisible by groups \(2\)",
+                groups=2,
+            ),
+            _conv_bad("stride-zero", (1, 5, 5, 2), (3, 3, 2, 2), "stride must be >= 1", stride=0),
+            _conv_bad("padding-negative", (1, 5, 5, 2), (3, 3, 2, 2), "padding must be >= 0", padding=-1),
+            _conv_bad("padding-string", (1, 5, 5, 2), (3, 3, 2, 2), "padding must be an int or a pair", padding="SAME"),
+            _conv_bad(
+                "output-padding-too-large", (1, 5, 5, 2), (3, 3, 2, 2), "output_padding", stride=2, output_padding=2
+            ),
+            _conv_bad("output-empty", (1, 1, 1, 2), (1, 1, 2, 2), r"output would have -1x-1 cells", padding=1),
+            _conv_bad(
+                "bias-shape", (1, 5, 5, 2), (3, 3, 2, 2), r"b must have shape \(4,\), got \(2,\)", b=(2,), groups=2
+            ),
+        ),
+        rtol_float32=1e-5,
+    ),
+)
+
+
 def _relu_like(*shape: int) -> Callable[[np.random.Generator], np.ndarray]:
     """max(normal, 0): about half the entries exactly 0, so many windows tie at 0."""
     return lambda rng: np.maximum(rng.standard_normal(shape), 0.0)
@@ -515,6 +577,7 @@ REGISTRY: dict[str, LayerSpec] = {
     spec.name: spec
     for spec in (
         *_CONV,
+        *_CONV_TRANSPOSE,
         *_POOL,
         *_GLOBAL_POOL,
         *_DENSE,

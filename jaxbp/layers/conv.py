@@ -24,6 +24,9 @@ Shapes: ``x`` [N, H, W, Cin], ``w`` [KH, KW, Cin/G, Cout], ``b`` [Cout], ``y`` [
                    per group on the CPU: im2col patches^T dy, one matmul per group and block
                db[c] = sum_{n,o,p} dy[n,o,p,c]
 
+Depthwise inputs (groups == Cin >= DEPTHWISE_TAPS_CHANNELS) on the CPU: the same forward, dx and dw
+as sums over the kernel's taps (jaxbp.layers.depthwise), no convolution op.
+
 The forward saves ``x`` and ``w``; whether a ``db`` is owed is static.
 """
 
@@ -37,7 +40,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxbp import xla_flags
-from jaxbp.layers import _checks
+from jaxbp.layers import _checks, depthwise
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
@@ -92,7 +95,7 @@ def padding_pairs(layer: str, padding, in_hw, window, stride, context: str = "")
 #   per group) run as batch-grouped convolutions 8-21x slower than im2col on XLA:CPU (either
 #   kernel), so they go through im2col and one matmul per group on the CPU for up to
 #   IM2COL_MAX_CHANNELS per group; depthwise ones (one channel per group) are faster as the
-#   convolution.
+#   convolution than by im2col, and faster still as sums over the taps (below).
 # - dx: YNNPACK's dx kernel is the slower one, so where YNNPACK would take dx (stride 1, dy as
 #   large as x) the convolution computes one row more than x has, which is cropped: 1/H more
 #   multiplications, on XLA's kernel.
@@ -113,6 +116,12 @@ IM2COL_MAX_CHANNELS = 32
 IM2COL_BLOCK_BYTES = 2**20
 DW_LHS_DILATION = 2
 FORWARD_OFF_YNNPACK_CHANNELS = 16
+# - depthwise (one input channel per group, groups > 1) on the CPU, from DEPTHWISE_TAPS_CHANNELS
+#   input channels: the forward, dx and dw as sums over the kernel's taps (jaxbp.layers.depthwise),
+#   no convolution op. 7x7 SAME, batch 64, 14x14x128 on a 2-core AMD EPYC (AVX2), forward plus
+#   backward: see experiments/results/depthwise_timing.json. Fewer channels: not measured, the
+#   convolutions (the taps vectorise along the channels).
+DEPTHWISE_TAPS_CHANNELS = 16
 
 
 def convolutions_on_ynnpack() -> bool:
@@ -148,6 +157,9 @@ class ConvConfig(NamedTuple):
     dw_lhs_dilation: int  # dw's convolution reads x dilated by this: DW_LHS_DILATION keeps it off YNNPACK
     dx_extra_row: bool  # dx computed one row taller than x, then cropped: keeps it off YNNPACK
     y_extra_row: bool  # the forward computed one row taller than y, then cropped: the same
+    taps_block: (
+        int  # depthwise as sums over the taps (jaxbp.layers.depthwise), this many images a block; 0: convolutions
+    )
 
 
 def conv_config(x, w, b, stride, padding, dilation, groups) -> ConvConfig:
@@ -187,12 +199,19 @@ def conv_config(x, w, b, stride, padding, dilation, groups) -> ConvConfig:
     block = 0
     if jax.default_backend() == "cpu" and groups > 1 and 1 < cin_g <= IM2COL_MAX_CHANNELS:
         block = im2col_images_per_block(jnp.shape(x)[0], out_hw, kh * kw * cin, jnp.dtype(jnp.result_type(x)).itemsize)
+    taps = 0
+    if jax.default_backend() == "cpu" and groups > 1 and cin_g == 1 and cin >= DEPTHWISE_TAPS_CHANNELS:
+        itemsize = jnp.dtype(jnp.result_type(x)).itemsize
+        taps = depthwise.images_per_block(jnp.shape(x)[0], (h + sum(pads[0])) * (wd + sum(pads[1])) * cin * itemsize)
+    on_ynnpack = on_ynnpack and not taps  # the taps run no convolution
     dw_lhs_dilation = DW_LHS_DILATION if on_ynnpack and not block else 1
     # YNNPACK would take dx's convolution: no lhs dilation (stride 1), an output (x) no larger than its input (dy)
     extra_row = on_ynnpack and stride == (1, 1) and h <= out_hw[0] and wd <= out_hw[1]
     # and the forward's, for wide enough inputs: at stride 1, one more output row than x has rows
     y_extra_row = on_ynnpack and stride == (1, 1) and out_hw[0] >= h and cin_g >= FORWARD_OFF_YNNPACK_CHANNELS
-    return ConvConfig(stride, pads, dilation, groups, b is not None, block, dw_lhs_dilation, extra_row, y_extra_row)
+    return ConvConfig(
+        stride, pads, dilation, groups, b is not None, block, dw_lhs_dilation, extra_row, y_extra_row, taps
+    )
 
 
 def conv2d_reference(
@@ -253,23 +272,48 @@ def conv2d(
 
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _conv2d(x, w, b, cfg):
-    return convolution(x, w, b, cfg, cfg.y_extra_row)
+    return manual_forward(x, w, b, cfg)
 
 
 def _conv2d_fwd(x, w, b, cfg):
-    y = convolution(x, w, b, cfg, cfg.y_extra_row)
+    y = manual_forward(x, w, b, cfg)
     return y, (x, w)  # b is not read: db needs only dy, and cfg.has_bias says whether it is owed
 
 
 def _conv2d_bwd(cfg, res, dy):
     x, w = res
-    dx = conv2d_dx(dy, w, x.shape, cfg)  # dx = conv(dilate_s(dy), rot180(w)^T)
-    dw = (conv2d_dw_im2col if cfg.im2col_block else conv2d_dw_conv)(x, dy, w.shape, cfg)  # dw = x correlated with dy
+    dx = manual_dx(dy, w, x.shape, cfg)  # dx = conv(dilate_s(dy), rot180(w)^T)
+    dw = manual_dw(x, dy, w.shape, cfg)  # dw = x correlated with dy
     db = jnp.sum(dy, axis=(0, 1, 2)) if cfg.has_bias else None  # db = sum_{n,o,p} dy
     return dx, dw, db
 
 
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def manual_forward(x, w, b, cfg):
+    """The manual layer's forward: the convolution (one row taller where cfg says), or the taps (depthwise)."""
+    if not cfg.taps_block:
+        return convolution(x, w, b, cfg, cfg.y_extra_row)
+    out_hw = output_hw(x.shape[1:3], w.shape[:2], cfg.padding, cfg.stride, cfg.dilation)
+    y = depthwise.depthwise_forward(x, w, cfg.padding, cfg.stride, cfg.dilation, out_hw, cfg.taps_block)
+    return y if b is None else y + b
+
+
+def manual_dx(dy, w, x_shape, cfg):
+    """The manual layer's dx: the taps (depthwise) or the convolution of the stride-dilated dy."""
+    if cfg.taps_block:
+        pads = dx_padding(x_shape, dy.shape, w.shape, cfg)
+        return depthwise.depthwise_dx(dy, w, x_shape, pads, cfg.stride, cfg.dilation, cfg.taps_block)
+    return conv2d_dx(dy, w, x_shape, cfg)
+
+
+def manual_dw(x, dy, w_shape, cfg):
+    """The manual layer's dw: the taps (depthwise), im2col (grouped, on the CPU) or one convolution."""
+    if cfg.taps_block:
+        return depthwise.depthwise_dw(x, dy, w_shape, cfg.padding, cfg.stride, cfg.dilation, cfg.taps_block)
+    return (conv2d_dw_im2col if cfg.im2col_block else conv2d_dw_conv)(x, dy, w_shape, cfg)
+
 
 # ---------------------------------------------------------------- backward terms
 
@@ -303,6 +347,18 @@ def add_at_window_taps(contribution, hw, window, stride, dilation, padding):
     return total[:, top : top + hw[0], left : left + hw[1], :]
 
 
+def dx_padding(x_shape, dy_shape, w_shape, cfg) -> list[tuple[int, int]]:
+    """The (before, after) padding of the stride-dilated dy in dx's correlation, per spatial axis."""
+    pads = []
+    for n_in, n_out, k, s, d, (lo, _) in zip(
+        x_shape[1:3], dy_shape[1:3], w_shape[:2], cfg.stride, cfg.dilation, cfg.padding
+    ):
+        before = d * (k - 1) - lo  # output row r reads dy rows (r + lo - d i) / s; negative crops
+        after = n_in + d * (k - 1) - (s * (n_out - 1) + 1) - before  # brings the output back to n_in rows:
+        pads.append((before, after))  # rows the forward never read see only padding, so get 0
+    return pads
+
+
 def conv2d_dx(dy, w, x_shape, cfg):
     """dx = conv(pad(dilate_s(dy)), rot180(w)^T), at stride 1 and the forward's dilation."""
     kh, kw, cin_g, cout = w.shape
@@ -315,13 +371,7 @@ def conv2d_dx(dy, w, x_shape, cfg):
         .transpose(0, 1, 4, 3, 2)
         .reshape(kh, kw, cout // g, g * cin_g)
     )
-    pads = []
-    for n_in, n_out, k, s, d, (lo, _) in zip(
-        x_shape[1:3], dy.shape[1:3], (kh, kw), cfg.stride, cfg.dilation, cfg.padding
-    ):
-        before = d * (k - 1) - lo  # output row r reads dy rows (r + lo - d i) / s; negative crops
-        after = n_in + d * (k - 1) - (s * (n_out - 1) + 1) - before  # brings the output back to n_in rows:
-        pads.append((before, after))  # rows the forward never read see only padding, so get 0
+    pads = dx_padding(x_shape, dy.shape, w.shape, cfg)
     if cfg.dx_extra_row:  # one row more than x, cropped below: XLA then keeps the convolution off YNNPACK
         pads[0] = (pads[0][0], pads[0][1] + 1)
     dx = lax.conv_general_dilated(
