@@ -35,10 +35,11 @@ def depthwise_configs(draw):
     return x_shape, w_shape, draw(st.booleans()), kwargs, draw(st.integers(0, 2**16))
 
 
-@pytest.mark.parametrize("images_per_block", ["batch", 1, 2])
 @settings(SETTINGS, max_examples=12)
-@given(config=depthwise_configs())
-def test_depthwise_taps_vjp_matches_autodiff(images_per_block, config):
+@given(config=depthwise_configs(), images_per_block=st.sampled_from(["batch", 1, 2]))
+def test_depthwise_taps_vjp_matches_autodiff(config, images_per_block):
+    """The batch as one block, or blocks of 1 or 2 images: drawn with the configuration, so the
+    twelve examples spread over the three (one third of the compilations of all three each)."""
     x_shape, w_shape, bias, kwargs, seed = config
     rng = np.random.default_rng(seed)
     args = [
