@@ -12,7 +12,7 @@ The package stands alone (it imports nothing else of jaxbp); jaxbp's own layers 
 through it by :mod:`jaxbp.suite`. One job per module:
 
 * :mod:`~jaxbp.verify.tolerances` - the tolerance of each dtype and matmul precision;
-* :mod:`~jaxbp.verify.numerics` - errors, casting, finite differences (public helpers);
+* :mod:`~jaxbp.verify.numerics` - errors against the gradient's scale, casting (public helpers);
 * :mod:`~jaxbp.verify.structure` - which leaves are differentiated, named by key path;
 * :mod:`~jaxbp.verify.compiled` - the compiled VJPs the checks share, cached across calls;
 * :mod:`~jaxbp.verify.fd` - finite differences that skip directions crossing a kink;

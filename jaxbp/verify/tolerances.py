@@ -1,9 +1,11 @@
 """How close is close enough: the tolerance of each dtype and matmul precision.
 
-Errors against autodiff are norm-wise, ``max|manual - autodiff| / max|autodiff|``,
+Errors against autodiff are norm-wise, ``max|manual - autodiff| / scale`` (the scale is
+``max|autodiff|`` floored by the gradient's global scale, see :mod:`jaxbp.verify.numerics`),
 so a tolerance reads as "digits that agree relative to the largest entry". Finite
-differences run in float64 with step ``FD_STEP * max(1, max|x|)``: truncation error
-~ h^2 and rounding ~ 1e-16 / h, both far below ``FD_TOLERANCE``.
+differences run in float64 with the per-element step ``FD_STEP * |x_i|`` and Richardson's
+estimate (:mod:`jaxbp.verify.fd`): truncation ~ h^4 and rounding ~ 1e-16 / h, both far
+below ``FD_TOLERANCE``.
 """
 
 from __future__ import annotations
