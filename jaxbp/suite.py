@@ -20,6 +20,7 @@ import jax
 
 from jaxbp.loading import first_line
 from jaxbp.verify import verify_vjp
+from jaxbp.verify.compiled import x64_scope
 from jaxbp.verify.report import Report, json_safe
 from jaxbp.verify.tolerances import FD_TOLERANCE, layer_tolerances
 
@@ -43,7 +44,7 @@ def verify_layer(spec, case, *, dtypes: Sequence[str] = ("float64", "float32"), 
     kwargs.setdefault("fd", case.smooth)
     kwargs.setdefault("name", f"{spec.name}[{case.name}]")
     kwargs.setdefault("derivation", spec.doc)
-    with jax.enable_x64(True):  # example inputs are float64 until cast
+    with x64_scope(True):  # example inputs are float64 until cast
         args = case.args(seed)
     report = verify_vjp(
         functools.partial(spec.manual, **case.kwargs),

@@ -20,6 +20,7 @@ from jaxbp import loading
 from jaxbp.loading import LoadError, first_line
 from jaxbp.verify import Report, ShapesReport, verify_shapes, verify_vjp
 from jaxbp.verify.api import unwrap
+from jaxbp.verify.compiled import x64_scope
 
 __all__ = [
     "MAX_ELEMENTS",
@@ -107,7 +108,7 @@ def load_example(spec: str | Callable, seed: int = 0, *, label: str | None = Non
     except (TypeError, ValueError):
         takes_seed = False
     try:
-        with jax.enable_x64(True), loading.user_code(str(label), "calling it"):
+        with x64_scope(True), loading.user_code(str(label), "calling it"):
             args = fn(seed) if takes_seed else fn()
     except LoadError as e:  # sys.exit
         raise TargetError(str(e)) from None
@@ -161,7 +162,7 @@ def _shape_factory(fn: Callable, label: str) -> Callable:
 
     def make(shape: tuple[int, ...], seed: int) -> tuple:
         try:
-            with jax.enable_x64(True), loading.user_code(label, "calling it"):
+            with x64_scope(True), loading.user_code(label, "calling it"):
                 args = fn(seed=seed, shape=shape) if takes_seed else fn(shape=shape)
         except LoadError as e:  # sys.exit
             raise TargetError(str(e)) from None
@@ -251,7 +252,7 @@ def exercises_a_rule(fn: Callable, args: tuple) -> bool:
     if isinstance(unwrap(fn), (jax.custom_vjp, jax.custom_jvp)):
         return True
     try:
-        with jax.enable_x64(True):
+        with x64_scope(True):
             jaxpr = jax.make_jaxpr(fn)(*args)
     except Exception:  # the check itself reports what fails
         return True

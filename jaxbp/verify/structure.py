@@ -9,7 +9,7 @@ array ones are listed as skipped with the reason.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,14 +62,13 @@ class Leaf:
 class Inputs:
     """The example arguments split into differentiable leaves and everything else.
 
-    :meth:`build` puts new values of the differentiable leaves back into the
-    arguments, so a function of the leaves alone can be handed to ``jax.vjp``.
+    :meth:`layout` gives the hashable :class:`Layout` that rebuilds the arguments from
+    their leaves inside the compiled checks.
     """
 
     def __init__(self, args: Sequence[Any], argnums: Sequence[int], names: Sequence[str]):
         self.argnums = tuple(argnums)
         flat = [jax.tree_util.tree_flatten_with_path(a) for a in args]
-        self.treedefs = [treedef for _, treedef in flat]
         self.leaves: list[Leaf] = []
         self.skipped: list[Skipped] = []
         for i, (pairs, _) in enumerate(flat):
@@ -89,25 +88,6 @@ class Inputs:
     def layout(self, args: Sequence[Any]) -> Layout:
         """The hashable :class:`Layout` of ``args`` (arguments laid out like the examples)."""
         return Layout.of(args, lambda i, leaf: i in self.argnums and is_inexact(leaf), is_array)
-
-    def values(self, args: Sequence[Any]) -> list[Any]:
-        """The differentiable leaves of ``args`` (arguments shaped like the examples)."""
-        flat = [jax.tree.leaves(a) for a in args]
-        return [flat[leaf.arg][leaf.index] for leaf in self.leaves]
-
-    def build(self, args: Sequence[Any], values: Sequence[Any]) -> tuple:
-        """``args`` with the differentiable leaves replaced by ``values``."""
-        flat = [list(jax.tree.leaves(a)) for a in args]
-        for leaf, v in zip(self.leaves, values):
-            flat[leaf.arg][leaf.index] = v
-        return tuple(
-            jax.tree.unflatten(td, leaves) if i in self.argnums else a
-            for i, (a, td, leaves) in enumerate(zip(args, self.treedefs, flat))
-        )
-
-    def of(self, fn: Callable, args: Sequence[Any]) -> Callable:
-        """``fn`` as a function of the differentiable leaves, the rest of ``args`` held fixed."""
-        return lambda *values: fn(*self.build(args, values))
 
 
 class Outputs:
@@ -145,16 +125,3 @@ class Outputs:
                 c = c + 1j * rng.standard_normal(s.shape)
             cts.append(c)
         return cts
-
-    def full(self, cts: Sequence[Any]) -> Any:
-        """The cotangent tree: ``cts`` cast to each output's dtype, float0 zeros on the other leaves."""
-        it = iter(cts)
-        leaves = [
-            jnp.asarray(next(it), s.dtype) if ok else np.zeros(s.shape, dtype=jax.dtypes.float0)
-            for s, ok in zip(self.structs, self.inexact)
-        ]
-        return jax.tree.unflatten(self.treedef, leaves)
-
-    def pick(self, out: Any) -> list[Any]:
-        """The inexact leaves of an output tree."""
-        return [o for o, ok in zip(jax.tree.leaves(out), self.inexact) if ok]
