@@ -19,6 +19,8 @@ every backend that initialises, and every computation is placed with
 from __future__ import annotations
 
 import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -29,6 +31,7 @@ import numpy as np
 
 from jaxbp import registry, suite as layer_suite
 from jaxbp.verify import numerics
+from jaxbp.verify.compiled import checker_jit, x64_scope
 
 GOLDEN_PATH = Path(__file__).parent / "golden" / "golden.npz"
 GOLDEN_VERSION = 1
@@ -130,17 +133,18 @@ def _golden_key(spec: registry.LayerSpec, case: registry.Case, arg: int) -> str:
 
 
 def case_gradients(spec: registry.LayerSpec, case: registry.Case, dtype: str, seed: int = 0) -> dict[str, np.ndarray]:
-    """The manual VJP of one case with a fixed (seeded) cotangent, per differentiable argument."""
-    with jax.enable_x64(True):
+    """The manual VJP of one case with a fixed (seeded) cotangent, per differentiable argument.
+
+    Forward and backward compile as one program (an op-by-op forward would compile every op)."""
+    with x64_scope(True):
         args = case.args(seed)
-    with jax.enable_x64(dtype == "float64"):
+    with x64_scope(dtype == "float64"):
         cast = tuple(jax.tree.map(lambda a: numerics.cast(a, dtype), a) for a in args)  # a list arg: each leaf
         fn = lambda *d: spec.manual(*numerics.substitute(cast, case.argnums, d), **case.kwargs)  # noqa: E731
         diff = tuple(cast[i] for i in case.argnums)
-        out, pullback = jax.vjp(fn, *diff)
         rng = np.random.default_rng(seed + 1)
-        ct = jax.tree.map(lambda o: jnp.asarray(rng.standard_normal(np.shape(o)), o.dtype), out)
-        grads = jax.jit(pullback)(ct)
+        ct = jax.tree.map(lambda o: rng.standard_normal(o.shape).astype(o.dtype), jax.eval_shape(fn, *diff))
+        grads = checker_jit(lambda d, c: jax.vjp(fn, *d)[1](c), ())(diff, ct)
         return {_golden_key(spec, case, i): _golden_array(g) for i, g in zip(case.argnums, grads)}
 
 
@@ -250,21 +254,15 @@ def check_device(
     f64 = supports_float64(device)
     dtype = "float64" if f64 else "float32"
     report = DeviceReport(device.platform, str(device), device.device_kind, matmul_precision, f64)
+    jobs = _cases(layers)
+    case = functools.partial(
+        _case_row, device=device, golden=golden, dtype=dtype, seed=seed, suite=suite, matmul_precision=matmul_precision
+    )
+    # cases side by side, as in `jaxbp check`: compiling dominates and runs outside the GIL; the
+    # device and precision contexts are per thread, so each case enters them itself
+    with ThreadPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, len(jobs) or 1))) as pool:
+        report.rows += pool.map(lambda job: case(*job), jobs)
     with jax.default_device(device), jax.default_matmul_precision(matmul_precision):
-        for spec, case in _cases(layers):
-            grads = case_gradients(spec, case, dtype, seed)
-            errs = []
-            for key, g in grads.items():
-                if key not in golden:
-                    raise KeyError(f"golden file has no entry {key}: regenerate it with `jaxbp devices --write-golden`")
-                errs.append(numerics.rel_err(g, golden[key])[1])
-            tol = GOLDEN_F64_RTOL if f64 else spec.rtol_float32
-            ok = None
-            if suite:
-                ok = layer_suite.verify_layer(
-                    spec, case, dtypes=(dtype,), seed=seed, matmul_precision=matmul_precision
-                ).passed
-            report.rows.append(Row(f"{spec.name}[{case.name}]", dtype, max(errs, default=0.0), tol, ok))
         if "train/losses" in golden:
             want = golden["train/losses"]
             got = training_losses(train_steps or len(want))
@@ -274,6 +272,24 @@ def check_device(
                 Row(f"train:{run['model']}/{run['dataset']}", "float32", err, LOSS_RTOL, note=f"{len(got)} steps")
             )
     return report
+
+
+def _case_row(spec, case, *, device, golden, dtype, seed, suite, matmul_precision) -> Row:
+    """One registry case on one device: its gradients against the golden ones, and the suite's verdict."""
+    with jax.default_device(device), jax.default_matmul_precision(matmul_precision):
+        grads = case_gradients(spec, case, dtype, seed)
+        errs = []
+        for key, g in grads.items():
+            if key not in golden:
+                raise KeyError(f"golden file has no entry {key}: regenerate it with `jaxbp devices --write-golden`")
+            errs.append(numerics.rel_err(g, golden[key])[1])
+        tol = GOLDEN_F64_RTOL if dtype == "float64" else spec.rtol_float32
+        ok = None
+        if suite:
+            ok = layer_suite.verify_layer(
+                spec, case, dtypes=(dtype,), seed=seed, matmul_precision=matmul_precision
+            ).passed
+        return Row(f"{spec.name}[{case.name}]", dtype, max(errs, default=0.0), tol, ok)
 
 
 def check_devices(

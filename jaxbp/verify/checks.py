@@ -91,13 +91,18 @@ class Pass:
         return compiled.vjp(fn, self.layout, self.out, diff, self.rest, cts)
 
     @functools.cached_property
-    def first_order(self) -> list[tuple[list, list | None]]:
-        """Per cotangent: the manual grads and the reference's (None without a reference)."""
+    def vjps(self) -> list[tuple[tuple[Any, list], tuple[Any, list] | None]]:
+        """Per cotangent: the manual ``(output, grads)`` and the reference's (None without a reference)."""
         ref = self.p.reference_fn
         return [
-            (self.vjp(self.p.manual_fn, self.diff, ct)[1], None if ref is None else self.vjp(ref, self.diff, ct)[1])
+            (self.vjp(self.p.manual_fn, self.diff, ct), None if ref is None else self.vjp(ref, self.diff, ct))
             for ct in self.cts
         ]
+
+    @functools.cached_property
+    def first_order(self) -> list[tuple[list, list | None]]:
+        """Per cotangent: the manual grads and the reference's (None without a reference)."""
+        return [(man[1], None if ref is None else ref[1]) for man, ref in self.vjps]
 
     @functools.cached_property
     def scale(self) -> float:
@@ -196,24 +201,14 @@ def fd_scale(p: Pass, k: int, first_order: list | None = None) -> float:
 
 
 def check_forward(p: Pass) -> list[TransformCheck]:
-    """The manual primal and its fwd rule's output (inside ``jax.vjp``) against the reference forward.
-
-    In the most precise dtype op by op, so identical computations give identical bits (the ops
-    compile once and the jit check reuses them); in the others compiled, where XLA may fuse the
-    two programs differently and agreement is to the dtype's tolerance.
-    """
-    if p.most_precise:
-        manual = p.p.manual_fn(*p.args)
-        out_fwd = compiled.vjp_eager(p.p.manual_fn, p.layout, p.out, p.diff, p.rest, p.cts[0])[0]
-        ref = None if p.p.reference_fn is None else p.p.reference_fn(*p.args)
-    else:
-        manual = compiled.primal(p.p.manual_fn, p.layout, p.diff, p.rest)
-        out_fwd = p.vjp(p.p.manual_fn, p.diff, p.cts[0])[0]
-        ref = None if p.p.reference_fn is None else p.vjp(p.p.reference_fn, p.diff, p.cts[0])[0]
+    """The manual primal and its fwd rule's output (inside ``jax.vjp``) against the reference forward,
+    all compiled (the outputs of the first-order VJPs, and the primal alone)."""
+    manual = compiled.primal(p.p.manual_fn, p.layout, p.diff, p.rest)
+    (out_fwd, _), ref = p.vjps[0]
     if ref is None:
         err = tree_err(out_fwd, manual, p.ratio)
         return [TransformCheck("forward", p.dtype, err, p.tol, bool(err <= p.tol), "fwd rule vs primal")]
-    err = max(tree_err(manual, ref, p.ratio), tree_err(out_fwd, ref, p.ratio))
+    err = max(tree_err(manual, ref[0], p.ratio), tree_err(out_fwd, ref[0], p.ratio))
     return [TransformCheck("forward", p.dtype, err, p.tol, bool(err <= p.tol), "primal and fwd rule vs reference")]
 
 
@@ -232,12 +227,14 @@ def check_vmap(p: Pass, batch: int = 3) -> list[TransformCheck]:
     batched backward differing from the unbatched one, never a wrong gradient.
     """
     rng = p.rng("vmap")
-    stacked = [jnp.stack([d * (1 + 0.25 * b) for b in range(batch)]) for d in p.diff]
+    # on the host: device-side stacking and slicing would each compile a program
+    host = [np.asarray(d) for d in p.diff]
+    stacked = [np.stack([(d * (1 + 0.25 * b)).astype(d.dtype) for b in range(batch)]) for d in host]
     structs = [s for s, ok in zip(p.outputs.structs, p.outputs.inexact) if ok]
-    cts = [jnp.asarray(_draw(rng, (batch, *s.shape), s.dtype), s.dtype) for s in structs]
+    cts = [_draw(rng, (batch, *s.shape), s.dtype).astype(s.dtype) for s in structs]
     batched = compiled.vmapped_vjp(p.p.manual_fn, p.layout, p.out, stacked, p.rest, cts)
     loop = [p.vjp(p.p.manual_fn, [s[b] for s in stacked], [c[b] for c in cts])[1] for b in range(batch)]
-    loop = jax.tree.map(lambda *xs: jnp.stack(xs), *loop)
+    loop = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *loop)
     err = tree_err(list(batched), loop, p.ratio)
     note = f"manual under vmap over {batch} vs a loop"
     return [TransformCheck("vmap", p.dtype, err, p.tol, bool(err <= p.tol), note)]

@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxbp.verify.checks import Pass, fd_scale
@@ -63,12 +62,14 @@ def check_explore(p: Pass, regions: Sequence[str], strict_kinks: bool = False) -
     return rows
 
 
-def _moved(region: str, d: Any) -> Any:
+def _moved(region: str, d: Any) -> np.ndarray:
+    """The leaf moved to ``region``, on the host (a device-side op would compile a program per shape)."""
+    d = np.asarray(d)
     if region in EXPLORE_SCALES:
-        return d * jnp.asarray(EXPLORE_SCALES[region], d.dtype)
+        return (d * np.asarray(EXPLORE_SCALES[region], d.dtype)).astype(d.dtype)
     if region == "zeros":
-        return jnp.zeros_like(d)
-    return jnp.round(d)  # ties: integers repeat
+        return np.zeros_like(d)
+    return np.round(d)  # ties: integers repeat
 
 
 def _finite(tree: Any) -> bool:

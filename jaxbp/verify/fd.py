@@ -35,7 +35,7 @@ import numpy as np
 
 from jaxbp.verify.tolerances import FD_STEP
 
-__all__ = ["FDLeaf", "FDVerdict", "fd_error", "finite_differences", "step_scale"]
+__all__ = ["FDLeaf", "FDVerdict", "bucket", "fd_error", "finite_differences", "step_scale"]
 
 # Step multiples per direction: S at x + m w for each m (m = 0 shared).
 MULTIPLES = (1.0, -1.0, 0.25, -0.25, 0.0)
@@ -60,6 +60,12 @@ def step_scale(x: np.ndarray) -> np.ndarray:
     return np.where(mag > 0, mag, mean if mean > 0 else 1.0)
 
 
+def bucket(n: int) -> int:
+    """The number of points evaluated for ``n``: the next power of two (at least 8). Probing
+    kinks asks for any number of directions; without buckets each count compiles anew."""
+    return max(8, 1 << (n - 1).bit_length())
+
+
 def finite_differences(
     pairing: Callable, diff: Sequence[np.ndarray], ct: Any, directions: Sequence[Sequence[np.ndarray]]
 ) -> list[FDLeaf]:
@@ -81,8 +87,10 @@ def finite_differences(
                 points.append([p if j == k else base[j] for j in range(len(base))])
     if not points:
         return [FDLeaf([], np.zeros(0), np.zeros(0), np.zeros((0, 2))) for _ in base]
+    n = len(points)
+    points += [points[-1]] * (bucket(n) - n)  # padded: one compiled program serves every count in a bucket
     stacked = [np.stack([p[k] for p in points]) for k in range(len(base))]
-    values = np.asarray(pairing(stacked, ct), np.float64).reshape(-1, len(MULTIPLES))
+    values = np.asarray(pairing(stacked, ct), np.float64)[:n].reshape(-1, len(MULTIPLES))
     return _per_leaf(base, steps, values)
 
 

@@ -54,12 +54,15 @@ def _complex_for(dtype: str) -> str:
 
 
 def cast(x: Any, dtype: str) -> Any:
-    """A floating array as ``dtype`` (a complex one as the matching complex dtype); anything else unchanged."""
+    """A floating array as ``dtype`` (a complex one as the matching complex dtype); anything else unchanged.
+
+    Converted on the host and placed on the default device: a device-side conversion would
+    compile a program per shape and dtype, which in a run of checks costs more than the checks.
+    """
     if not is_inexact(x):
         return x
-    if jnp.issubdtype(x.dtype, jnp.complexfloating):
-        return jnp.asarray(x, dtype=_complex_for(dtype))
-    return jnp.asarray(x, dtype=dtype)
+    target = _complex_for(dtype) if jnp.issubdtype(x.dtype, jnp.complexfloating) else dtype
+    return jax.device_put(np.asarray(x).astype(jnp.dtype(target)))
 
 
 def substitute(args: Sequence[Any], argnums: Sequence[int], diff: Sequence[Any]) -> list:
