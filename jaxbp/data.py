@@ -37,7 +37,6 @@ import numpy as np
 # globals must patch ``jaxbp.datafiles`` or ``jaxbp.download``, where it is read: patching the alias
 # here has no effect.
 from jaxbp.datafiles import (
-    DATASETS,
     ENV_DATA as ENV_DATA,
     FILE_NAMES,
     IDX_DATASETS as IDX_DATASETS,
@@ -63,7 +62,6 @@ from jaxbp.datafiles import (
 from jaxbp.download import BASE_URLS as BASE_URLS, SHA256 as SHA256, check_base_url as check_base_url, fetch
 
 __all__ = [
-    "DATASETS",
     "MAX_SEED",
     "augment_batch",
     "batch_augmenter",

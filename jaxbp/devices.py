@@ -28,13 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp import registry, suite as layer_suite
+from jaxbp.choices import BACKENDS
 from jaxbp.verify import numerics
 
 GOLDEN_PATH = Path(__file__).parent / "golden" / "golden.npz"
 GOLDEN_VERSION = 1
-BACKENDS = ("cpu", "gpu", "tpu")
-#: The matmul precisions `jaxbp devices --matmul-precision` offers.
-MATMUL_PRECISIONS = ("highest", "high", "default")
 
 # The golden training run: short, fixed, and cheap enough for every device.
 TRAIN_RUN = {"model": "cnn", "dataset": "digits", "batch_size": 32, "steps": 20, "learning_rate": 0.05, "seed": 0}

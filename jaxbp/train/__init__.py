@@ -36,12 +36,6 @@ The package, one job per module:
 
 from jaxbp.data import augment_batch, batch_augmenter
 from jaxbp.train.config import (
-    AUGMENTS,
-    DTYPES,
-    GRADS,
-    OPTIMIZERS,
-    PRECISIONS,
-    SCHEDULES,
     TRAJECTORY_FIELDS,
     ConfigError,
     TrainConfig,
@@ -63,12 +57,6 @@ from jaxbp.train.steps import AGREEMENT_FLOOR, TRACE_COUNTS, make_eval_step, mak
 
 __all__ = [
     "AGREEMENT_FLOOR",
-    "AUGMENTS",
-    "DTYPES",
-    "GRADS",
-    "OPTIMIZERS",
-    "PRECISIONS",
-    "SCHEDULES",
     "TRACE_COUNTS",
     "TRAJECTORY_FIELDS",
     "Accumulator",

@@ -15,28 +15,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from jaxbp import checkpoint, data, models
+from jaxbp.choices import AUGMENTS, GRADS, INITS, MATMUL_PRECISIONS, OPTIMIZERS, SCHEDULES, TRAIN_DTYPES
 from jaxbp.train.resume import read_stored_run
 
 __all__ = [
-    "AUGMENTS",
-    "DTYPES",
-    "GRADS",
-    "OPTIMIZERS",
-    "PRECISIONS",
-    "SCHEDULES",
     "TRAJECTORY_FIELDS",
     "ConfigError",
     "TrainConfig",
     "config_differences",
     "resume_config",
 ]
-
-GRADS = ("manual", "autodiff", "compare")
-OPTIMIZERS = ("sgd", "momentum", "adam")
-SCHEDULES = ("constant", "cosine")
-AUGMENTS = ("none", "crop", "flip", "crop-flip")
-DTYPES = ("float32", "float64")
-PRECISIONS = ("default", "high", "highest")
 
 # Fields a resumed run must share with its checkpoint: they decide the trajectory.
 TRAJECTORY_FIELDS = (
@@ -65,7 +53,7 @@ class TrainConfig:
     """Everything that defines a run; ``config.json`` holds it, the CLI flags map onto it."""
 
     dataset: str = "digits"
-    model: str = "cnn"  # a name of models.MODELS, or a user's MODULE:FUNCTION / path/to/file.py:FUNCTION
+    model: str = "cnn"  # a name of choices.MODELS, or a user's MODULE:FUNCTION / path/to/file.py:FUNCTION
     init: str = "he"  # he | uniform: the weights' initialisation (see jaxbp.models)
     grad: str = "manual"  # manual | autodiff | compare
     optimizer: str = "adam"  # sgd | momentum | adam (adamw where weight_decay > 0)
@@ -110,7 +98,7 @@ class TrainConfig:
         by :func:`check_against_data`)."""
         choices = {
             "grad": GRADS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": AUGMENTS,
-            "dtype": DTYPES, "matmul_precision": PRECISIONS, "init": models.INITS,
+            "dtype": TRAIN_DTYPES, "matmul_precision": MATMUL_PRECISIONS, "init": INITS,
         }  # fmt: skip
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -21,7 +21,6 @@ __all__ = [
     "FD_STEP",
     "FD_TOLERANCE",
     "FULL_PRECISION",
-    "MATMUL_PRECISIONS",
     "TOLERANCE",
     "default_tolerance",
     "layer_tolerances",
@@ -33,9 +32,8 @@ __all__ = [
 TOLERANCE = {"float64": 1e-10, "float32": 1e-5, "bfloat16": 2e-2, "float16": 5e-3}
 # TF32 (GPU) and one-bf16-pass (TPU) matmuls keep about 10 mantissa bits.
 REDUCED_PRECISION_TOLERANCE = 2e-2
+# The settings of jax.default_matmul_precision that are full float32 (the level and its alias).
 FULL_PRECISION = ("highest", "float32")
-# The settings of jax.default_matmul_precision a check can run under (the first two are full float32).
-MATMUL_PRECISIONS = ("highest", "float32", "high", "bfloat16_3x", "tensorfloat32", "default", "bfloat16")
 FD_TOLERANCE = 1e-6
 FD_STEP = 1e-6
 FD_DIRECTIONS = 2
