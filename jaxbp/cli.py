@@ -3,6 +3,10 @@
 Each command has an ``_add_<name>`` that declares its flags and a ``_run_<name>``
 that maps them onto a library call; no logic lives here beyond that mapping.
 Bad flags exit with status 2 (argparse); failed checks exit with status 1.
+
+The parser takes its choices from the library without importing JAX (:mod:`jaxbp.choices`,
+:class:`jaxbp.train.TrainConfig`'s defaults, :mod:`jaxbp.verify.tolerances`), so ``jaxbp
+--help`` answers at once; each ``_run_<name>`` imports what its command runs.
 """
 
 from __future__ import annotations
@@ -92,7 +96,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         SCHEDULES,
         TRAIN_DTYPES,
     )
-    from jaxbp.train import TrainConfig
+    from jaxbp.train.config import TrainConfig
 
     p = sub.add_parser(
         "train",

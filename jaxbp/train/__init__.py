@@ -32,54 +32,53 @@ The package, one job per module:
 * :mod:`~jaxbp.train.runfolder`: :class:`RunFolder`, the one writer of a run's files;
 * :mod:`~jaxbp.train.display`, :mod:`~jaxbp.train.errors`: the progress display and signals;
   how a run ends.
+
+The names below are imported from their modules on first use (PEP 562), so that
+``from jaxbp.train.config import TrainConfig`` (what ``jaxbp train --help`` reads) does
+not import JAX.
 """
 
-from jaxbp.data import augment_batch, batch_augmenter
-from jaxbp.train.config import (
-    TRAJECTORY_FIELDS,
-    ConfigError,
-    TrainConfig,
-    config_differences,
-    resume_config,
-)
-from jaxbp.train.errors import (
-    GradientMismatchError,
-    NonFiniteLossError,
-    TrainError,
-    TrainingInterrupted,
-    TrainResult,
-    UserCodeError,
-)
-from jaxbp.train.loop import evaluate, fit, train_epoch
-from jaxbp.train.runfolder import RunFolder, RunFolderError
-from jaxbp.train.state import Accumulator, Progress, TrainState
-from jaxbp.train.steps import AGREEMENT_FLOOR, TRACE_COUNTS, make_eval_step, make_optimizer, make_train_step
+from __future__ import annotations
 
-__all__ = [
-    "AGREEMENT_FLOOR",
-    "TRACE_COUNTS",
-    "TRAJECTORY_FIELDS",
-    "Accumulator",
-    "ConfigError",
-    "GradientMismatchError",
-    "NonFiniteLossError",
-    "Progress",
-    "RunFolder",
-    "RunFolderError",
-    "TrainConfig",
-    "TrainError",
-    "TrainResult",
-    "TrainState",
-    "TrainingInterrupted",
-    "UserCodeError",
-    "augment_batch",
-    "batch_augmenter",
-    "config_differences",
-    "evaluate",
-    "fit",
-    "make_eval_step",
-    "make_optimizer",
-    "make_train_step",
-    "resume_config",
-    "train_epoch",
-]
+import importlib
+
+# the public names, by the module of jaxbp.train that defines them
+_NAMES = {
+    "config": ("TRAJECTORY_FIELDS", "ConfigError", "TrainConfig", "config_differences", "resume_config"),
+    "errors": (
+        "GradientMismatchError",
+        "NonFiniteLossError",
+        "TrainError",
+        "TrainingInterrupted",
+        "TrainResult",
+        "UserCodeError",
+    ),
+    "loop": ("evaluate", "fit", "train_epoch"),
+    "runfolder": ("RunFolder", "RunFolderError"),
+    "state": ("Accumulator", "Progress", "TrainState"),
+    "steps": ("AGREEMENT_FLOOR", "TRACE_COUNTS", "make_eval_step", "make_optimizer", "make_train_step"),
+}
+_MODULE_OF = {name: module for module, names in _NAMES.items() for name in names}
+_MODULE_OF.update({"augment_batch": "jaxbp.data", "batch_augmenter": "jaxbp.data"})
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    """A name of :data:`__all__` from its module, or a submodule (``jaxbp.train.steps``), imported now."""
+    if name in _MODULE_OF:
+        module = _MODULE_OF[name]
+        value = getattr(importlib.import_module(module if "." in module else f"{__name__}.{module}"), name)
+    else:
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -3,6 +3,11 @@
 Validation raises :class:`ConfigError`, a ``ValueError`` that carries the name of the
 bad field, so that the command line can name the flag the user typed (``--batch-size``)
 where the library names the field (``TrainConfig.batch_size``).
+
+The choices of each field come from :mod:`jaxbp.choices`. At import this module reads
+nothing else of jaxbp, so ``jaxbp train --help`` shows :class:`TrainConfig`'s defaults
+without importing JAX; the modules that validate a model name, a seed or a checkpoint
+(which import JAX) are imported by the functions that use them.
 """
 
 from __future__ import annotations
@@ -14,9 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jaxbp import checkpoint, data, models
 from jaxbp.choices import AUGMENTS, GRADS, INITS, MATMUL_PRECISIONS, OPTIMIZERS, SCHEDULES, TRAIN_DTYPES
-from jaxbp.train.resume import read_stored_run
 
 __all__ = [
     "TRAJECTORY_FIELDS",
@@ -96,6 +99,8 @@ class TrainConfig:
         """Return ``self`` or raise :class:`ConfigError` naming the bad field. Checks what can
         be checked without the data (the image size and the number of examples are checked
         by :func:`check_against_data`)."""
+        from jaxbp import data, models
+
         choices = {
             "grad": GRADS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": AUGMENTS,
             "dtype": TRAIN_DTYPES, "matmul_precision": MATMUL_PRECISIONS, "init": INITS,
@@ -144,6 +149,8 @@ class TrainConfig:
     def default_out(self, dataset: str) -> str:
         """``runs/<dataset>-<model>-<grad>``; a user's model spec is named by its module and
         function (``examples/custom_layer.py:make_model`` -> ``custom_layer.make_model``)."""
+        from jaxbp import models
+
         return f"runs/{dataset}-{models.short_name(self.model)}-{self.grad}"
 
 
@@ -172,6 +179,9 @@ def resume_config(run: str | os.PathLike, **overrides: Any) -> TrainConfig:
     The stored ``out`` and ``max_steps`` are not inherited: a resumed run writes into the
     folder it is resumed from (wherever it has been moved or copied) unless ``out`` is given,
     and runs to the end unless ``max_steps`` is given."""
+    from jaxbp import checkpoint
+    from jaxbp.train.resume import read_stored_run
+
     # Checked before anything runs: a user module the run names is imported only if overrides name it too.
     path, meta = read_stored_run(run, model=overrides.get("model"), fields=TRAJECTORY_FIELDS)
     stored = meta["config"]

@@ -6,15 +6,15 @@ so a tolerance reads as "digits that agree relative to the largest entry". Finit
 differences run in float64 with the per-element step ``FD_STEP * |x_i|`` and Richardson's
 estimate (:mod:`jaxbp.verify.fd`): truncation ~ h^4 and rounding ~ 1e-16 / h, both far
 below ``FD_TOLERANCE``.
+
+JAX is imported by the functions that read the backend or a dtype: the tables here are
+read (by ``jaxbp check --help``) without importing it.
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
-
-import jax
-import jax.numpy as jnp
 
 __all__ = [
     "FD_DIRECTIONS",
@@ -46,6 +46,9 @@ def default_tolerance(dtype: str, matmul_precision: str | None = "highest") -> t
     loosens float32 to ``2e-2`` on accelerators, where it means TF32 or bf16 passes;
     CPU matmuls are full float32 at any precision setting.
     """
+    import jax
+    import jax.numpy as jnp
+
     if dtype not in TOLERANCE:
         try:
             dtype = str(jnp.dtype(dtype))
@@ -94,6 +97,8 @@ def tolerance_for(dtype: str, rtol: Any, precision: str) -> tuple[float, str]:
 
 def layer_tolerances(spec, matmul_precision: str | None = "highest") -> dict[str, tuple[float, str]]:
     """The float32 tolerance of a registered layer: its ``rtol_float32``, loosened at reduced precision."""
+    import jax
+
     precision = matmul_precision or jax.config.jax_default_matmul_precision or "default"
     tol32 = (spec.rtol_float32, f"registry rtol_float32 of {spec.name}")
     default32 = default_tolerance("float32", precision)
