@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from jaxbp import __version__, allocator
 from jaxbp.xla_flags import CPU_XLA_FLAGS, set_default_xla_flags
 
-__all__ = ["CPU_XLA_FLAGS", "build_parser", "main", "run", "set_default_xla_flags"]
+__all__ = ["build_parser", "main", "run"]
 
 # ------------------------------------------------------------------------ train
 

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp import registry, suite as layer_suite
+from jaxbp.cases.kit import Case, LayerSpec
 from jaxbp.choices import BACKENDS
 from jaxbp.verify import numerics
 
@@ -118,16 +119,16 @@ def supports_float64(device: jax.Device) -> bool:
 # ------------------------------------------------------------------ the computations
 
 
-def _cases(layers: Iterable[str] | None) -> list[tuple[registry.LayerSpec, registry.Case]]:
+def _cases(layers: Iterable[str] | None) -> list[tuple[LayerSpec, Case]]:
     specs = registry.REGISTRY.values() if layers is None else [registry.get(n) for n in layers]
     return [(spec, case) for spec in specs for case in spec.cases]
 
 
-def _golden_key(spec: registry.LayerSpec, case: registry.Case, arg: int) -> str:
+def _golden_key(spec: LayerSpec, case: Case, arg: int) -> str:
     return f"grad/{spec.name}/{case.name}/{arg}"
 
 
-def case_gradients(spec: registry.LayerSpec, case: registry.Case, dtype: str, seed: int = 0) -> dict[str, np.ndarray]:
+def case_gradients(spec: LayerSpec, case: Case, dtype: str, seed: int = 0) -> dict[str, np.ndarray]:
     """The manual VJP of one case with a fixed (seeded) cotangent, per differentiable argument."""
     with jax.enable_x64(True):
         args = case.args(seed)

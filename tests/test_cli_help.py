@@ -64,7 +64,7 @@ def test_help_never_splits_a_flag_or_hyphenated_word_and_shows_no_rst(path, pars
 
 
 def test_the_xla_flags_of_the_epilog_are_one_copyable_token(monkeypatch):
-    from jaxbp.cli import CPU_XLA_FLAGS
+    from jaxbp.xla_flags import CPU_XLA_FLAGS
 
     monkeypatch.setenv("COLUMNS", "60")
     assert f"XLA_FLAGS={CPU_XLA_FLAGS}" in build_parser().format_help().split()

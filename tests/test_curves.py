@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from jaxbp import curves, figure, files, plots
+from jaxbp import curves, figure, files
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -153,9 +153,3 @@ def test_jaxbp_plot_errors_are_one_line_exit_2(tmp_path, capsys, argv, message):
     assert err.startswith("jaxbp plot: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert message.format(**fill) in err
     assert not (tmp_path / "x.png").exists()
-
-
-def test_jaxbp_plots_still_offers_the_curves():
-    """Code written against ``jaxbp.plots.plot_training`` and friends keeps working."""
-    for name in ("read_metrics", "plot_training", "run_curves", "RunCurves", "plot_runs", "plot_curves", "SPLITS"):
-        assert getattr(plots, name) is getattr(curves, name), name

@@ -59,7 +59,6 @@ _NAMES = {
     "steps": ("AGREEMENT_FLOOR", "TRACE_COUNTS", "make_eval_step", "make_optimizer", "make_train_step"),
 }
 _MODULE_OF = {name: module for module, names in _NAMES.items() for name in names}
-_MODULE_OF.update({"augment_batch": "jaxbp.data", "batch_augmenter": "jaxbp.data"})
 
 __all__ = sorted(_MODULE_OF)
 
@@ -67,8 +66,7 @@ __all__ = sorted(_MODULE_OF)
 def __getattr__(name: str):
     """A name of :data:`__all__` from its module, or a submodule (``jaxbp.train.steps``), imported now."""
     if name in _MODULE_OF:
-        module = _MODULE_OF[name]
-        value = getattr(importlib.import_module(module if "." in module else f"{__name__}.{module}"), name)
+        value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
     else:
         try:
             value = importlib.import_module(f"{__name__}.{name}")
