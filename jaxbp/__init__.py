@@ -1,7 +1,7 @@
 """jaxbp: convolutional networks with hand-derived backward passes in JAX.
 
 ``jaxbp.manual`` holds the layers with hand-derived VJPs, ``jaxbp.autodiff`` the
-plain-JAX twins; :func:`verify_vjp` checks any pair against each other.
+plain-JAX twins; :func:`~jaxbp.verify.api.verify_vjp` checks any pair against each other.
 
 ``import jaxbp`` imports nothing else: the names below, and every module of the package
 (``jaxbp.testing.assert_vjp``, ``jaxbp.models``), are imported on first use (PEP 562),
