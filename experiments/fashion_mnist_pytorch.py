@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxbp import data, models, train
+from jaxbp import data, models
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     loss_fn = nn.CrossEntropyLoss()
-    augment = train.batch_augmenter(config, ds)  # the very shifts jaxbp's run draws
+    augment = data.batch_augmenter(config, ds)  # the very shifts jaxbp's run draws
     x_test = torch.tensor(np.transpose(ds.x_test, (0, 3, 1, 2)))
     y_test = torch.tensor(ds.y_test.astype(np.int64))
 

@@ -4,7 +4,7 @@ Both jitted steps are compiled first, then timed round by round, interleaved (a 
 neighbour slows both alike); medians over the rounds. Run under the XLA flags that
 ``jaxbp train`` sets to time what training pays:
 
-    XLA_FLAGS="$(python -c 'from jaxbp.cli import CPU_XLA_FLAGS; print(CPU_XLA_FLAGS)')" \\
+    XLA_FLAGS="$(python -c 'from jaxbp.xla_flags import CPU_XLA_FLAGS; print(CPU_XLA_FLAGS)')" \\
         python experiments/resnet_step_time.py
 """
 

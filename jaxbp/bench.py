@@ -32,9 +32,7 @@ import numpy as np
 import optax
 
 from jaxbp import allocator, autodiff, manual, models, xla_flags
-
-#: The dtypes `jaxbp bench --dtype` offers.
-DTYPES = ("float32", "bfloat16")
+from jaxbp.choices import MODELS
 
 
 @dataclass
@@ -162,8 +160,8 @@ def check_settings(model_name: str, input_shape: Sequence[int], *, warmup: int =
         raise ValueError(f"--warmup must be >= 0, got {warmup}")
     if repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {repeats}")
-    if model_name not in models.MODELS:
-        raise ValueError(f"--model {model_name!r} is not one of {', '.join(models.MODELS)}")
+    if model_name not in MODELS:
+        raise ValueError(f"--model {model_name!r} is not one of {', '.join(MODELS)}")
     shape = tuple(input_shape)
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"--input-shape must be three positive ints H,W,C, got {shape}")

@@ -3,6 +3,10 @@
 Each command has an ``_add_<name>`` that declares its flags and a ``_run_<name>``
 that maps them onto a library call; no logic lives here beyond that mapping.
 Bad flags exit with status 2 (argparse); failed checks exit with status 1.
+
+The parser takes its choices from the library without importing JAX (:mod:`jaxbp.choices`,
+:class:`jaxbp.train.TrainConfig`'s defaults, :mod:`jaxbp.verify.tolerances`), so ``jaxbp
+--help`` answers at once; each ``_run_<name>`` imports what its command runs.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Sequence
 from jaxbp import __version__, allocator
 from jaxbp.xla_flags import CPU_XLA_FLAGS, set_default_xla_flags
 
-__all__ = ["CPU_XLA_FLAGS", "build_parser", "main", "run", "set_default_xla_flags"]
+__all__ = ["build_parser", "main", "run"]
 
 # ------------------------------------------------------------------------ train
 
@@ -80,10 +84,19 @@ _FLAG_OF_FIELD = {field: flag for flag, (field, *_) in _TRAIN_FLAGS.items()}
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from jaxbp.data import DATASETS
-    from jaxbp.models import INITS, MODELS
-    from jaxbp.parallel import DEFAULT_TIMEOUT_S
-    from jaxbp.train import AUGMENTS, DTYPES, GRADS, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
+    from jaxbp.choices import (
+        AUGMENTS,
+        DATASETS,
+        DEFAULT_COORDINATOR_TIMEOUT_S,
+        GRADS,
+        INITS,
+        MATMUL_PRECISIONS,
+        MODELS,
+        OPTIMIZERS,
+        SCHEDULES,
+        TRAIN_DTYPES,
+    )
+    from jaxbp.train.config import TrainConfig
 
     p = sub.add_parser(
         "train",
@@ -94,8 +107,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "Exit status: 0 done, 1 gradient mismatch, NaN loss or a --model that fails while training, 2 bad flags, "
         "data, checkpoint or output folder, 130 interrupted.",
     )
-    choices = {"grad": GRADS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": AUGMENTS,
-               "dtype": DTYPES, "matmul_precision": PRECISIONS, "dataset": DATASETS, "init": INITS}  # fmt: skip
+    choices = {"grad": GRADS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": AUGMENTS, "init": INITS,
+               "dtype": TRAIN_DTYPES, "matmul_precision": MATMUL_PRECISIONS, "dataset": DATASETS}  # fmt: skip
     defaults = TrainConfig()
     for flag, (name, type_, text) in _TRAIN_FLAGS.items():
         default = getattr(defaults, name)
@@ -115,8 +128,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     dist.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
     dist.add_argument("--num-processes", type=_positive_int, metavar="N", help="number of processes")
     dist.add_argument("--process-id", type=_nonnegative_int, metavar="I", help="this process, 0 to N-1")
-    dist.add_argument("--coordinator-timeout", type=_positive_int, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
-                      help=f"give up joining after this long (default: {DEFAULT_TIMEOUT_S})")  # fmt: skip
+    timeout = DEFAULT_COORDINATOR_TIMEOUT_S
+    dist.add_argument("--coordinator-timeout", type=_positive_int, default=timeout, metavar="SECONDS",
+                      help=f"give up joining after this long (default: {timeout})")  # fmt: skip
     dist.add_argument("--cluster", action="store_true",
                       help="let jax.distributed detect the processes (SLURM, Open MPI, Cloud TPU pods)")  # fmt: skip
     p.set_defaults(run=_run_train)
@@ -211,7 +225,7 @@ def _report(config, result) -> None:
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
-    from jaxbp.data import DATASETS
+    from jaxbp.choices import DATASETS
 
     p = sub.add_parser("data", help="fetch or describe data sets")
     actions = p.add_subparsers(dest="data_action", metavar="ACTION", required=True)
@@ -238,6 +252,7 @@ def _run_data(args: argparse.Namespace) -> int:
     import json
 
     from jaxbp import data
+    from jaxbp.choices import DATASETS
 
     try:
         if args.data_action == "fetch":
@@ -246,7 +261,7 @@ def _run_data(args: argparse.Namespace) -> int:
             folder = data.fetch(args.name, args.cache_dir, base_url=args.base_url)
             _say(f"{args.name}: verified files in {folder}")
             return 0
-        infos = [data.info(name, args.data_dir) for name in ([args.name] if args.name else data.DATASETS)]
+        infos = [data.info(name, args.data_dir) for name in ([args.name] if args.name else DATASETS)]
         _say(json.dumps(infos, indent=2) if args.json else data.format_info(infos))
         invalid = [item["error"] for item in infos if item["status"] == "invalid"]
         if invalid:
@@ -287,7 +302,8 @@ def _say(text: str) -> None:
 
 
 def _add_check(sub: argparse._SubParsersAction) -> None:
-    from jaxbp.verify.tolerances import MATMUL_PRECISIONS, TOLERANCE
+    from jaxbp.choices import MATMUL_PRECISIONS
+    from jaxbp.verify.tolerances import TOLERANCE
 
     p = sub.add_parser(
         "check",
@@ -474,8 +490,7 @@ def _check_plots(args: argparse.Namespace, found) -> int:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    from jaxbp.bench import DTYPES
-    from jaxbp.models import MODELS
+    from jaxbp.choices import BENCH_DTYPES, MODELS
 
     p = sub.add_parser(
         "bench",
@@ -486,7 +501,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", default="cnn", choices=MODELS)
     p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--dtype", default="float32", choices=DTYPES)
+    p.add_argument("--dtype", default="float32", choices=BENCH_DTYPES)
     p.add_argument("--input-shape", type=_shape3, default=(28, 28, 1), help="H,W,C per example (default 28,28,1)")
     p.add_argument("--repeats", type=_positive_int, default=20, help="timed interleaved rounds")
     p.add_argument("--warmup", type=_nonnegative_int, default=3)
@@ -554,7 +569,7 @@ def _nonnegative_int(text: str) -> int:
 
 
 def _add_devices(sub: argparse._SubParsersAction) -> None:
-    from jaxbp import devices
+    from jaxbp.choices import BACKENDS, MATMUL_PRECISIONS
 
     p = sub.add_parser(
         "devices",
@@ -565,8 +580,8 @@ def _add_devices(sub: argparse._SubParsersAction) -> None:
         "Exit 1 if any device fails.",
     )
     p.add_argument("--layer", action="append", metavar="NAME", help="only these layers (repeatable)")
-    p.add_argument("--backend", action="append", choices=devices.BACKENDS, help="only these backends")
-    p.add_argument("--matmul-precision", default="highest", choices=devices.MATMUL_PRECISIONS)
+    p.add_argument("--backend", action="append", choices=BACKENDS, help="only these backends")
+    p.add_argument("--matmul-precision", default="highest", choices=MATMUL_PRECISIONS)
     p.add_argument("--golden", metavar="FILE", help="golden file (default: the one shipped in the package)")
     p.add_argument("--write-golden", action="store_true", help="regenerate the golden file on the CPU and exit")
     p.add_argument("--no-suite", action="store_true", help="skip the manual-vs-autodiff suite (golden only)")

@@ -11,6 +11,10 @@ and, where recorded, validation loss and accuracy), drawn so that identical curv
 stay distinguishable, with an accuracy target if given; :func:`plot_curves` draws
 the same figure from :class:`RunCurves` built by hand.
 
+Both figures share one legend below the panels: an entry per run (its colour) and a key
+to the curves, the same everywhere: train solid, validation dotted with squares, test
+dashed with circles. Log axes are labelled in plain numbers (:func:`jaxbp.figure.log_axis`).
+
 Used by ``jaxbp train`` (``training.png``), ``jaxbp plot`` and experiments/fashion_mnist.py.
 """
 
@@ -81,63 +85,104 @@ def plot_training(
         tolerance = next(filter(None, (_compare_rtol(src) for src in runs.values())), None)
     compare = any("grad_max_rel_err" in r for recs in loaded.values() for r in recs)
     ncols = 3 if compare else 2
-    fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 4.0), constrained_layout=True)
+    fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 4.4), constrained_layout=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    runs_drawn, splits, by_autodiff, errors = [], set(), False, []
     for i, (label, recs) in enumerate(loaded.items()):
         c = colors[i % len(colors)]
         train = [r for r in recs if r.get("kind") == "train"]
         evals = [r for r in recs if r.get("kind") == "eval"]
         steps = [r["step"] for r in train]
         both = any("loss_autodiff" in r for r in train)  # the autodiff loss is drawn thin on top of a wide manual line
-        axes[0].plot(
-            steps, [r["loss"] for r in train], color=c, lw=3.5 if both else 1, alpha=0.45 if both else 0.8,
-            label=f"{label} train",
-        )  # fmt: skip
+        line = {"color": c, "lw": 3.5 if both else 1.2, "alpha": 0.45 if both else 0.8}
+        runs_drawn.append((label, line))
+        splits.add("train")
+        axes[0].plot(steps, [r["loss"] for r in train], **line, label=f"{label} train")
         if both:
+            by_autodiff = True
             axes[0].plot(
-                steps, [r.get("loss_autodiff") for r in train], color="black", lw=1, ls=":",
+                steps,
+                [r.get("loss_autodiff") for r in train],
+                **_AUTODIFF_LOSS,
                 label=f"{label} train, loss by autodiff",
-            )  # fmt: skip
-        axes[1].plot(steps, [r["accuracy"] for r in train], color=c, lw=1, alpha=0.8, label=f"{label} train")
+            )
+        axes[1].plot(steps, [r["accuracy"] for r in train], color=c, lw=1.2, alpha=0.8, label=f"{label} train")
         if evals:
             es = [r["step"] for r in evals]
-            axes[0].plot(es, [r["test_loss"] for r in evals], "o--", color=c, ms=4, label=f"{label} test")
-            axes[1].plot(es, [r["test_accuracy"] for r in evals], "o--", color=c, ms=4, label=f"{label} test")
-            if all("val_loss" in r for r in evals):  # a run with a validation split
-                axes[0].plot(es, [r["val_loss"] for r in evals], "s:", color=c, ms=4, label=f"{label} validation")
-                axes[1].plot(es, [r["val_accuracy"] for r in evals], "s:", color=c, ms=4, label=f"{label} validation")
+            validated = all("val_loss" in r for r in evals)  # a run with a validation split
+            for split in ("test", "val") if validated else ("test",):
+                splits.add(split)
+                style = {**SPLIT_STYLE[split], "color": c, "ms": 4}
+                name = f"{label} {SPLIT_NAMES[split]}"
+                axes[0].plot(es, [r[f"{split}_loss"] for r in evals], **style, label=name)
+                axes[1].plot(es, [r[f"{split}_accuracy"] for r in evals], **style, label=name)
         if compare and any("grad_max_rel_err" in r for r in train):
-            axes[2].semilogy(
-                steps,
-                [max(r.get("grad_max_rel_err", 0.0), 1e-12) for r in train],
-                color=c,
-                lw=1,
-                marker=".",
-                ms=3,
-                label=f"{label}: worst parameter's max|g_manual - g_autodiff| / max|g_autodiff|",
-            )
+            err = [max(r.get("grad_max_rel_err", 0.0), 1e-12) for r in train]
+            errors += err
+            axes[2].plot(steps, err, color=c, lw=1, marker=".", ms=3, label=f"{label} gradient agreement")
     axes[0].set(xlabel="step", ylabel="cross-entropy", title="loss")
-    axes[0].set_yscale("log")
+    figure.log_axis(axes[0])
     axes[1].set(xlabel="step", ylabel="accuracy", title="accuracy")
+    extra = [("train loss by autodiff", _AUTODIFF_LOSS)] if by_autodiff else []
     if compare:
+        ax = axes[2]
+        figure.log_axis(ax)
         if tolerance:
-            axes[2].axhline(
-                tolerance, color="crimson", ls="--", lw=1.5, label=f"tolerance (compare_rtol {tolerance:g})"
-            )
-        axes[2].set(xlabel="step", ylabel="relative error (log scale)", title="gradient agreement, manual vs autodiff")
+            ax.axhline(tolerance, **_TOLERANCE_LINE, label=f"tolerance (compare_rtol {tolerance:g})")
+            extra.append((f"tolerance, compare_rtol {tolerance:g}", _TOLERANCE_LINE))
+        # the tolerance line in view, however far below it the errors stay
+        shown = [v for v in (*errors, tolerance) if v]
+        if shown:
+            ax.set_ylim(min(shown) / 3, max(shown) * 3)
+        ax.set(xlabel="step", ylabel="max|g_manual - g_autodiff| / max|g_autodiff|",
+               title="gradient agreement, manual vs autodiff\n(the worst parameter, every logged step)")  # fmt: skip
+    _legend(fig, runs_drawn, splits, extra)
     return _finish(fig, axes, title, path)
+
+
+# How a split's curve is drawn in every figure, and what the legend calls it.
+SPLIT_STYLE = {
+    "train": {"ls": "-", "marker": None},
+    "val": {"ls": ":", "marker": "s"},
+    "test": {"ls": "--", "marker": "o"},
+}
+SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
+_AUTODIFF_LOSS = {"color": "black", "lw": 0.9, "ls": "-."}  # thin, inside the wide band of the manual loss
+_TOLERANCE_LINE = {"color": "crimson", "ls": "--", "lw": 1.5}
+
+
+def _legend(fig, runs: Sequence[tuple[str, Mapping[str, Any]]], splits: Iterable[str], extra=()) -> None:
+    """One legend below the panels: an entry per run in its colour, then the key to the curves
+    (each split present, in the order train, validation, test) and any ``(label, style)`` in ``extra``."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], **{**line, "ls": "-", "marker": None}, label=label) for label, line in runs]
+    handles += [
+        Line2D([], [], color="0.35", lw=1.2, ms=4, **SPLIT_STYLE[split], label=SPLIT_NAMES[split])
+        for split in ("train", "val", "test")
+        if split in splits
+    ]
+    handles += [Line2D([], [], **style, label=label) for label, style in extra]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 7), fontsize=9, frameon=False)
 
 
 def _compare_rtol(src) -> float | None:
     """``compare_rtol`` from the ``config.json`` beside a run's ``metrics.jsonl`` (or in its folder)."""
+    value = _stored_config(src).get("compare_rtol")
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+def _stored_config(src) -> dict[str, Any]:
+    """The ``config.json`` beside a run's ``metrics.jsonl`` (or in its folder); ``{}`` where
+    there is none or it does not read as a JSON object (the figure goes without it)."""
     if not isinstance(src, (str, os.PathLike)):
-        return None
+        return {}
     folder = Path(src) if Path(src).is_dir() else Path(src).parent
     try:
-        value = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("compare_rtol")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 # ------------------------------------------------------ several runs, per epoch
@@ -195,12 +240,20 @@ def plot_runs(
 
     Each folder's ``metrics.jsonl`` gives train, test and (where recorded) validation
     curves (:func:`run_curves`); ``labels`` name the runs (default: the folder names);
-    ``target`` (an accuracy, e.g. 0.93) is drawn as a line on the accuracy panel.
+    ``target`` (an accuracy, e.g. 0.93) is drawn as a line on the accuracy panel. The
+    ``title`` defaults to the runs' labels, after the data set and model of their
+    ``config.json`` where all share them (``digits / cnn: manual vs autodiff``).
     """
     if labels is not None and len(labels) != len(run_dirs):
         raise ValueError(f"plot_runs: {len(labels)} labels for {len(run_dirs)} run folders")
     names = labels if labels is not None else [None] * len(run_dirs)
-    return plot_curves([run_curves(d, n) for d, n in zip(run_dirs, names)], out, target=target, title=title)
+    runs = [run_curves(d, n) for d, n in zip(run_dirs, names)]
+    if title is None:  # the runs, after the data set and model they share
+        shared = {(c.get("dataset"), c.get("model")) for c in map(_stored_config, run_dirs)}
+        (dataset, model), *others = shared
+        prefix = f"{dataset} / {model}: " if not others and dataset and model else ""
+        title = prefix + " vs ".join(run.label for run in runs)
+    return plot_curves(runs, out, target=target, title=title)
 
 
 def plot_curves(
@@ -212,38 +265,52 @@ def plot_curves(
     later one narrower on top in its own colour, so a perfect overlap shows as a thin
     line inside a wide band. Train curves are solid, test dashed with circles,
     validation dotted with squares; ``target`` is a dashed red line on the accuracy panel.
+    The legend has an entry per run and a key to those styles; the ``title`` defaults to
+    the runs' labels.
     """
     plt = figure.pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.4), constrained_layout=True)
+    from matplotlib import ticker
+
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.8), constrained_layout=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    split_style = {"train": ("-", None), "test": ("--", "o"), "val": (":", "s")}
+    runs_drawn, splits = [], set()
+    band = len(runs) > 1  # the first of several runs is a wide band the others are drawn inside
     for i, run in enumerate(runs):
         lw, ms = (4.5, 9.0) if i == 0 else (max(1.0, 2.6 - 0.8 * i), max(3.0, 6.5 - 1.5 * i))
+        if not band:
+            lw, ms = 1.8, 5.0
+        line = {"lw": lw, "color": colors[i % len(colors)], "alpha": 0.45 if i == 0 and band else 1.0}
+        runs_drawn.append((run.label, line))
         for ax, metric in zip(axes, ("loss", "accuracy")):
             for split in SPLITS:
                 values = run.series.get(f"{split}_{metric}")
                 if values is None:
                     continue
-                ls, marker = split_style[split]
+                splits.add(split)
                 y = [np.nan if v is None else v for v in values]
                 ax.plot(
-                    run.epochs, y, ls=ls, marker=marker, ms=ms, lw=lw, color=colors[i % len(colors)],
-                    alpha=0.45 if i == 0 else 1.0, zorder=2 + i, label=f"{run.label} {split}",
-                    mfc="none" if i == 0 else None, mew=2.0 if i == 0 else 1.0,
+                    run.epochs, y, **SPLIT_STYLE[split], **line, ms=ms, zorder=2 + i, label=f"{run.label} {split}",
+                    mfc="none" if i == 0 and band else None, mew=2.0 if i == 0 and band else 1.0,
                 )  # fmt: skip
+    extra = []
     if target is not None:
-        axes[1].axhline(target, color="crimson", ls="--", lw=1.2, zorder=1, label=f"target {100 * target:.1f} %")
+        target_line = {"color": "crimson", "ls": "--", "lw": 1.2}
+        axes[1].axhline(target, **target_line, zorder=1, label=f"target {100 * target:.1f} %")
+        extra.append((f"target accuracy {100 * target:.1f} %", target_line))
     axes[0].set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    axes[0].set_yscale("log")
+    figure.log_axis(axes[0])
     axes[1].set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    return _finish(fig, axes, title, out)
+    for ax in axes:
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))  # epochs are whole numbers
+    _legend(fig, runs_drawn, splits, extra)
+    return _finish(fig, axes, title if title is not None else " vs ".join(run.label for run in runs), out)
 
 
 def _finish(fig, axes, title: str | None, path: str | os.PathLike) -> Path:
-    """Grid and legend on every panel, the title, and the atomic PNG write."""
+    """Grid on every panel, the title, and the atomic PNG write."""
     for ax in axes:
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.grid(True, which="minor", alpha=0.1)
     if title:
         fig.suptitle(title)
     return figure.save_png(fig, path)

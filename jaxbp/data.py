@@ -15,20 +15,19 @@
 * :func:`batches` yields fixed-shape batches (the last one padded, with its count of
   valid rows) in an order that depends only on ``(seed, epoch)``;
   :func:`batch_augmenter` shifts and flips them, seeded per batch.
-* :func:`exit_on_error` and :func:`report_error` turn a :class:`DataError` into a CLI's
-  one-line message and exit status 2.
+* :func:`report_error` turns a :class:`DataError` into a CLI's one-line message and exit
+  status 2.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +36,6 @@ import numpy as np
 # globals must patch ``jaxbp.datafiles`` or ``jaxbp.download``, where it is read: patching the alias
 # here has no effect.
 from jaxbp.datafiles import (
-    DATASETS,
     ENV_DATA as ENV_DATA,
     FILE_NAMES,
     IDX_DATASETS as IDX_DATASETS,
@@ -63,7 +61,6 @@ from jaxbp.datafiles import (
 from jaxbp.download import BASE_URLS as BASE_URLS, SHA256 as SHA256, check_base_url as check_base_url, fetch
 
 __all__ = [
-    "DATASETS",
     "MAX_SEED",
     "augment_batch",
     "batch_augmenter",
@@ -73,7 +70,6 @@ __all__ = [
     "batches",
     "check_val_split",
     "default_cache_dir",
-    "exit_on_error",
     "fetch",
     "format_info",
     "info",
@@ -376,34 +372,11 @@ def batches(
 
 # ------------------------------------------------------------------ CLI helpers
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 
 def report_error(err: BaseException, prog: str = "jaxbp") -> int:
     """Print ``err`` for a command line (no traceback) and return exit status 2."""
     print(f"{prog}: error: {err}", file=sys.stderr)
     return 2
-
-
-def exit_on_error(*errors: type[BaseException], prog: str = "jaxbp") -> Callable[[F], F]:
-    """Decorator for a CLI ``_run_*`` function: the given errors (default
-    :class:`DataError`) print their message and return exit status 2.
-
-    ``@exit_on_error(DataError, CheckpointError)`` on ``_run_train`` covers both.
-    """
-    caught = errors or (DataError,)
-
-    def wrap(run: F) -> F:
-        @functools.wraps(run)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return run(*args, **kwargs)
-            except caught as err:
-                return report_error(err, prog)
-
-        return wrapper  # type: ignore[return-value]
-
-    return wrap
 
 
 # ------------------------------------------------------------------ augmentation

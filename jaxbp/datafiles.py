@@ -37,8 +37,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxbp.choices import DATASETS
+
 __all__ = [
-    "DATASETS",
     "ENV_DATA",
     "FILE_NAMES",
     "IDX_DATASETS",
@@ -62,8 +63,7 @@ __all__ = [
     "search_dirs",
 ]
 
-DATASETS = ("digits", "mnist", "fashion-mnist")
-IDX_DATASETS = ("mnist", "fashion-mnist")
+IDX_DATASETS = ("mnist", "fashion-mnist")  # the data sets of DATASETS read from IDX files
 NUM_CLASSES = 10
 
 # The four files of an IDX data set: split -> (images, labels), names without ".gz".
@@ -101,7 +101,7 @@ class MissingDataError(DataError):
 
 
 def canonical_name(name: str) -> str:
-    """``name`` as one of :data:`DATASETS` (``fashion_mnist`` is accepted too)."""
+    """``name`` as one of :data:`jaxbp.choices.DATASETS` (``fashion_mnist`` is accepted too)."""
     canon = str(name).strip().lower().replace("_", "-")
     if canon not in DATASETS:
         raise DataError(f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}")

@@ -30,14 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp import registry, suite as layer_suite
+from jaxbp.cases.kit import Case, LayerSpec
+from jaxbp.choices import BACKENDS
 from jaxbp.verify import numerics
 from jaxbp.verify.compiled import checker_jit, x64_scope
 
 GOLDEN_PATH = Path(__file__).parent / "golden" / "golden.npz"
 GOLDEN_VERSION = 1
-BACKENDS = ("cpu", "gpu", "tpu")
-#: The matmul precisions `jaxbp devices --matmul-precision` offers.
-MATMUL_PRECISIONS = ("highest", "high", "default")
 
 # The golden training run: short, fixed, and cheap enough for every device.
 TRAIN_RUN = {"model": "cnn", "dataset": "digits", "batch_size": 32, "steps": 20, "learning_rate": 0.05, "seed": 0}
@@ -123,16 +122,16 @@ def supports_float64(device: jax.Device) -> bool:
 # ------------------------------------------------------------------ the computations
 
 
-def _cases(layers: Iterable[str] | None) -> list[tuple[registry.LayerSpec, registry.Case]]:
+def _cases(layers: Iterable[str] | None) -> list[tuple[LayerSpec, Case]]:
     specs = registry.REGISTRY.values() if layers is None else [registry.get(n) for n in layers]
     return [(spec, case) for spec in specs for case in spec.cases]
 
 
-def _golden_key(spec: registry.LayerSpec, case: registry.Case, arg: int) -> str:
+def _golden_key(spec: LayerSpec, case: Case, arg: int) -> str:
     return f"grad/{spec.name}/{case.name}/{arg}"
 
 
-def case_gradients(spec: registry.LayerSpec, case: registry.Case, dtype: str, seed: int = 0) -> dict[str, np.ndarray]:
+def case_gradients(spec: LayerSpec, case: Case, dtype: str, seed: int = 0) -> dict[str, np.ndarray]:
     """The manual VJP of one case with a fixed (seeded) cotangent, per differentiable argument.
 
     Forward and backward compile as one program (an op-by-op forward would compile every op)."""

@@ -1,11 +1,13 @@
 """What every jaxbp figure shares: pyplot on the Agg backend, imported lazily (so that
-importing jaxbp stays cheap), and the write through :func:`jaxbp.files.atomic_write`.
+importing jaxbp stays cheap), log axes labelled in plain numbers (:func:`log_axis`), and
+the write through :func:`jaxbp.files.atomic_write`.
 
 Used by :mod:`jaxbp.curves` (training curves) and :mod:`jaxbp.plots` (gradient pictures).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -22,6 +24,57 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def log_axis(ax, which: str = "y") -> None:
+    """Put ``ax``'s ``which`` axis ("x" or "y") on a log scale whose labels read at a glance.
+
+    On an axis between 1e-3 and 1e4 the labels are plain numbers (0.5, 1, 2, not 5x10^-1),
+    on any other powers of ten (10^-6, 2x10^-6). Every power of ten is labelled; the ticks
+    between them (2 to 9 times one) are labelled too where few powers of ten are in view, so
+    that an axis spanning less than a decade still carries several numbers: all of them on
+    an axis shorter than half a decade that holds none, 2, 3, 4, 5, 6 and 8 on one shorter
+    than a decade, 2, 3 and 5 where at most one power of ten shows, 2 and 5 where two do.
+    """
+    from matplotlib import ticker
+
+    (ax.set_yscale if which == "y" else ax.set_xscale)("log")
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    axis.set_major_locator(ticker.LogLocator(base=10))
+    axis.set_minor_locator(ticker.LogLocator(base=10, subs=tuple(range(2, 10)), numticks=12))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda x, _: _log_label(x, axis.get_view_interval())))
+    axis.set_minor_formatter(ticker.FuncFormatter(lambda x, _: _minor_label(x, axis.get_view_interval())))
+
+
+def _log_label(x: float, view: tuple[float, float]) -> str:
+    """A tick value of a log axis showing ``view``: a plain number (0.05, 2, 300) where the
+    whole axis lies between 1e-3 and 1e4, else ``m x 10^e`` in mathtext."""
+    if not x > 0 or not math.isfinite(x):
+        return ""
+    if 1e-3 <= min(view) and max(view) < 1e4:
+        return f"{x:.4g}"
+    exponent = math.floor(math.log10(x) + 1e-9)
+    mantissa = round(x / 10**exponent, 3)
+    return f"$10^{{{exponent}}}$" if mantissa == 1 else f"${mantissa:g}\\times10^{{{exponent}}}$"
+
+
+def _minor_label(x: float, view: tuple[float, float]) -> str:
+    """The label of a tick between two powers of ten, or "" (see :func:`log_axis`)."""
+    lo, hi = sorted(view)
+    if not (lo > 0 and x > 0):
+        return ""
+    decades = math.log10(hi / lo)
+    powers = math.floor(math.log10(hi) + 1e-9) - math.ceil(math.log10(lo) - 1e-9) + 1  # powers of ten in view
+    mantissa = round(x / 10 ** math.floor(math.log10(x) + 1e-9))
+    if powers == 0 and decades < 0.5:
+        labelled = range(2, 10)
+    elif powers <= 1:
+        labelled = (2, 3, 4, 5, 6, 8) if decades < 1 else (2, 3, 5)
+    elif powers == 2:
+        labelled = (2, 5)
+    else:
+        labelled = ()  # the powers of ten say it all
+    return _log_label(x, view) if mantissa in labelled else ""
 
 
 def save_png(fig, path: str | os.PathLike) -> Path:

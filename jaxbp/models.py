@@ -29,7 +29,7 @@ strided 1x1 projection where ``f`` changes the shape), :data:`GlobalAvgPool` and
 :func:`get_model` also builds a user's model from ``MODULE:FUNCTION`` or
 ``path/to/file.py:FUNCTION`` (:func:`load_model`).
 
-Initialisation (``init`` of :func:`get_model`, one of :data:`INITS`): ``"he"`` (the
+Initialisation (``init`` of :func:`get_model`, one of :data:`jaxbp.choices.INITS`): ``"he"`` (the
 default) is He normal (``std = sqrt(2 / fan_in)``) for a conv or dense followed by ReLU
 and Glorot uniform (``limit = sqrt(6 / (fan_in + fan_out))``) for the last dense;
 ``"uniform"`` is ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for every conv and dense, the
@@ -54,6 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbp.choices import INITS, MODELS
 from jaxbp.loading import LoadError, first_line, load_function, split_spec, user_code
 
 Shape = tuple[int, ...]
@@ -466,13 +467,10 @@ def Residual(*layers: Layer, init: str = "he") -> Layer:
 
 # ------------------------------------------------------------------ built-in models
 
-MODELS = ("cnn", "cnn-bn", "mlp", "resnet")
-INITS = ("he", "uniform")  # initialisation schemes of the built-in models (see the module docstring)
-
 
 def get_model(name: str, num_classes: int, *, dropout: float = 0.0, init: str = "he") -> Model:
-    """A built-in model by name (see :data:`MODELS`), or a user's model by spec (see
-    :func:`load_model`). ``dropout`` before the last dense; ``init`` one of :data:`INITS`.
+    """A built-in model by name (see :data:`jaxbp.choices.MODELS`), or a user's model by spec (see
+    :func:`load_model`). ``dropout`` before the last dense; ``init`` one of :data:`jaxbp.choices.INITS`.
 
     ``dropout`` and ``init`` shape the built-in models only: a user's model is built by
     its own code, so for a spec anything but their defaults (0 and "he") is a

@@ -28,9 +28,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxbp.choices import DEFAULT_COORDINATOR_TIMEOUT_S
+
 DATA_AXIS = "data"
-#: Seconds a process waits for the coordinator (and process 0 for the others) before it gives up.
-DEFAULT_TIMEOUT_S = 60
 
 
 class CoordinatorUnreachable(RuntimeError):
@@ -44,7 +44,7 @@ class DistributedConfig:
     coordinator: str | None = None  # "host:port" of process 0
     num_processes: int | None = None
     process_id: int | None = None
-    timeout_s: int = DEFAULT_TIMEOUT_S  # how long to wait for the coordinator and the other processes
+    timeout_s: int = DEFAULT_COORDINATOR_TIMEOUT_S  # how long to wait for the coordinator and the other processes
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> DistributedConfig:

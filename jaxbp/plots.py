@@ -3,10 +3,7 @@
 :func:`plot_gradient_heatmaps` draws gradients side by side (manual | autodiff |
 difference), :func:`plot_pool_routing` shows where max pooling sends each window's
 gradient, and :func:`gradient_plots` writes the figures of ``jaxbp check --plot``
-(and experiments/gradient_routing.py).
-
-The training curves live in :mod:`jaxbp.curves`; their names are re-exported here so
-that code written against ``jaxbp.plots.plot_training`` and friends keeps working.
+(and experiments/gradient_routing.py). The training curves are :mod:`jaxbp.curves`'.
 """
 
 from __future__ import annotations
@@ -19,21 +16,13 @@ from typing import Any
 import numpy as np
 
 from jaxbp import figure
-from jaxbp.curves import SPLITS, RunCurves, plot_curves, plot_runs, plot_training, read_metrics, run_curves
 
 __all__ = [
     "ROUTING_INPUT",
-    "SPLITS",
-    "RunCurves",
     "gradient_plots",
-    "plot_curves",
     "plot_gradient_heatmaps",
     "plot_pool_routing",
     "plot_target_gradients",
-    "plot_runs",
-    "plot_training",
-    "read_metrics",
-    "run_curves",
 ]
 
 

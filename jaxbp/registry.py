@@ -7,8 +7,8 @@ float32 tolerance the layer is held to. The tests, ``jaxbp check``, the golden
 files of ``jaxbp devices`` and the docs all iterate over :data:`REGISTRY`, so a
 layer added here is checked everywhere. Newer families keep their cases in a module
 of :mod:`jaxbp.cases` each (``jaxbp.cases.norm`` for layer and group norm, ...),
-gathered here; :mod:`jaxbp.cases.kit` defines :class:`Case`, :class:`LayerSpec` and
-the input makers, re-exported from this module.
+gathered here; :mod:`jaxbp.cases.kit` defines :class:`~jaxbp.cases.kit.Case`,
+:class:`~jaxbp.cases.kit.LayerSpec` and the input makers.
 
 Example inputs are made in float64 with NumPy from a seeded generator; the
 checks cast floating arrays to the dtype under test and leave integer arrays
@@ -29,7 +29,7 @@ from jaxbp.cases import (
     norm as norm_cases,
     upsample as upsample_cases,
 )
-from jaxbp.cases.kit import (  # re-exported: registry.Case etc. are the names the tests and devices use
+from jaxbp.cases.kit import (
     ArgMaker,
     BadInput,
     Case,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from jaxbp import curves, figure, files, plots
+from jaxbp import curves, figure, files
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -30,6 +30,13 @@ def write_run(folder, *, epochs=3, val=False, compare_rtol=None, compare=False):
     return folder
 
 
+class Saved(dict):
+    """A saved figure's panels by title, with its ``legend`` entries and its ``title``."""
+
+    legend: list[str]
+    title: str
+
+
 @pytest.fixture
 def figures(monkeypatch):
     """The figures the curves save, kept open for inspection (every figure goes through
@@ -38,11 +45,16 @@ def figures(monkeypatch):
     save = figure.save_png
 
     def keep(fig, path):
-        saved.append({ax.get_title(): ax for ax in fig.axes})
+        entry = Saved({ax.get_title(): ax for ax in fig.axes})
+        entry.legend = [t.get_text() for legend in fig.legends for t in legend.texts]
+        entry.title = fig._suptitle.get_text() if fig._suptitle else ""
+        saved.append(entry)
         for ax in fig.axes:  # what the test reads, before the figure is closed
             ax.lines_seen = [
                 (ln.get_label(), ln.get_linewidth(), ln.get_zorder(), list(ln.get_ydata())) for ln in ax.lines
             ]
+            ax.legend_seen = ax.get_legend()
+            ax.ylim_seen = ax.get_ylim()
         return save(fig, path)
 
     monkeypatch.setattr(figure, "save_png", keep)
@@ -64,6 +76,21 @@ def test_plot_runs_overlays_runs_with_and_without_validation_and_draws_the_targe
     m, d = labels["manual train"], labels["autodiff train"]
     assert m[3] == d[3] and m[1] > 2 * d[1] and m[2] < d[2]
     assert {ln[0] for ln in loss.lines_seen} >= {"manual val", "autodiff test"}
+    # one legend: an entry per run, then the key to the curves (not three entries per run and panel)
+    assert figures[-1].legend == ["manual", "autodiff", "train", "validation", "test", "target accuracy 93.0 %"]
+    assert loss.legend_seen is None and acc.legend_seen is None
+    assert figures[-1].title == "manual vs autodiff"  # no config.json: the runs' labels
+
+
+def test_plot_runs_titles_the_figure_with_the_data_set_and_model_the_runs_share(tmp_path, figures):
+    runs = [write_run(tmp_path / name) for name in ("manual", "autodiff")]
+    for run in runs:
+        (run / "config.json").write_text(json.dumps({"dataset": "digits", "model": "cnn"}))
+    curves.plot_runs(runs, tmp_path / "runs.png")
+    assert figures[-1].title == "digits / cnn: manual vs autodiff"
+    assert figures[-1].legend == ["manual", "autodiff", "train", "test"]
+    curves.plot_runs(runs, tmp_path / "runs.png", title="mine")
+    assert figures[-1].title == "mine"
 
 
 def test_plot_runs_names_the_folder_without_metrics_and_the_one_without_an_epoch(tmp_path):
@@ -80,28 +107,36 @@ def test_plot_runs_names_the_folder_without_metrics_and_the_one_without_an_epoch
     assert curves.run_curves(good).label == "good"
 
 
+AGREEMENT = "gradient agreement, manual vs autodiff\n(the worst parameter, every logged step)"
+
+
 def test_the_compare_panel_names_its_series_and_draws_the_run_s_tolerance(tmp_path, figures):
     run = write_run(tmp_path / "cmp", compare=True, compare_rtol=1e-4)
     curves.plot_training({"manual": run / "metrics.jsonl"}, tmp_path / "training.png")
     assert len(figures) == 1
-    panel = figures[-1]["gradient agreement, manual vs autodiff"]
+    panel = figures[-1][AGREEMENT]
     labels = {ln[0]: ln for ln in panel.lines_seen}
     assert labels["tolerance (compare_rtol 0.0001)"][3] == [1e-4, 1e-4]
-    assert labels["manual: worst parameter's max|g_manual - g_autodiff| / max|g_autodiff|"][3] == pytest.approx(
-        [1e-6, 2e-6, 3e-6]
-    )
+    assert labels["manual gradient agreement"][3] == pytest.approx([1e-6, 2e-6, 3e-6])
+    # the line lies inside the panel, clear of its frame, however far below it the errors stay
+    low, high = panel.ylim_seen
+    assert low < 1e-6 and high >= 2 * 1e-4
+    assert figures[-1].legend == [
+        "manual", "train", "test", "train loss by autodiff", "tolerance, compare_rtol 0.0001"
+    ]  # fmt: skip
     curves.plot_training({"manual": run}, tmp_path / "t2.png", tolerance=1e-3)  # an explicit tolerance wins
-    assert "tolerance (compare_rtol 0.001)" in {
-        ln[0] for ln in figures[-1]["gradient agreement, manual vs autodiff"].lines_seen
-    }
+    assert "tolerance (compare_rtol 0.001)" in {ln[0] for ln in figures[-1][AGREEMENT].lines_seen}
+    assert figures[-1][AGREEMENT].ylim_seen[1] >= 2 * 1e-3
 
 
 def test_training_png_shows_the_validation_split_where_the_run_has_one(tmp_path, figures):
     curves.plot_training({"manual": write_run(tmp_path / "v", val=True)}, tmp_path / "v.png")
     labels = {ln[0]: ln[3] for ln in figures[-1]["accuracy"].lines_seen}
     assert labels["manual validation"] == pytest.approx([0.57, 0.67, 0.77])
+    assert figures[-1].legend == ["manual", "train", "validation", "test"]
     curves.plot_training({"manual": write_run(tmp_path / "n")}, tmp_path / "n.png")
     assert "manual validation" not in {ln[0] for ln in figures[-1]["accuracy"].lines_seen}
+    assert figures[-1].legend == ["manual", "train", "test"]
     assert (tmp_path / "v.png").stat().st_mode & 0o777 == files.NEW_FILE_MODE  # not mkstemp's 0o600
 
 
@@ -123,8 +158,8 @@ def test_jaxbp_plot_overlays_run_folders(tmp_path, capsys, figures):
     assert code == 0 and stdout == f"wrote {out}\n"
     assert out.read_bytes().startswith(PNG_MAGIC)
     assert not [p for p in out.parent.iterdir() if p != out]  # no temp file left beside it
-    legend = " ".join(t.get_text() for ax in figures[-1].values() if ax.get_legend() for t in ax.get_legend().texts)
-    assert "m" in legend and "a" in legend and "val" in legend
+    assert figures[-1].legend == ["m", "a", "train", "validation", "test", "target accuracy 93.0 %"]
+    assert figures[-1].title == "m vs a"
 
 
 @pytest.mark.parametrize(
@@ -155,7 +190,28 @@ def test_jaxbp_plot_errors_are_one_line_exit_2(tmp_path, capsys, argv, message):
     assert not (tmp_path / "x.png").exists()
 
 
-def test_jaxbp_plots_still_offers_the_curves():
-    """Code written against ``jaxbp.plots.plot_training`` and friends keeps working."""
-    for name in ("read_metrics", "plot_training", "run_curves", "RunCurves", "plot_runs", "plot_curves", "SPLITS"):
-        assert getattr(plots, name) is getattr(curves, name), name
+@pytest.mark.parametrize(
+    "ylim, labels",
+    [
+        ((0.45, 3.0), ["0.5", "0.6", "0.8", "1", "2", "3"]),  # under a decade: 2, 3, 4, 5, 6, 8 times a power
+        ((0.62, 0.95), ["0.7", "0.8", "0.9"]),  # under half a decade, no power of ten: every tick between
+        ((0.03, 4.0), ["0.05", "0.1", "0.2", "0.5", "1", "2"]),  # two powers of ten in view: the 2 and 5
+        ((2e-7, 3e-4), ["$10^{-6}$", "$10^{-5}$", "$10^{-4}$"]),  # several decades: the powers of ten only
+        ((0.15, 9.0), ["0.2", "0.3", "0.5", "1", "2", "3", "5"]),  # over a decade, one power of ten: 2, 3, 5
+        # an axis reaching below 1e-3: every label in powers of ten
+        ((4.5e-4, 2.5e-3), [rf"${m}\times10^{{-4}}$" for m in (5, 6, 8)] + ["$10^{-3}$", r"$2\times10^{-3}$"]),
+    ],
+)
+def test_log_axes_are_labelled_in_plain_numbers_with_ticks_between_the_decades(ylim, labels):
+    plt = figure.pyplot()
+    fig, ax = plt.subplots()
+    try:
+        figure.log_axis(ax)
+        ax.set_ylim(*ylim)
+        fig.canvas.draw()
+        ticks = [*ax.get_yticklabels(), *ax.get_yticklabels(minor=True)]
+        shown = sorted((t for t in ticks if t.get_text() and ylim[0] <= t.get_position()[1] <= ylim[1]),
+                       key=lambda t: t.get_position()[1])  # fmt: skip
+    finally:
+        plt.close(fig)
+    assert [t.get_text() for t in shown] == labels

@@ -13,6 +13,7 @@ import optax
 import pytest
 
 from jaxbp import autodiff, data, loading, manual, models
+from jaxbp.choices import MODELS
 from jaxbp.train import make_train_step
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "custom_layer.py"
@@ -222,7 +223,7 @@ def test_bad_user_models_are_one_line_errors_naming_the_spec(tmp_path, spec, mat
 
 
 def test_model_names_and_built_in_only_options(tmp_path):
-    assert [models.check_model_name(n) for n in models.MODELS] == list(models.MODELS)
+    assert [models.check_model_name(n) for n in MODELS] == list(MODELS)
     with pytest.raises(models.ModelError, match="unknown model 'resnet50'; choose one of cnn, cnn-bn, mlp, resnet"):
         models.check_model_name("resnet50")
     with pytest.raises(models.ModelError, match="is not a dotted Python name"):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxbp import manual, registry, suite
+from jaxbp.cases.kit import LayerSpec
 
 CASES = [(spec, case) for spec in registry.REGISTRY.values() for case in spec.cases]
 BAD = [(spec, bad) for spec in registry.REGISTRY.values() for bad in spec.bad_inputs]
@@ -70,7 +71,7 @@ def test_a_wrong_backward_is_caught():
 
     bad_relu.defvjp(lambda x: (bad_relu(x), None), lambda _, dy: (dy,))
     case = registry.get("relu").cases[0]
-    spec = registry.LayerSpec("bad_relu", bad_relu, registry.get("relu").reference, (case,))
+    spec = LayerSpec("bad_relu", bad_relu, registry.get("relu").reference, (case,))
     report = suite.verify_layer(spec, case, dtypes=("float64",), transforms=False)
     assert not report.passed
     assert report.worst().arg == "x" and report.worst().max_rel_err > 0.1

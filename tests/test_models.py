@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from jaxbp import autodiff, manual, models
+from jaxbp.choices import MODELS
 
 
 @pytest.mark.parametrize("shape", [(28, 28, 1), (8, 8, 1)])
-@pytest.mark.parametrize("name", models.MODELS)
+@pytest.mark.parametrize("name", MODELS)
 def test_shapes_and_readable_names(name, shape):
     model = models.get_model(name, 10)
     out_shape, params, state = model.init(0, shape)

@@ -479,6 +479,7 @@ def test_equation_lines():
 def test_table_of_a_failing_layer_explains_the_failure():
     """What `jaxbp check` prints for a broken layer: a FAIL row, then the worst element and the layer's equations."""
     from jaxbp import registry
+    from jaxbp.cases.kit import LayerSpec
 
     @jax.custom_vjp
     def bad_relu(x):
@@ -486,7 +487,7 @@ def test_table_of_a_failing_layer_explains_the_failure():
 
     bad_relu.defvjp(lambda x: (bad_relu(x), None), lambda _, dy: (dy,))  # dy passed through unmasked
     relu = registry.get("relu")
-    spec = registry.LayerSpec("relu", bad_relu, relu.reference, relu.cases[:1])
+    spec = LayerSpec("relu", bad_relu, relu.reference, relu.cases[:1])
     report = suite.verify_layer(spec, spec.cases[0], dtypes=("float64",), transforms=False)
     table = suite.format_table([report], ("float64",))
     assert table.splitlines()[2].startswith("relu") and table.splitlines()[2].endswith("FAIL")

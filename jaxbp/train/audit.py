@@ -32,6 +32,7 @@ import jax
 import numpy as np
 
 from jaxbp import models, parallel
+from jaxbp.choices import MODELS
 from jaxbp.loading import first_line
 from jaxbp.train import steps
 from jaxbp.train.config import TrainConfig
@@ -141,7 +142,7 @@ class Auditor:
             with x64_scope(True):
                 self.executable = self.audit_step.lower(*args).compile()
         except Exception as err:
-            if model in models.MODELS:
+            if model in MODELS:
                 raise
             raise models.ModelError(  # the first trace of the user's layers: say whose code failed
                 f"{model!r}: tracing the float64 audit of --grad compare raised {type(err).__name__}: {first_line(err)}"

@@ -3,6 +3,11 @@
 Validation raises :class:`ConfigError`, a ``ValueError`` that carries the name of the
 bad field, so that the command line can name the flag the user typed (``--batch-size``)
 where the library names the field (``TrainConfig.batch_size``).
+
+The choices of each field come from :mod:`jaxbp.choices`. At import this module reads
+nothing else of jaxbp, so ``jaxbp train --help`` shows :class:`TrainConfig`'s defaults
+without importing JAX; the modules that validate a model name, a seed or a checkpoint
+(which import JAX) are imported by the functions that use them.
 """
 
 from __future__ import annotations
@@ -14,29 +19,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jaxbp import checkpoint, data, models
-from jaxbp.train.resume import read_stored_run
+from jaxbp.choices import AUGMENTS, GRADS, INITS, MATMUL_PRECISIONS, OPTIMIZERS, SCHEDULES, TRAIN_DTYPES
 
 __all__ = [
-    "AUGMENTS",
-    "DTYPES",
-    "GRADS",
-    "OPTIMIZERS",
-    "PRECISIONS",
-    "SCHEDULES",
     "TRAJECTORY_FIELDS",
     "ConfigError",
     "TrainConfig",
     "config_differences",
     "resume_config",
 ]
-
-GRADS = ("manual", "autodiff", "compare")
-OPTIMIZERS = ("sgd", "momentum", "adam")
-SCHEDULES = ("constant", "cosine")
-AUGMENTS = ("none", "crop", "flip", "crop-flip")
-DTYPES = ("float32", "float64")
-PRECISIONS = ("default", "high", "highest")
 
 # Fields a resumed run must share with its checkpoint: they decide the trajectory.
 TRAJECTORY_FIELDS = (
@@ -65,7 +56,7 @@ class TrainConfig:
     """Everything that defines a run; ``config.json`` holds it, the CLI flags map onto it."""
 
     dataset: str = "digits"
-    model: str = "cnn"  # a name of models.MODELS, or a user's MODULE:FUNCTION / path/to/file.py:FUNCTION
+    model: str = "cnn"  # a name of choices.MODELS, or a user's MODULE:FUNCTION / path/to/file.py:FUNCTION
     init: str = "he"  # he | uniform: the weights' initialisation (see jaxbp.models)
     grad: str = "manual"  # manual | autodiff | compare
     optimizer: str = "adam"  # sgd | momentum | adam (adamw where weight_decay > 0)
@@ -108,9 +99,11 @@ class TrainConfig:
         """Return ``self`` or raise :class:`ConfigError` naming the bad field. Checks what can
         be checked without the data (the image size and the number of examples are checked
         by :func:`check_against_data`)."""
+        from jaxbp import data, models
+
         choices = {
             "grad": GRADS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": AUGMENTS,
-            "dtype": DTYPES, "matmul_precision": PRECISIONS, "init": models.INITS,
+            "dtype": TRAIN_DTYPES, "matmul_precision": MATMUL_PRECISIONS, "init": INITS,
         }  # fmt: skip
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -156,6 +149,8 @@ class TrainConfig:
     def default_out(self, dataset: str) -> str:
         """``runs/<dataset>-<model>-<grad>``; a user's model spec is named by its module and
         function (``examples/custom_layer.py:make_model`` -> ``custom_layer.make_model``)."""
+        from jaxbp import models
+
         return f"runs/{dataset}-{models.short_name(self.model)}-{self.grad}"
 
 
@@ -184,6 +179,9 @@ def resume_config(run: str | os.PathLike, **overrides: Any) -> TrainConfig:
     The stored ``out`` and ``max_steps`` are not inherited: a resumed run writes into the
     folder it is resumed from (wherever it has been moved or copied) unless ``out`` is given,
     and runs to the end unless ``max_steps`` is given."""
+    from jaxbp import checkpoint
+    from jaxbp.train.resume import read_stored_run
+
     # Checked before anything runs: a user module the run names is imported only if overrides name it too.
     path, meta = read_stored_run(run, model=overrides.get("model"), fields=TRAJECTORY_FIELDS)
     stored = meta["config"]

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp import checkpoint, data, models, parallel
+from jaxbp.choices import MODELS
 from jaxbp.loading import first_line
 from jaxbp.train import audit, resume, steps
 from jaxbp.train.config import TRAJECTORY_FIELDS, ConfigError, TrainConfig, config_differences
@@ -141,7 +142,7 @@ def _step(run: Run, state: TrainState, progress: Progress, xb, yb, n_valid: int)
             ) from None
         raise
     except (Exception, SystemExit) as err:  # sys.exit in a user's backward rule must not end the run as done
-        if run.config.model in models.MODELS:
+        if run.config.model in MODELS:
             raise
         if run.timing.compile_s:  # a later step: the user's code failed while running (a host callback)
             raise UserCodeError(

@@ -27,7 +27,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from jaxbp import checkpoint, files, models
+from jaxbp import checkpoint, files
+from jaxbp.choices import MODELS
 from jaxbp.train.runfolder import RUN_FILES, kept_metrics
 from jaxbp.train.state import Progress, TrainState
 
@@ -89,7 +90,7 @@ def _check_model(path: Path, stored: dict[str, Any], model: str | None) -> None:
     spec = stored.get("model", "cnn")
     if not isinstance(spec, str):
         raise checkpoint.CheckpointError(f"{path}: its config's model is {spec!r}, not a model name or spec")
-    if spec in models.MODELS or model == spec:
+    if spec in MODELS or model == spec:
         return
     raise checkpoint.CheckpointError(
         f"{path}: the run's model is the user module {spec!r}; a resume imports a module only when you name it "

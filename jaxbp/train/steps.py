@@ -27,7 +27,8 @@ import numpy as np
 import optax
 
 from jaxbp import autodiff, manual, models
-from jaxbp.train.config import GRADS, TrainConfig
+from jaxbp.choices import GRADS, MODELS
+from jaxbp.train.config import TrainConfig
 
 __all__ = [
     "AGREEMENT_FLOOR",
@@ -240,7 +241,7 @@ def compiled(key: tuple, num_classes: int, total_steps: int, ops) -> Steps:
         hash(ops)
     except TypeError:
         return _build(key, num_classes, total_steps, ops)
-    if dict(key)["model"] not in models.MODELS:  # a user's model file may change between two runs
+    if dict(key)["model"] not in MODELS:  # a user's model file may change between two runs
         return _build(key, num_classes, total_steps, ops)
     return _build_cached(key, num_classes, total_steps, ops)
 

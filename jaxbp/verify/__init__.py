@@ -1,12 +1,12 @@
 """Verify a hand-derived VJP against ``jax.grad`` and central finite differences.
 
-:func:`verify_vjp` takes a function with a custom backward (``manual_fn``) and a
-plain-JAX twin (``reference_fn``), any pytrees in and out, and returns a :class:`Report`:
-per differentiable leaf and dtype the VJP against autodiff (several random cotangents)
-and against float64 central differences; the transforms (forward equality, ``jit``,
-``vmap``, grad-of-grad with respect to the inputs and to the cotangent, each output
-alone with symbolic-zero cotangents for the others, forward mode); and the same
-compiled VJPs at inputs beyond the examples.
+:func:`~jaxbp.verify.api.verify_vjp` takes a function with a custom backward (``manual_fn``)
+and a plain-JAX twin (``reference_fn``), any pytrees in and out, and returns a
+:class:`~jaxbp.verify.report.Report`: per differentiable leaf and dtype the VJP against
+autodiff (several random cotangents) and against float64 central differences; the transforms
+(forward equality, ``jit``, ``vmap``, grad-of-grad with respect to the inputs and to the
+cotangent, each output alone with symbolic-zero cotangents for the others, forward mode);
+and the same compiled VJPs at inputs beyond the examples.
 
 The package stands alone (it imports nothing else of jaxbp); jaxbp's own layers are run
 through it by :mod:`jaxbp.suite`. One job per module:
@@ -18,41 +18,53 @@ through it by :mod:`jaxbp.suite`. One job per module:
 * :mod:`~jaxbp.verify.fd` - finite differences that skip directions crossing a kink;
 * :mod:`~jaxbp.verify.checks` - the checks of one dtype, independent functions returning rows;
 * :mod:`~jaxbp.verify.explore` - inputs beyond the examples, kinks told apart from bugs;
-* :mod:`~jaxbp.verify.api` - :func:`verify_vjp`;
-* :mod:`~jaxbp.verify.shapes` - :func:`verify_shapes`, the same checks at other shapes.
-* :mod:`~jaxbp.verify.report` - :class:`Report` and its rendering;
+* :mod:`~jaxbp.verify.api` - :func:`~jaxbp.verify.api.verify_vjp`;
+* :mod:`~jaxbp.verify.shapes` - :func:`~jaxbp.verify.shapes.verify_shapes`, the same checks at other shapes.
+* :mod:`~jaxbp.verify.report` - :class:`~jaxbp.verify.report.Report` and its rendering;
+
+The names below are imported from their modules on first use (PEP 562): reading the
+tolerances (``jaxbp check --help`` does) does not import JAX.
 """
 
-from jaxbp.verify.api import verify_vjp
-from jaxbp.verify.explore import EXPLORE_REGIONS
-from jaxbp.verify.report import (
-    TRANSFORMS,
-    ExploreCheck,
-    GradCheck,
-    JacobianBlock,
-    Report,
-    TransformCheck,
-    equation_lines,
-)
-from jaxbp.verify.shapes import ShapesReport, default_shapes, verify_shapes
-from jaxbp.verify.tolerances import FD_DIRECTIONS, FD_STEP, FD_TOLERANCE, default_tolerance, layer_tolerances
+from __future__ import annotations
 
-__all__ = [
-    "EXPLORE_REGIONS",
-    "FD_DIRECTIONS",
-    "FD_STEP",
-    "FD_TOLERANCE",
-    "TRANSFORMS",
-    "ExploreCheck",
-    "GradCheck",
-    "JacobianBlock",
-    "Report",
-    "ShapesReport",
-    "TransformCheck",
-    "default_shapes",
-    "default_tolerance",
-    "equation_lines",
-    "layer_tolerances",
-    "verify_shapes",
-    "verify_vjp",
-]
+import importlib
+
+# the public names, by the module of jaxbp.verify that defines them
+_NAMES = {
+    "api": ("verify_vjp",),
+    "explore": ("EXPLORE_REGIONS",),
+    "report": (
+        "TRANSFORMS",
+        "ExploreCheck",
+        "GradCheck",
+        "JacobianBlock",
+        "Report",
+        "TransformCheck",
+        "equation_lines",
+    ),
+    "shapes": ("ShapesReport", "default_shapes", "verify_shapes"),
+    "tolerances": ("FD_DIRECTIONS", "FD_STEP", "FD_TOLERANCE", "default_tolerance", "layer_tolerances"),
+}
+_MODULE_OF = {name: module for module, names in _NAMES.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    """A name of :data:`__all__` from its module, or a submodule (``jaxbp.verify.numerics``), imported now."""
+    if name in _MODULE_OF:
+        value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    else:
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -6,6 +6,9 @@ so a tolerance reads as "digits that agree relative to the largest entry". Finit
 differences run in float64 with the per-element step ``FD_STEP * |x_i|`` and Richardson's
 estimate (:mod:`jaxbp.verify.fd`): truncation ~ h^4 and rounding ~ 1e-16 / h, both far
 below ``FD_TOLERANCE``.
+
+JAX is imported by the functions that read the backend or a dtype: the tables here are
+read (by ``jaxbp check --help``) without importing it.
 """
 
 from __future__ import annotations
@@ -13,15 +16,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-
 __all__ = [
     "FD_DIRECTIONS",
     "FD_STEP",
     "FD_TOLERANCE",
     "FULL_PRECISION",
-    "MATMUL_PRECISIONS",
     "TOLERANCE",
     "default_tolerance",
     "layer_tolerances",
@@ -33,9 +32,8 @@ __all__ = [
 TOLERANCE = {"float64": 1e-10, "float32": 1e-5, "bfloat16": 2e-2, "float16": 5e-3}
 # TF32 (GPU) and one-bf16-pass (TPU) matmuls keep about 10 mantissa bits.
 REDUCED_PRECISION_TOLERANCE = 2e-2
+# The settings of jax.default_matmul_precision that are full float32 (the level and its alias).
 FULL_PRECISION = ("highest", "float32")
-# The settings of jax.default_matmul_precision a check can run under (the first two are full float32).
-MATMUL_PRECISIONS = ("highest", "float32", "high", "bfloat16_3x", "tensorfloat32", "default", "bfloat16")
 FD_TOLERANCE = 1e-6
 FD_STEP = 1e-6
 FD_DIRECTIONS = 2
@@ -48,6 +46,9 @@ def default_tolerance(dtype: str, matmul_precision: str | None = "highest") -> t
     loosens float32 to ``2e-2`` on accelerators, where it means TF32 or bf16 passes;
     CPU matmuls are full float32 at any precision setting.
     """
+    import jax
+    import jax.numpy as jnp
+
     if dtype not in TOLERANCE:
         try:
             dtype = str(jnp.dtype(dtype))
@@ -96,6 +97,8 @@ def tolerance_for(dtype: str, rtol: Any, precision: str) -> tuple[float, str]:
 
 def layer_tolerances(spec, matmul_precision: str | None = "highest") -> dict[str, tuple[float, str]]:
     """The float32 tolerance of a registered layer: its ``rtol_float32``, loosened at reduced precision."""
+    import jax
+
     precision = matmul_precision or jax.config.jax_default_matmul_precision or "default"
     tol32 = (spec.rtol_float32, f"registry rtol_float32 of {spec.name}")
     default32 = default_tolerance("float32", precision)
