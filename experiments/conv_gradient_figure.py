@@ -77,11 +77,11 @@ def draw(g: dict[str, np.ndarray], out: Path) -> Path:
     axes[0, 2].text(
         0.0,
         0.95,
-        "dFilter(0, 0) = sum_ij dOutput(i, j) * Image(i, j)\n"
+        "dFilter(0, 0) = sum_op dOutput(o, p) * Image(o, p)\n"
         "(the outlined patch times dOutput, cell by cell;\n zero products left out)\n\n  = "
         + "\n  + ".join(lines)
         + f"\n\n  = {float(np.sum(patch * g['dout'])):g}"
-        + "\n\ndFilter(x, y) is the same with the patch\nmoved x rows down and y columns right.",
+        + "\n\ndFilter(i, j) is the same with the patch\nmoved i rows down and j columns right.",
         va="top",
         ha="left",
         fontsize=9.5,
@@ -97,7 +97,7 @@ def draw(g: dict[str, np.ndarray], out: Path) -> Path:
     fig.colorbar(im, ax=list(axes[1, :]), shrink=0.8, label="gradient (one scale for the row)")
 
     fig.suptitle(
-        "dL/dFilter(x, y) = sum_ij dL/dOutput(i, j) * Image(i + x, j + y): a correlation of the image with dOutput",
+        "dL/dFilter(i, j) = sum_op dL/dOutput(o, p) * Image(o + i, p + j): a correlation of the image with dOutput",
         fontsize=11,
     )
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,14 +6,16 @@ Shapes: ``x`` [N, H, W, Cin], ``w`` [KH, KW, Cin/G, Cout], ``b`` [Cout], ``y`` [
 
     forward:   y[n,o,p,c] = b[c] + sum_{i,j,k} xp[n, s o + d i, s p + d j, g(c) Cin/G + k] w[i,j,k,c]
                    (the manual layer's, on YNNPACK's CPU kernels, for inputs of at least 16 channels
-                   per group at stride 1, one row taller and cropped: see FORWARD_OFF_YNNPACK_CHANNELS)
+                   per group at stride 1 whose output is at least as tall as x (Ho >= H, as with
+                   SAME padding), one row taller and cropped: see FORWARD_OFF_YNNPACK_CHANNELS)
 
     backward:  dx = conv(pad(dilate_s(dy)), rot180(w)^T)
                    the output gradient with s - 1 zeros between its rows/cols, padded by
                    d (K - 1) - lo before and by whatever brings it back to H after: rows/cols
-                   the forward never read get 0 (the last (H + lo + hi - d (K - 1) - 1) mod s
-                   of the padded input, less those that are padding; with s > K or d > 1 also
-                   those the taps step over), convolved
+                   the forward never read get 0 (the last r = (H + lo + hi - d (K - 1) - 1) mod s
+                   of the padded input, less those that are padding; and, where the taps leave
+                   gaps, every padded row not of the form s o + d i: for K, Ho > 1 there are gaps
+                   at d = 1 exactly when s > K, at s = 1 exactly when d > Ho), convolved
                    at stride 1 and dilation d with the kernel rotated 180 degrees and its
                    in/out feature axes swapped inside each group (on YNNPACK's CPU kernels,
                    padded by one row more and cropped back: see the notes above IM2COL_MAX_CHANNELS)
@@ -261,8 +263,9 @@ def conv2d(
     """2-D convolution with a hand-derived VJP. Shapes as :func:`conv2d_reference`.
 
     Forward: the reference's convolution; where XLA:CPU would run it on YNNPACK's slower kernel
-    (inputs of at least FORWARD_OFF_YNNPACK_CHANNELS channels per group, stride 1), computed one
-    row taller and cropped, which keeps it on XLA's own kernel.
+    (inputs of at least FORWARD_OFF_YNNPACK_CHANNELS channels per group, stride 1, an output at
+    least as tall as the input), computed one row taller and cropped, which keeps it on XLA's own
+    kernel (YNNPACK refuses an output taller than its input).
     Backward: ``dx`` = the stride-dilated ``dy`` convolved with the rotated, in/out-swapped
     kernel; ``dw`` = ``x`` correlated with ``dy`` as a convolution, or im2col patches of ``x``
     times ``dy`` (grouped inputs on the CPU); ``db = sum(dy)`` over N, H, W.
@@ -353,7 +356,7 @@ def dx_padding(x_shape, dy_shape, w_shape, cfg) -> list[tuple[int, int]]:
     for n_in, n_out, k, s, d, (lo, _) in zip(
         x_shape[1:3], dy_shape[1:3], w_shape[:2], cfg.stride, cfg.dilation, cfg.padding
     ):
-        before = d * (k - 1) - lo  # output row r reads dy rows (r + lo - d i) / s; negative crops
+        before = d * (k - 1) - lo  # dx row u reads dy rows (u + lo - d i) / s; negative crops
         after = n_in + d * (k - 1) - (s * (n_out - 1) + 1) - before  # brings the output back to n_in rows:
         pads.append((before, after))  # rows the forward never read see only padding, so get 0
     return pads
@@ -388,8 +391,9 @@ def conv2d_dx(dy, w, x_shape, cfg):
 
 
 def conv2d_dw_im2col(x, dy, w_shape, cfg):
-    """dw[i,j,k,c] = sum_{n,o,p} xp[n, s o + d i, s p + d j, k] dy[n,o,p,c]: im2col, then a matmul per group,
-    summed over blocks of images (zero images pad the last block: they add nothing)."""
+    """dw[i,j,k,c] = sum_{n,o,p} xp[n, s o + d i, s p + d j, g(c) Cin/G + k] dy[n,o,p,c]: im2col, then a
+    matmul per group (group g's patches, input channels g Cin/G to (g + 1) Cin/G, times group g's
+    columns of dy), summed over blocks of images (zero images pad the last block: they add nothing)."""
     kh, kw, cin_g, cout = w_shape
     g, block = cfg.groups, cfg.im2col_block
     n, ho, wo, _ = dy.shape
