@@ -25,7 +25,7 @@ __all__ = [
 #: The data sets :func:`jaxbp.data.load` reads (``digits`` is bundled with scikit-learn).
 DATASETS = ("digits", "mnist", "fashion-mnist")
 #: The built-in models of :func:`jaxbp.models.get_model`.
-MODELS = ("cnn", "cnn-bn", "mlp", "resnet")
+MODELS = ("cnn", "cnn-bn", "mlp", "resnet", "convnext")
 #: Initialisation schemes of the built-in models (see :mod:`jaxbp.models`).
 INITS = ("he", "uniform")
 
