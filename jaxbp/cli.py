@@ -184,9 +184,10 @@ def _error(err: object, prog: str = "jaxbp train") -> int:
 
 
 def _report(config, result) -> None:
+    from jaxbp import train
     if result.status == "stopped":
         print(f"stopped after --max-steps {config.max_steps} (epoch {result.epochs_completed + 1}); "
-              f"continue to the end with: jaxbp train --resume {result.out_dir} "
+              f"continue to the end with: {train.resume_command(result.out_dir, result.config.model)} "
               f"(or stop again with --max-steps N, N > {result.steps})")  # fmt: skip
     if result.history and result.history[-1]["step"] == result.steps:
         evaluated = f"test accuracy {result.test_accuracy:.4f} after {result.epochs_completed} epochs"

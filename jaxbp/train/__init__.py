@@ -57,6 +57,7 @@ from jaxbp.train.errors import (
     UserCodeError,
 )
 from jaxbp.train.loop import evaluate, fit, train_epoch
+from jaxbp.train.resume import resume_command
 from jaxbp.train.runfolder import RunFolder, RunFolderError
 from jaxbp.train.state import Accumulator, Progress, TrainState
 from jaxbp.train.steps import AGREEMENT_FLOOR, TRACE_COUNTS, make_eval_step, make_optimizer, make_train_step
@@ -92,6 +93,7 @@ __all__ = [
     "make_eval_step",
     "make_optimizer",
     "make_train_step",
+    "resume_command",
     "resume_config",
     "train_epoch",
 ]

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from jaxbp import checkpoint, data, models
-from jaxbp.train.resume import read_stored_run
+from jaxbp.loading import anchored_spec
+from jaxbp.train.resume import comparable, read_stored_run
 
 __all__ = [
     "AUGMENTS",
@@ -153,6 +154,14 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def anchored(self) -> TrainConfig:
+        """This config with the paths a run records made absolute (from the current directory):
+        the file of a ``path/to/file.py:FUNCTION`` model and ``data_dir``. :func:`fit` records
+        this, so a run resumes from any directory (``out`` and ``resume`` stay as given: they
+        say where this invocation writes and reads)."""
+        data_dir = None if self.data_dir is None else os.path.abspath(os.path.expanduser(self.data_dir))
+        return dataclasses.replace(self, model=anchored_spec(self.model), data_dir=data_dir)
+
     def default_out(self, dataset: str) -> str:
         """``runs/<dataset>-<model>-<grad>``; a user's model spec is named by its module and
         function (``examples/custom_layer.py:make_model`` -> ``custom_layer.make_model``)."""
@@ -202,7 +211,9 @@ def config_differences(
 ) -> dict[str, tuple[Any, Any]]:
     """``{field: (stored value, config's value)}`` for the ``fields`` where a stored config
     dict (a checkpoint's or a summary's) differs from ``config``; a field newer than the
-    stored dict counts as having had its default value."""
+    stored dict counts as having had its default value. Two model specs naming the same file
+    (one relative, as runs before jaxbp recorded them absolute, one absolute) do not differ."""
     defaults = TrainConfig()
     pairs = {f: (stored.get(f, getattr(defaults, f)), getattr(config, f)) for f in fields}
-    return {f: pair for f, pair in pairs.items() if pair[0] != pair[1]}
+    return {f: pair for f, pair in pairs.items() if comparable(f, pair[0]) != comparable(f, pair[1])}
+

@@ -249,6 +249,9 @@ def fit(
 ) -> TrainResult:
     """Train ``config`` and return a :class:`TrainResult`.
 
+    The run records ``config.anchored()``: the file of a ``path/to/file.py:FUNCTION`` model and
+    ``data_dir`` absolute, so that it resumes from any directory (``TrainResult.config`` is it).
+
     The run is written into ``config.out`` (default ``runs/<dataset>-<model>-<grad>``; a
     resumed run: the folder it resumes, wherever that has been moved or copied). A folder
     that already holds a run is refused (:class:`RunFolderError`, a ``ValueError``) unless
@@ -269,7 +272,7 @@ def fit(
     bad data, ``checkpoint.CheckpointError`` for a bad or mismatching checkpoint to resume,
     :class:`GradientMismatchError`, :class:`NonFiniteLossError` and :class:`TrainingInterrupted`.
     """
-    config.validate()
+    config = config.validate().anchored()  # what the run records: its model file absolute
     precision = None if config.matmul_precision == "default" else config.matmul_precision
     with contextlib.ExitStack() as stack:
         stop = stack.enter_context(StopSignals(after_stop))
@@ -422,7 +425,8 @@ def _interrupt(run: Run, progress: Progress, stop: StopSignals) -> None:
         )
     path = run.folder.paths["checkpoint"]
     raise TrainingInterrupted(
-        f"{stop.describe()}: {where}; checkpoint written to {path}. Resume with: jaxbp train --resume {run.folder.path}",
+        f"{stop.describe()}: {where}; checkpoint written to {path}. "
+        f"Resume with: {resume.resume_command(run.folder.path, run.config.model)}",
         path,
     )
 
