@@ -46,7 +46,13 @@ _TRAIN_FLAGS = {
     "--momentum": ("momentum", float, "momentum of --optimizer momentum, in [0, 1)"),
     "--schedule": ("schedule", str, "the learning-rate schedule"),
     "--weight-decay": ("weight_decay", float, "decoupled weight decay on the weights"),
-    "--epochs": ("epochs", int, "epochs"),
+    "--epochs": (
+        "epochs",
+        int,
+        "epochs; with --resume, more than the run's extend it (its metrics and summary record the extension; "
+        "a cosine schedule is rebuilt to decay to 0 over the new total, so the learning rate rises again from "
+        "where the old schedule ended; a constant one continues)",
+    ),
     "--batch-size": ("batch_size", int, "batch size (at most the number of training examples)"),
     "--seed": ("seed", int, "seed of initialisation, shuffling, augmentation and dropout"),
     "--dropout": ("dropout", float, "dropout rate before the last dense layer"),
@@ -185,6 +191,11 @@ def _error(err: object, prog: str = "jaxbp train") -> int:
 
 def _report(config, result) -> None:
     from jaxbp import train
+
+    if result.status == "already_completed":
+        print(f"{result.out_dir}: already completed {result.epochs_completed} of {config.epochs} epochs; "
+              "nothing to do (pass --epochs N to extend)")  # fmt: skip
+        return
     if result.status == "stopped":
         print(f"stopped after --max-steps {config.max_steps} (epoch {result.epochs_completed + 1}); "
               f"continue to the end with: {train.resume_command(result.out_dir, result.config.model)} "

@@ -108,6 +108,54 @@ def test_max_steps_evaluates_and_its_hint_really_continues_the_run(tmp_path, cap
     assert_one_line_error(err, "--max-steps is 3 but the checkpoint is at step 23 already")
 
 
+def test_a_completed_run_says_so_and_extends_with_epochs_on_a_rebuilt_schedule(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli([*TINY, "--out", out], capsys)[0] == 0
+    done = _files(out)
+    code, printed, err = run_cli(["train", "--resume", out, "--quiet"], capsys)
+    assert (code, err) == (0, "")
+    assert printed == f"{out}: already completed 1 of 1 epochs; nothing to do (pass --epochs N to extend)\n"
+    assert _files(out) == done  # nothing written
+    code, _, err = run_cli(["train", "--resume", out, "--epochs", "1", "--quiet"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "--epochs is 1, but the run has completed 1 of its 1 epochs already")
+    assert _files(out) == done
+    code, _, err = run_cli(["train", "--resume", out, "--epochs", "2", "--quiet"], capsys)
+    assert code == 0, err
+    assert "note: " in err and "from 1 to 2 epochs" in err and "cosine schedule is rebuilt" in err
+    summary = _summary(out)
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 2 and summary["steps"] == 2 * STEPS
+    assert json.loads((out / "config.json").read_text())["epochs"] == 2
+    extension = {"step": STEPS, "from_epochs": 1, "to_epochs": 2}
+    assert summary["extensions"] == [extension]
+    recs = _strict_records(out)
+    (extended,) = [r for r in recs if r["kind"] == "extended"]
+    assert {k: extended[k] for k in extension} == extension and 0 < extended["learning_rate"] < 3e-3
+    evals = [r for r in recs if r["kind"] == "eval"]
+    assert [r["epoch"] for r in evals] == [1, 2]
+    assert evals[1]["test_loss"] != evals[0]["test_loss"]  # the extension trains (the old schedule ended at 0)
+    code, _, err = run_cli(["train", "--resume", out, "--epochs", "2", "--quiet"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "--epochs is 2, but the run has completed 2 of its 2 epochs already")
+
+
+def test_epochs_on_resume_extends_a_stopped_run_and_never_shortens_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli([*TINY[:4], "2", "--quiet", "--max-steps", "30", "--out", out], capsys)[0] == 0
+    code, _, err = run_cli(["train", "--resume", out, "--epochs", "1", "--quiet"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "--epochs is 1, but the run has completed 1 of its 2 epochs already")
+    code, printed, err = run_cli(["train", "--resume", out, "--epochs", "3", "--max-steps", "40", "--quiet"], capsys)
+    assert code == 0, err
+    assert "continue to the end with: jaxbp train --resume" in printed
+    assert _summary(out)["extensions"] == [{"step": 30, "from_epochs": 2, "to_epochs": 3}]
+    code, _, err = run_cli(["train", "--resume", out, "--epochs", "2", "--quiet"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "--epochs is 2, fewer than the run's 3 epochs", "--max-steps")
+    assert run_cli(["train", "--resume", out, "--quiet"], capsys)[0] == 0
+    assert _summary(out)["steps"] == 3 * STEPS and _summary(out)["extensions"][0]["to_epochs"] == 3
+
+
 def test_a_torn_metrics_tail_is_cut_back_with_a_note_not_fatal(tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli([*TINY, "--max-steps", "4", "--log-every", "1", "--out", out], capsys)[0] == 0

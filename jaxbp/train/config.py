@@ -28,6 +28,7 @@ __all__ = [
     "TRAJECTORY_FIELDS",
     "ConfigError",
     "TrainConfig",
+    "check_resume_epochs",
     "config_differences",
     "resume_config",
 ]
@@ -188,7 +189,8 @@ def _check_float(name: str, value: Any, low: float, high: float, *, low_open: bo
 
 def resume_config(run: str | os.PathLike, **overrides: Any) -> TrainConfig:
     """The config stored in a run's checkpoint, with ``resume`` set and ``overrides`` applied
-    (what ``jaxbp train --resume DIR`` uses, so the flags need not be repeated).
+    (what ``jaxbp train --resume DIR`` uses, so the flags need not be repeated). ``epochs``
+    among the overrides must extend the run (:func:`check_resume_epochs` with ``given``).
 
     The stored ``out`` and ``max_steps`` are not inherited: a resumed run writes into the
     folder it is resumed from (wherever it has been moved or copied) unless ``out`` is given,
@@ -196,6 +198,9 @@ def resume_config(run: str | os.PathLike, **overrides: Any) -> TrainConfig:
     # Checked before anything runs: a user module the run names is imported only if overrides name it too.
     path, meta = read_stored_run(run, model=overrides.get("model"), fields=TRAJECTORY_FIELDS)
     stored = meta["config"]
+    if "epochs" in overrides and isinstance(stored.get("epochs"), int):  # given: it must extend the run
+        _check_int("epochs", overrides["epochs"], 1)
+        check_resume_epochs(overrides["epochs"], stored["epochs"], meta["epoch"], given=True)
     known = {f.name for f in dataclasses.fields(TrainConfig)} - set(INVOCATION_FIELDS)
     values = {k: v for k, v in stored.items() if k in known}
     values.update(overrides)
@@ -204,6 +209,24 @@ def resume_config(run: str | os.PathLike, **overrides: Any) -> TrainConfig:
         return TrainConfig(**values)
     except TypeError as err:
         raise checkpoint.CheckpointError(f"{path}: the stored training config is malformed: {err}") from None
+
+
+def check_resume_epochs(epochs: int, run_epochs: int, completed: int, *, given: bool = False) -> None:
+    """Resuming a run of ``run_epochs`` epochs that has completed ``completed`` of them, to train
+    ``epochs`` epochs in all: more than ``run_epochs`` extends the run, as many continues it, and
+    fewer is a :class:`ConfigError`: a resume never shortens a run (``max_steps`` stops it
+    earlier). ``given``: ``epochs`` was asked for explicitly, so it must also be more than
+    ``completed`` (asking a completed run for the epochs it has is an error, not a no-op)."""
+    if epochs <= completed and (given or epochs < run_epochs):
+        raise ConfigError(
+            "epochs", f"is {epochs}, but the run has completed {completed} of its {run_epochs} epochs already; "
+            f"give more than {completed} to extend it"
+        )  # fmt: skip
+    if epochs < run_epochs:
+        raise ConfigError(
+            "epochs", f"is {epochs}, fewer than the run's {run_epochs} epochs: a resume extends a run but never "
+            "shortens it (stop it earlier with --max-steps)"
+        )  # fmt: skip
 
 
 def config_differences(

@@ -77,7 +77,10 @@ def _check_config_json(path: Path, stored: dict[str, Any], fields: Sequence[str]
         raise checkpoint.CheckpointError(f"cannot resume: {err}") from None
     if not isinstance(written, dict):
         raise checkpoint.CheckpointError(f"{config_path}: is not a JSON object; cannot resume")
-    differ = [f for f in fields if f in written and f in stored and comparable(f, written[f]) != comparable(f, stored[f])]
+    # Not epochs: an extension (--epochs) writes the checkpoint first, then config.json, and a run
+    # killed between the two is still this folder's run; the other fields tell another run's checkpoint.
+    fields = [f for f in fields if f != "epochs" and f in written and f in stored]
+    differ = [f for f in fields if comparable(f, written[f]) != comparable(f, stored[f])]
     if differ:
         f = differ[0]
         raise checkpoint.CheckpointError(
