@@ -12,6 +12,7 @@ import contextlib
 import io
 import logging
 import os
+import shlex
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -217,6 +218,12 @@ def _report(config, result) -> None:
         print(f"worst gradient agreement: rel err {w['max_rel_err']:.2e} ({w['param']}, step {w['step']}), "
               f"min cosine {w['min_cos']:.7f}")  # fmt: skip
     print(f"outputs in {result.out_dir}/: " + ", ".join(p.name for p in result.paths.values() if p.exists()))
+    figure = result.out_dir.parent / f"{result.out_dir.resolve().name}.png"  # beside the run, not in it
+    plot = shlex.join(["jaxbp", "plot", str(result.out_dir), "--out", str(figure)])
+    print(f"next: {plot} (add other run folders to overlay their curves)")
+    if result.status == "completed":
+        print(f"      {train.resume_command(result.out_dir, result.config.model)} --epochs N "
+              f"(N > {result.epochs_completed}: train on to N epochs)")  # fmt: skip
 
 
 # ------------------------------------------------------------------------- data

@@ -10,6 +10,7 @@ import dataclasses
 import gzip
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -154,6 +155,22 @@ def test_epochs_on_resume_extends_a_stopped_run_and_never_shortens_it(tmp_path, 
     assert_one_line_error(err, "--epochs is 2, fewer than the run's 3 epochs", "--max-steps")
     assert run_cli(["train", "--resume", out, "--quiet"], capsys)[0] == 0
     assert _summary(out)["steps"] == 3 * STEPS and _summary(out)["extensions"][0]["to_epochs"] == 3
+
+
+def test_a_run_names_its_folder_and_the_compile_at_the_start_and_the_next_commands_at_the_end(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    code, printed, err = run_cli([a for a in TINY if a != "--quiet"], capsys)  # log lines: stderr is no terminal
+    assert code == 0, err
+    assert err.splitlines()[:2] == ["run folder: runs/digits-mlp-manual", "compiling the train step (the first step)"]
+    plot, extend = [line.removeprefix("next:").strip() for line in printed.splitlines()[-2:]]
+    assert plot == "jaxbp plot runs/digits-mlp-manual --out runs/digits-mlp-manual.png " + (
+        "(add other run folders to overlay their curves)"
+    )
+    assert extend == "jaxbp train --resume runs/digits-mlp-manual --epochs N (N > 1: train on to N epochs)"
+    code, _, err = run_cli(shlex.split(plot.split(" (")[0])[1:], capsys)
+    assert code == 0 and (tmp_path / "runs" / "digits-mlp-manual.png").exists(), err
 
 
 def test_a_torn_metrics_tail_is_cut_back_with_a_note_not_fatal(tmp_path, capsys):

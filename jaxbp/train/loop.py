@@ -109,7 +109,12 @@ def train_epoch(run: Run, state: TrainState, progress: Progress, stop: StopSigna
     for xb, yb, n_valid in batches:
         xb = run.augment(xb, progress.epoch, progress.batch_index)
         before = state  # compare mode audits the step from the state it started from
+        compiles = run.timing.compile_s == 0.0  # the first step of this process
+        if compiles:
+            run.display.compiling()
         state, m, seconds = _step(run, state, progress, xb, yb, n_valid)
+        if compiles:
+            run.display.compiled()
         progress.step += 1
         progress.batch_index += 1
         loss_a = float(m["loss_autodiff"]) if config.grad == "compare" else None
@@ -322,6 +327,7 @@ def _fit(config: TrainConfig, progress_arg, ops, overwrite: bool, stop: StopSign
             folder, display, data.batch_augmenter(config, ds), Timing(), t_start,
             audit.Auditor.create(config, audit_step, steps_per_epoch) if audit_step else None,
         )  # fmt: skip
+        display.folder(folder.path)
         for note in folder.notes:
             display.note(note)
         try:
@@ -331,6 +337,7 @@ def _fit(config: TrainConfig, progress_arg, ops, overwrite: bool, stop: StopSign
             folder.write_json("config", config.to_dict())
             folder.write_json("summary", _summary(run, progress, "running", None, None))
             if run.auditor:  # before any float32 step traces (see Auditor.prepare)
+                display.compiling()
                 run.auditor.prepare(state, (config.batch_size, *ds.input_shape), config.model)
             state, status, stop_eval = _train(run, state, progress, stop)
         except (
