@@ -503,7 +503,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "VJPs and with autodiff, interleaved in one process after warm-up; reports medians, ratios, "
         "compile time, compiled memory, examples/s and GFLOP/s.",
     )
-    p.add_argument("--model", default="cnn", choices=MODELS)
+    p.add_argument("--model", default="cnn", metavar="MODEL",
+                   help=f"a built-in model ({', '.join(MODELS)}) or your own, as for train --model: MODULE:FUNCTION "
+                   "or path/to/file.py:FUNCTION, FUNCTION(num_classes) returning a jaxbp.models.serial model "
+                   "(default: cnn)")  # fmt: skip
     p.add_argument("--batch-size", type=_positive_int, default=128)
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--input-shape", type=_shape3, default=(28, 28, 1), help="H,W,C per example (default 28,28,1)")
