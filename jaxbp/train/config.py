@@ -239,4 +239,3 @@ def config_differences(
     defaults = TrainConfig()
     pairs = {f: (stored.get(f, getattr(defaults, f)), getattr(config, f)) for f in fields}
     return {f: pair for f, pair in pairs.items() if comparable(f, pair[0]) != comparable(f, pair[1])}
-
