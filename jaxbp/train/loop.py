@@ -12,6 +12,7 @@ writes bitwise the same metrics as an uninterrupted one. Every file goes through
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import time
@@ -256,7 +257,13 @@ def save(run: Run, state: TrainState, progress: Progress) -> Path:
 
 
 def fit(
-    config: TrainConfig, *, progress: Any = None, ops=None, overwrite: bool = False, after_stop: str = "restore"
+    config: TrainConfig,
+    *,
+    progress: Any = None,
+    ops=None,
+    overwrite: bool = False,
+    after_stop: str = "restore",
+    dataset: data.Dataset | None = None,
 ) -> TrainResult:
     """Train ``config`` and return a :class:`TrainResult`.
 
@@ -271,6 +278,11 @@ def fit(
     ``progress``: ``None`` shows a tqdm bar when stderr is a terminal and log lines
     otherwise, ``False`` shows nothing, a callable receives every metrics record.
     ``ops`` replaces :mod:`jaxbp.manual` (for tests that inject a wrong backward).
+    ``dataset``: train on this :class:`jaxbp.data.Dataset` (your own arrays:
+    ``Dataset.from_arrays(x_train, y_train, x_test, y_test)``) instead of loading
+    ``config.dataset``; the run records its name as ``config.dataset``, and resuming it takes
+    the same ``dataset`` again. ``config.val_split`` must then be 0 (the dataset holds out its
+    own validation rows: ``from_arrays(..., val_split=)``).
 
     SIGINT and SIGTERM (any number, in any process of a multi-process run) stop the run
     after the current step with a checkpoint and an ``interrupted`` summary, then raise
@@ -284,6 +296,17 @@ def fit(
     :class:`GradientMismatchError`, :class:`NonFiniteLossError` and :class:`TrainingInterrupted`.
     """
     config = config.validate().anchored()  # what the run records: its model file absolute
+    if dataset is not None:
+        if not isinstance(dataset, data.Dataset):
+            raise TypeError(
+                f"dataset must be a jaxbp.data.Dataset (Dataset.from_arrays builds one), got {type(dataset).__name__}"
+            )
+        if config.val_split:
+            raise ConfigError(
+                "val_split", f"is {config.val_split}, but fit was given its data set: hold validation rows out of "
+                "it with Dataset.from_arrays(..., val_split=...)"
+            )  # fmt: skip
+        config = dataclasses.replace(config, dataset=dataset.name)
     precision = None if config.matmul_precision == "default" else config.matmul_precision
     with contextlib.ExitStack() as stack:
         stop = stack.enter_context(StopSignals(after_stop))
@@ -291,17 +314,22 @@ def fit(
             stack.enter_context(jax.enable_x64(True))
         if precision:
             stack.enter_context(jax.default_matmul_precision(precision))
-        return _fit(config, progress, ops, overwrite, stop)
+        return _fit(config, progress, ops, overwrite, stop, dataset)
 
 
-def _fit(config: TrainConfig, progress_arg, ops, overwrite: bool, stop: StopSignals) -> TrainResult:
+def _fit(
+    config: TrainConfig, progress_arg, ops, overwrite: bool, stop: StopSignals, dataset: data.Dataset | None
+) -> TrainResult:
     t_start = time.perf_counter()
     # One data-parallel mesh (one device unless config.devices or several processes say more):
     # parameters replicated, every batch split by rows; the same jitted step runs over it.
     mesh = parallel.make_mesh(config.devices)
     parallel.check_batch_size(config.batch_size, mesh)
     primary = parallel.is_primary()  # only process 0 writes files and shows progress
-    ds = data.load(config.dataset, config.data_dir, seed=config.seed, val_split=config.val_split)
+    if dataset is None:
+        ds = data.load(config.dataset, config.data_dir, seed=config.seed, val_split=config.val_split)
+    else:
+        ds = dataset
     config.check_against_data(len(ds.x_train), ds.input_shape)
     steps_per_epoch = data.num_batches(len(ds.x_train), config.batch_size, config.drop_last)
     compiled = steps.compiled(steps.step_key(config), ds.num_classes, steps_per_epoch * config.epochs, ops)
