@@ -168,7 +168,7 @@ def test_a_run_names_its_folder_and_the_compile_at_the_start_and_the_next_comman
     assert plot == "jaxbp plot runs/digits-mlp-manual --out runs/digits-mlp-manual.png " + (
         "(add other run folders to overlay their curves)"
     )
-    assert extend == "jaxbp train --resume runs/digits-mlp-manual --epochs N (N > 1: train on to N epochs)"
+    assert extend == f"jaxbp train --resume {tmp_path}/runs/digits-mlp-manual --epochs N (N > 1: train on to N epochs)"
     code, _, err = run_cli(shlex.split(plot.split(" (")[0])[1:], capsys)
     assert code == 0 and (tmp_path / "runs" / "digits-mlp-manual.png").exists(), err
 

@@ -113,9 +113,9 @@ def _check_model(path: Path, stored: dict[str, Any], model: str | None) -> None:
 def resume_command(folder: str | os.PathLike, model: str, *, epochs: int | None = None) -> str:
     """The command line that continues the run in ``folder`` (shell-quoted): ``jaxbp train --resume
     FOLDER``, with ``--model SPEC`` for a user's model (a resume imports only a module the user
-    names; the run records its file absolute, so the command works from any directory) and
-    ``--epochs N`` where it extends the run."""
-    words = ["jaxbp", "train", "--resume", str(folder)]
+    names) and ``--epochs N`` where it extends the run. The folder is made absolute and a run
+    records its model file absolute, so the command works from any directory."""
+    words = ["jaxbp", "train", "--resume", os.path.abspath(folder)]
     if model not in models.MODELS:
         words += ["--model", model]
     if epochs is not None:
