@@ -40,7 +40,8 @@ AUGMENTS = ("none", "crop", "flip", "crop-flip")
 DTYPES = ("float32", "float64")
 PRECISIONS = ("default", "high", "highest")
 
-# Fields a resumed run must share with its checkpoint: they decide the trajectory.
+# Fields a resumed run must share with its checkpoint: they decide the trajectory (epochs may grow:
+# a resume with more extends the run, see check_resume_epochs).
 TRAJECTORY_FIELDS = (
     "dataset", "model", "dropout", "optimizer", "learning_rate", "momentum", "schedule",
     "weight_decay", "epochs", "batch_size", "seed", "drop_last", "augment", "dtype", "label_smoothing",
