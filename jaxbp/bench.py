@@ -32,7 +32,6 @@ import numpy as np
 import optax
 
 from jaxbp import allocator, autodiff, manual, models, xla_flags
-from jaxbp.choices import MODELS
 
 
 @dataclass
@@ -155,18 +154,24 @@ def matmul_call(n: int = PEAK_MATMUL_SIZE, dtype: str = "float32", seed: int = 0
 
 def check_settings(model_name: str, input_shape: Sequence[int], *, warmup: int = 0, repeats: int = 1) -> None:
     """Raise ``ValueError`` naming the flag (``--input-shape``, ``--warmup``, ``--repeats``,
-    ``--model``) when a benchmark cannot run with these settings: before any compilation."""
+    ``--model``) when a benchmark cannot run with these settings: before any compilation.
+    ``model_name`` is a built-in model or a user's spec (:func:`jaxbp.models.get_model` loads
+    it, as ``jaxbp train --model`` does)."""
     if warmup < 0:
         raise ValueError(f"--warmup must be >= 0, got {warmup}")
     if repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {repeats}")
-    if model_name not in MODELS:
-        raise ValueError(f"--model {model_name!r} is not one of {', '.join(MODELS)}")
     shape = tuple(input_shape)
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"--input-shape must be three positive ints H,W,C, got {shape}")
+    try:  # a built-in name, or a user's MODULE:FUNCTION / path/to/file.py:FUNCTION, loaded as train loads it
+        model = models.get_model(model_name, 10)
+    except models.ModelError as err:
+        raise ValueError(f"--model: {err}") from None
     try:
-        models.get_model(model_name, 10).init(np.random.default_rng(0), shape)
+        model.init(np.random.default_rng(0), shape)
+    except models.ModelError as err:  # a user's layer whose init fails, or the wrong number of outputs
+        raise ValueError(f"--model: {model_name!r}: {err}") from None
     except (ZeroDivisionError, ValueError) as err:
         raise ValueError(
             f"--input-shape {','.join(map(str, shape))}: model {model_name} cannot take it ({err})"

@@ -16,6 +16,7 @@ import contextlib
 import io
 import logging
 import os
+import shlex
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -50,7 +51,13 @@ _TRAIN_FLAGS = {
     "--momentum": ("momentum", float, "momentum of --optimizer momentum, in [0, 1)"),
     "--schedule": ("schedule", str, "the learning-rate schedule"),
     "--weight-decay": ("weight_decay", float, "decoupled weight decay on the weights"),
-    "--epochs": ("epochs", int, "epochs"),
+    "--epochs": (
+        "epochs",
+        int,
+        "epochs; with --resume, more than the run's extend it (its metrics and summary record the extension; "
+        "a cosine schedule is rebuilt to decay to 0 over the new total, so the learning rate rises again from "
+        "where the old schedule ended; a constant one continues)",
+    ),
     "--batch-size": ("batch_size", int, "batch size (at most the number of training examples)"),
     "--seed": ("seed", int, "seed of initialisation, shuffling, augmentation and dropout"),
     "--dropout": ("dropout", float, "dropout rate before the last dense layer"),
@@ -198,9 +205,15 @@ def _error(err: object, prog: str = "jaxbp train") -> int:
 
 
 def _report(config, result) -> None:
+    from jaxbp import train
+
+    if result.status == "already_completed":
+        print(f"{result.out_dir}: already completed {result.epochs_completed} of {config.epochs} epochs; "
+              "nothing to do (pass --epochs N to extend)")  # fmt: skip
+        return
     if result.status == "stopped":
         print(f"stopped after --max-steps {config.max_steps} (epoch {result.epochs_completed + 1}); "
-              f"continue to the end with: jaxbp train --resume {result.out_dir} "
+              f"continue to the end with: {train.resume_command(result.out_dir, result.config.model)} "
               f"(or stop again with --max-steps N, N > {result.steps})")  # fmt: skip
     if result.history and result.history[-1]["step"] == result.steps:
         evaluated = f"test accuracy {result.test_accuracy:.4f} after {result.epochs_completed} epochs"
@@ -219,6 +232,12 @@ def _report(config, result) -> None:
         print(f"worst gradient agreement: rel err {w['max_rel_err']:.2e} ({w['param']}, step {w['step']}), "
               f"min cosine {w['min_cos']:.7f}")  # fmt: skip
     print(f"outputs in {result.out_dir}/: " + ", ".join(p.name for p in result.paths.values() if p.exists()))
+    figure = result.out_dir.parent / f"{result.out_dir.resolve().name}.png"  # beside the run, not in it
+    plot = shlex.join(["jaxbp", "plot", str(result.out_dir), "--out", str(figure)])
+    print(f"next: {plot} (add other run folders to overlay their curves)")
+    if result.status == "completed":
+        print(f"      {train.resume_command(result.out_dir, result.config.model)} --epochs N "
+              f"(N > {result.epochs_completed}: train on to N epochs)")  # fmt: skip
 
 
 # ------------------------------------------------------------------------- data
@@ -499,7 +518,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "VJPs and with autodiff, interleaved in one process after warm-up; reports medians, ratios, "
         "compile time, compiled memory, examples/s and GFLOP/s.",
     )
-    p.add_argument("--model", default="cnn", choices=MODELS)
+    p.add_argument("--model", default="cnn", metavar="MODEL",
+                   help=f"a built-in model ({', '.join(MODELS)}) or your own, as for train --model: MODULE:FUNCTION "
+                   "or path/to/file.py:FUNCTION, FUNCTION(num_classes) returning a jaxbp.models.serial model "
+                   "(default: cnn)")  # fmt: skip
     p.add_argument("--batch-size", type=_positive_int, default=128)
     p.add_argument("--dtype", default="float32", choices=BENCH_DTYPES)
     p.add_argument("--input-shape", type=_shape3, default=(28, 28, 1), help="H,W,C per example (default 28,28,1)")

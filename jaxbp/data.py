@@ -24,12 +24,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from jaxbp.choices import DATASETS
 
 # The file side and the download, re-exported (``X as X`` marks the names this module itself does
 # not use) so that callers keep using ``jaxbp.data.<name>``. Code that monkeypatches one of these
@@ -114,12 +117,95 @@ class Dataset:
         """``(H, W, C)`` of one image."""
         return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
 
+    @classmethod
+    def from_arrays(
+        cls,
+        x_train: Any,
+        y_train: Any,
+        x_test: Any,
+        y_test: Any,
+        *,
+        num_classes: int | None = None,
+        name: str = "arrays",
+        val_split: float = 0.0,
+        seed: int = 0,
+    ) -> Dataset:
+        """A data set of your own arrays, for ``jaxbp.train.fit(config, dataset=...)``.
+
+        ``x_*``: images ``[N, H, W]`` or ``[N, H, W, C]`` of any integer or float dtype (finite),
+        the same ``H, W, C`` in both splits; ``y_*``: integer labels ``[N]`` in ``0 ..
+        num_classes - 1`` (``num_classes`` defaults to the largest label + 1, at least 2). The
+        images become float32 normalised as the built-in data sets are: ``(x - mean) / std``
+        with the statistics of the training rows, applied to every split. ``val_split`` holds a
+        seeded (``seed``), stratified fraction of the training rows out as ``x_val``/``y_val``
+        (:func:`validation_indices`). ``name`` names the data set in the run (``config.json``,
+        the default folder ``runs/<name>-<model>-<grad>``): a word of letters, digits, ``.``,
+        ``_`` and ``-``, not the name of a data set jaxbp loads. The arrays are copied; the
+        data set's own are read-only. Raises :class:`DataError` naming the array and the problem.
+        """
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise DataError(f"name {name!r} must be a word of letters, digits, '.', '_' and '-'")
+        if name in DATASETS or name.replace("_", "-") in DATASETS:
+            raise DataError(f"name {name!r} is a data set jaxbp loads; choose another")
+        x_train, x_test = _images("x_train", x_train), _images("x_test", x_test)
+        if x_test.shape[1:] != x_train.shape[1:]:
+            shapes = ["x".join(map(str, x.shape[1:])) for x in (x_test, x_train)]
+            raise DataError(f"x_test holds {shapes[0]} images but x_train {shapes[1]}")
+        y_train, y_test = (
+            _labels("y_train", y_train, "x_train", len(x_train)),
+            _labels("y_test", y_test, "x_test", len(x_test)),
+        )
+        if num_classes is None:
+            num_classes = max(int(y_train.max()), int(y_test.max()), 1) + 1
+        elif isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+            raise DataError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        for what, y in (("y_train", y_train), ("y_test", y_test)):
+            low, high = int(y.min()), int(y.max())
+            if low < 0 or high >= num_classes:
+                raise DataError(
+                    f"{what} holds the label {low if low < 0 else high}; labels must be in [0, {num_classes})"
+                )
+        y_train, y_test = y_train.astype(np.int32), y_test.astype(np.int32)  # copies: made read-only below
+        ds = _with_validation(name, x_train, y_train, x_test, y_test, 1.0, check_val_split(val_split), seed)
+        return dataclasses.replace(ds, num_classes=int(num_classes))
+
     def __repr__(self) -> str:
         return (
             f"Dataset({self.name!r}, train={self.x_train.shape[0]}, test={self.x_test.shape[0]}, "
             f"input_shape={self.input_shape}, num_classes={self.num_classes}, "
             f"mean={self.mean:.4f}, std={self.std:.4f})"
         )
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _images(what: str, x: Any) -> np.ndarray:
+    """``x`` as ``[N, H, W, C]`` numbers (not yet copied); :class:`DataError` naming ``what``."""
+    x = np.asarray(x)
+    if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise DataError(f"{what} is {x.dtype}; images must be numbers (integers or floats)")
+    if x.ndim not in (3, 4):
+        raise DataError(f"{what} has shape {x.shape}; give [N, H, W] or [N, H, W, C]")
+    if len(x) == 0:
+        raise DataError(f"{what} holds no images")
+    if min(x.shape[1:]) < 1:
+        raise DataError(f"{what} has shape {x.shape}; every image dimension must be at least 1")
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        raise DataError(f"{what} holds NaN or infinite values")
+    return x if x.ndim == 4 else x[..., None]
+
+
+def _labels(what: str, y: Any, images: str, n: int) -> np.ndarray:
+    """``y`` as ``[n]`` integers; :class:`DataError` naming ``what``."""
+    y = np.asarray(y)
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{what} is {y.dtype}; labels must be integers")
+    if y.ndim != 1:
+        raise DataError(f"{what} has shape {y.shape}; give one integer label per image, [N]")
+    if len(y) != n:
+        raise DataError(f"{what} has {len(y)} labels for the {n} images of {images}")
+    return y
 
 
 # ------------------------------------------------------------------ loading

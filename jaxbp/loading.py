@@ -30,7 +30,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LoadError", "UserCodeInterrupted", "first_line", "load_function", "split_spec", "user_code"]
+__all__ = [
+    "LoadError",
+    "UserCodeInterrupted",
+    "anchored_spec",
+    "first_line",
+    "load_function",
+    "split_spec",
+    "user_code",
+]
 
 
 class LoadError(ValueError):
@@ -77,6 +85,20 @@ def split_spec(spec: str) -> tuple[str, str]:
     if not all(part.isidentifier() for part in attr_path.split(".")):
         raise LoadError(f"{spec!r}: {attr_path!r} is not a dotted Python name")
     return module_part.strip(), attr_path
+
+
+def anchored_spec(spec: str) -> str:
+    """``spec`` with the file of a ``path/to/file.py:FUNCTION`` made absolute (resolved from the
+    current directory now), so that it names the same file from any directory; a
+    ``MODULE:FUNCTION`` spec (found on ``sys.path``), a built-in name and a malformed spec come
+    back unchanged. Imports nothing."""
+    try:
+        module_part, attr_path = split_spec(spec)
+    except LoadError:
+        return spec
+    if not module_part.endswith(".py"):
+        return spec
+    return f"{os.path.abspath(os.path.expanduser(module_part))}:{attr_path}"
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from jaxbp import bench, models, xla_flags
+from tests.cli_helpers import assert_one_line_error, run_cli
 
 
 def test_layer_plan_names_kinds_and_shapes_of_the_cnn():
@@ -53,3 +54,23 @@ def test_flag_options_spell_xla_flags_as_compile_options():
     assert bench.flag_options("--xla_cpu_experimental_ynn_fusion_type=") == {"xla_cpu_experimental_ynn_fusion_type": ""}
     assert bench.flag_options("--xla_cpu_use_thunk_runtime=true") == {"xla_cpu_use_thunk_runtime": True}
     assert bench.flag_options("") == {}
+
+
+def test_bench_takes_a_users_model_as_train_does_and_a_bad_one_is_one_line(tmp_path, capsys):
+    path = tmp_path / "bench_user_model.py"
+    path.write_text(
+        "from jaxbp import models\n\n\ndef make(num_classes):\n"
+        "    return models.serial(models.Flatten, models.Dense(num_classes))\n"
+    )
+    tiny = ["--batch-size", "2", "--input-shape", "4,4,1", "--repeats", "1", "--warmup", "0", "--no-layers"]
+    code, out, err = run_cli(["bench", "--model", f"{path}:make", *tiny], capsys)
+    assert code == 0, err
+    assert out.startswith(f"train step: model {path}:make, batch 2")
+    for spec, message in (
+        (f"{tmp_path}/absent.py:make", "--model: "),
+        (f"{path}:absent", "has no attribute 'absent'"),
+        ("vgg", "--model: unknown model 'vgg'"),
+    ):
+        code, _, err = run_cli(["bench", "--model", spec, *tiny], capsys)
+        assert code == 2
+        assert_one_line_error(err, "jaxbp bench: error: ", message)

@@ -10,6 +10,7 @@ import dataclasses
 import gzip
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -106,6 +107,70 @@ def test_max_steps_evaluates_and_its_hint_really_continues_the_run(tmp_path, cap
     code, _, err = run_cli(["train", "--resume", out, "--max-steps", "3", "--quiet"], capsys)
     assert code == 2
     assert_one_line_error(err, "--max-steps is 3 but the checkpoint is at step 23 already")
+
+
+def test_a_completed_run_says_so_and_extends_with_epochs_on_a_rebuilt_schedule(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli([*TINY, "--out", out], capsys)[0] == 0
+    done = _files(out)
+    code, printed, err = run_cli(["train", "--resume", out, "--quiet"], capsys)
+    assert (code, err) == (0, "")
+    assert printed == f"{out}: already completed 1 of 1 epochs; nothing to do (pass --epochs N to extend)\n"
+    assert _files(out) == done  # nothing written
+    code, _, err = run_cli(["train", "--resume", out, "--epochs", "1", "--quiet"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "--epochs is 1, but the run has completed 1 of its 1 epochs already")
+    assert _files(out) == done
+    code, _, err = run_cli(["train", "--resume", out, "--epochs", "2", "--quiet"], capsys)
+    assert code == 0, err
+    assert "note: " in err and "from 1 to 2 epochs" in err and "cosine schedule is rebuilt" in err
+    summary = _summary(out)
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 2 and summary["steps"] == 2 * STEPS
+    assert json.loads((out / "config.json").read_text())["epochs"] == 2
+    extension = {"step": STEPS, "from_epochs": 1, "to_epochs": 2}
+    assert summary["extensions"] == [extension]
+    recs = _strict_records(out)
+    (extended,) = [r for r in recs if r["kind"] == "extended"]
+    assert {k: extended[k] for k in extension} == extension and 0 < extended["learning_rate"] < 3e-3
+    evals = [r for r in recs if r["kind"] == "eval"]
+    assert [r["epoch"] for r in evals] == [1, 2]
+    assert evals[1]["test_loss"] != evals[0]["test_loss"]  # the extension trains (the old schedule ended at 0)
+    code, _, err = run_cli(["train", "--resume", out, "--epochs", "2", "--quiet"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "--epochs is 2, but the run has completed 2 of its 2 epochs already")
+
+
+def test_epochs_on_resume_extends_a_stopped_run_and_never_shortens_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli([*TINY[:4], "2", "--quiet", "--max-steps", "30", "--out", out], capsys)[0] == 0
+    code, _, err = run_cli(["train", "--resume", out, "--epochs", "1", "--quiet"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "--epochs is 1, but the run has completed 1 of its 2 epochs already")
+    code, printed, err = run_cli(["train", "--resume", out, "--epochs", "3", "--max-steps", "40", "--quiet"], capsys)
+    assert code == 0, err
+    assert "continue to the end with: jaxbp train --resume" in printed
+    assert _summary(out)["extensions"] == [{"step": 30, "from_epochs": 2, "to_epochs": 3}]
+    code, _, err = run_cli(["train", "--resume", out, "--epochs", "2", "--quiet"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "--epochs is 2, fewer than the run's 3 epochs", "--max-steps")
+    assert run_cli(["train", "--resume", out, "--quiet"], capsys)[0] == 0
+    assert _summary(out)["steps"] == 3 * STEPS and _summary(out)["extensions"][0]["to_epochs"] == 3
+
+
+def test_a_run_names_its_folder_and_the_compile_at_the_start_and_the_next_commands_at_the_end(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    code, printed, err = run_cli([a for a in TINY if a != "--quiet"], capsys)  # log lines: stderr is no terminal
+    assert code == 0, err
+    assert err.splitlines()[:2] == ["run folder: runs/digits-mlp-manual", "compiling the train step (the first step)"]
+    plot, extend = [line.removeprefix("next:").strip() for line in printed.splitlines()[-2:]]
+    assert plot == "jaxbp plot runs/digits-mlp-manual --out runs/digits-mlp-manual.png " + (
+        "(add other run folders to overlay their curves)"
+    )
+    assert extend == f"jaxbp train --resume {tmp_path}/runs/digits-mlp-manual --epochs N (N > 1: train on to N epochs)"
+    code, _, err = run_cli(shlex.split(plot.split(" (")[0])[1:], capsys)
+    assert code == 0 and (tmp_path / "runs" / "digits-mlp-manual.png").exists(), err
 
 
 def test_a_torn_metrics_tail_is_cut_back_with_a_note_not_fatal(tmp_path, capsys):
@@ -310,6 +375,7 @@ def test_bench_and_devices_check_their_flags_and_outputs_before_running(tmp_path
             f"jaxbp devices: error: --golden {tmp_path}: is a folder",
         ),
         (["devices", "--train-steps", "1000"], "--train-steps 1000: the golden run holds only 20 steps"),
+        (["bench", "--model", "vgg"], "jaxbp bench: error: --model: unknown model 'vgg'"),
     ):
         code, _, err = run_cli(argv, capsys)
         assert code == 2, argv
@@ -318,7 +384,7 @@ def test_bench_and_devices_check_their_flags_and_outputs_before_running(tmp_path
         code, _, err = run_cli(["devices", "--backend", "gpu"], capsys)
         assert code == 2
         assert_one_line_error(err, "--backend gpu: JAX sees no such device here (backends: cpu)")
-    for argv in (["bench", "--warmup", "-3"], ["bench", "--model", "vgg"]):
+    for argv in (["bench", "--warmup", "-3"],):
         with pytest.raises(SystemExit) as info:
             cli.main(argv)
         assert info.value.code == 2

@@ -588,3 +588,48 @@ def test_augmentation_is_seeded_shifts_and_flips():
     np.testing.assert_array_equal(
         augment(x, 1, 2), data.augment_batch(x, "crop-flip", np.random.default_rng((0, 1, 2)), fill, 1)
     )
+
+
+# ------------------------------------------------------------------ a user's own arrays
+
+
+def _arrays(n=30, hw=(5, 4), classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(3.0, 2.0, size=(n, *hw)), rng.integers(0, classes, n)
+
+
+def test_from_arrays_normalises_with_the_train_statistics_and_leaves_the_callers_arrays_alone():
+    x, y = _arrays()
+    y = y.astype(np.int32)
+    ds = data.Dataset.from_arrays(x[:24], y[:24], x[24:], y[24:], name="blobs")
+    assert (ds.name, ds.input_shape, ds.num_classes) == ("blobs", (5, 4, 1), 3)
+    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
+    assert abs(float(ds.x_train.mean())) < 1e-5 and abs(float(ds.x_train.std()) - 1) < 1e-4
+    np.testing.assert_allclose(ds.x_test[..., 0], (x[24:] - ds.mean) / ds.std, rtol=1e-5, atol=1e-5)
+    assert y.flags.writeable and x.flags.writeable  # copies were made read-only, not the caller's arrays
+    assert data.Dataset.from_arrays(x, y, x, y, num_classes=10).num_classes == 10
+    held = data.Dataset.from_arrays(x, y, x[:3], y[:3], val_split=0.2, seed=1)
+    assert len(held.x_val) + len(held.x_train) == 30 and held.x_val.shape[1:] == (5, 4, 1)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: {**a, "x_train": a["x_train"][0]}, "x_train has shape (5, 4); give [N, H, W] or [N, H, W, C]"),
+        (lambda a: {**a, "x_test": a["x_test"][..., :3]}, "x_test holds 5x3x1 images but x_train 5x4x1"),
+        (lambda a: {**a, "y_train": a["y_train"][:-1]}, "y_train has 23 labels for the 24 images of x_train"),
+        (lambda a: {**a, "y_test": a["y_test"] + 0.5}, "y_test is float64; labels must be integers"),
+        (lambda a: {**a, "y_train": -a["y_train"]}, "y_train holds the label -2; labels must be in [0, 3)"),
+        (lambda a: {**a, "num_classes": 2}, "y_train holds the label 2; labels must be in [0, 2)"),
+        (lambda a: {**a, "x_train": np.where(a["x_train"] > 4, np.nan, a["x_train"])}, "x_train holds NaN"),
+        (lambda a: {**a, "x_train": a["x_train"].astype(str)}, "x_train is <U32; images must be numbers"),
+        (lambda a: {**a, "x_test": a["x_test"][:0], "y_test": a["y_test"][:0]}, "x_test holds no images"),
+        (lambda a: {**a, "name": "mnist"}, "name 'mnist' is a data set jaxbp loads; choose another"),
+    ],
+)
+def test_from_arrays_refuses_what_cannot_train_in_one_line(change, message):
+    x, y = _arrays()
+    args = change({"x_train": x[:24], "y_train": y[:24], "x_test": x[24:], "y_test": y[24:]})
+    with pytest.raises(data.DataError) as info:
+        data.Dataset.from_arrays(**args)
+    assert message in str(info.value) and "\n" not in str(info.value), str(info.value)

@@ -94,3 +94,12 @@ def test_user_code_gives_a_clean_argv_and_refuses_sys_exit():
 def test_first_line_of_a_callback_error_is_the_exception_not_the_traceback_header():
     err = ValueError("INTERNAL: CpuCallback error: Traceback (most recent call last):\n  File x\nRuntimeError: boom")
     assert loading.first_line(err) == "INTERNAL: CpuCallback error: RuntimeError: boom"
+
+
+def test_anchored_spec_makes_a_file_absolute_and_leaves_modules_and_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert loading.anchored_spec("models/mine.py:make") == f"{tmp_path}/models/mine.py:make"
+    assert loading.anchored_spec("../mine.py:Model.build") == f"{tmp_path.parent}/mine.py:Model.build"
+    assert loading.anchored_spec("/abs/mine.py:make") == "/abs/mine.py:make"
+    for unchanged in ("mypackage.models:make", "cnn", "mine.py:"):
+        assert loading.anchored_spec(unchanged) == unchanged

@@ -321,3 +321,23 @@ def test_default_xla_flags_only_where_unset_and_measured():
     env = {}  # a jaxlib they were not measured on could abort on an unknown flag: leave XLA alone
     assert xla_flags.set_default_xla_flags(env, jaxlib="0.11.0") is None and env == {}
     assert cli.set_default_xla_flags is xla_flags.set_default_xla_flags  # what `jaxbp` runs first
+
+
+# ------------------------------------------------------------------ a user's own arrays
+
+
+def test_fit_trains_on_a_users_own_arrays_and_extends_the_run(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 6, 6)).astype(np.float32), rng.integers(0, 3, 40)
+    ds = data.Dataset.from_arrays(x[:32], y[:32], x[32:], y[32:], name="blobs")
+    out = tmp_path / "run"
+    config = train.TrainConfig(model="mlp", epochs=1, batch_size=16, out=str(out))
+    result = train.fit(config, dataset=ds, progress=False)
+    assert result.status == "completed" and result.steps == 2 and result.config.dataset == "blobs"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dataset"] == {"name": "blobs", "train": 32, "val": 0, "test": 8, "input_shape": [6, 6, 1]}
+    assert 0.0 <= result.test_accuracy <= 1.0
+    longer = train.fit(train.resume_config(out, epochs=2), dataset=ds, progress=False)
+    assert longer.status == "completed" and longer.steps == 4 and longer.epochs_completed == 2
+    with pytest.raises(train.ConfigError, match="val_split"):
+        train.fit(dataclasses.replace(config, val_split=0.1), dataset=ds, progress=False)

@@ -6,6 +6,7 @@ in about a second; every run goes through ``cli.main`` in this process.
 """
 
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,27 @@ def test_a_user_model_trains_in_compare_mode_with_a_validation_split_and_resumes
     assert 0.0 < epoch["val_accuracy"] <= 1.0 and np.isfinite(epoch["val_loss"])
     assert summary["val_accuracy"] == epoch["val_accuracy"] and summary["test_accuracy"] == epoch["test_accuracy"]
     assert "swish1" not in json.dumps(summary["worst_agreement"])  # a parameter-free layer has no gradient
+
+
+def test_a_run_of_a_relative_model_file_resumes_from_another_directory(tmp_path, user_file, capsys, monkeypatch):
+    user_file("user_model_relative")
+    monkeypatch.chdir(tmp_path)
+    spec = "user_model_relative.py:make_model"  # relative to where the run starts
+    code, stdout, err = run_cli(["train", "--model", spec, "--epochs", "1", "--max-steps", "3", "--quiet",
+                                 "--out", "run"], capsys)  # fmt: skip
+    assert code == 0, err
+    recorded = f"{tmp_path / 'user_model_relative.py'}:make_model"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"] == recorded
+    hint = shlex.split(stdout.split("continue to the end with: ")[1].split(" (")[0])
+    assert hint == ["jaxbp", "train", "--resume", str(tmp_path / "run"), "--model", recorded]
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    code, _, err = run_cli(["train", "--resume", "../run", "--model", spec, "--quiet"], capsys)
+    assert code == 2 and f"add --model {recorded}" in err  # the relative spec names no file from here
+    code, _, err = run_cli([*hint[1:], "--quiet"], capsys)  # the printed command, as printed
+    assert code == 0, err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["config"]["model"] == recorded
 
 
 def test_a_user_model_trains_alike_with_manual_and_autodiff_gradients(tmp_path, user_file):

@@ -56,6 +56,7 @@ _NAMES = {
         "UserCodeError",
     ),
     "loop": ("evaluate", "fit", "train_epoch"),
+    "resume": ("resume_command",),
     "runfolder": ("RunFolder", "RunFolderError"),
     "state": ("Accumulator", "Progress", "TrainState"),
     "steps": ("AGREEMENT_FLOOR", "TRACE_COUNTS", "make_eval_step", "make_optimizer", "make_train_step"),

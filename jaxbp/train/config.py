@@ -20,16 +20,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from jaxbp.choices import AUGMENTS, GRADS, INITS, MATMUL_PRECISIONS, OPTIMIZERS, SCHEDULES, TRAIN_DTYPES
+from jaxbp.loading import anchored_spec
 
 __all__ = [
     "TRAJECTORY_FIELDS",
     "ConfigError",
     "TrainConfig",
+    "check_resume_epochs",
     "config_differences",
     "resume_config",
 ]
 
-# Fields a resumed run must share with its checkpoint: they decide the trajectory.
+# Fields a resumed run must share with its checkpoint: they decide the trajectory (epochs may grow:
+# a resume with more extends the run, see check_resume_epochs).
 TRAJECTORY_FIELDS = (
     "dataset", "model", "dropout", "optimizer", "learning_rate", "momentum", "schedule",
     "weight_decay", "epochs", "batch_size", "seed", "drop_last", "augment", "dtype", "label_smoothing",
@@ -146,6 +149,14 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def anchored(self) -> TrainConfig:
+        """This config with the paths a run records made absolute (from the current directory):
+        the file of a ``path/to/file.py:FUNCTION`` model and ``data_dir``. :func:`fit` records
+        this, so a run resumes from any directory (``out`` and ``resume`` stay as given: they
+        say where this invocation writes and reads)."""
+        data_dir = None if self.data_dir is None else os.path.abspath(os.path.expanduser(self.data_dir))
+        return dataclasses.replace(self, model=anchored_spec(self.model), data_dir=data_dir)
+
     def default_out(self, dataset: str) -> str:
         """``runs/<dataset>-<model>-<grad>``; a user's model spec is named by its module and
         function (``examples/custom_layer.py:make_model`` -> ``custom_layer.make_model``)."""
@@ -174,7 +185,8 @@ def _check_float(name: str, value: Any, low: float, high: float, *, low_open: bo
 
 def resume_config(run: str | os.PathLike, **overrides: Any) -> TrainConfig:
     """The config stored in a run's checkpoint, with ``resume`` set and ``overrides`` applied
-    (what ``jaxbp train --resume DIR`` uses, so the flags need not be repeated).
+    (what ``jaxbp train --resume DIR`` uses, so the flags need not be repeated). ``epochs``
+    among the overrides must extend the run (:func:`check_resume_epochs` with ``given``).
 
     The stored ``out`` and ``max_steps`` are not inherited: a resumed run writes into the
     folder it is resumed from (wherever it has been moved or copied) unless ``out`` is given,
@@ -185,6 +197,9 @@ def resume_config(run: str | os.PathLike, **overrides: Any) -> TrainConfig:
     # Checked before anything runs: a user module the run names is imported only if overrides name it too.
     path, meta = read_stored_run(run, model=overrides.get("model"), fields=TRAJECTORY_FIELDS)
     stored = meta["config"]
+    if "epochs" in overrides and isinstance(stored.get("epochs"), int):  # given: it must extend the run
+        _check_int("epochs", overrides["epochs"], 1)
+        check_resume_epochs(overrides["epochs"], stored["epochs"], meta["epoch"], given=True)
     known = {f.name for f in dataclasses.fields(TrainConfig)} - set(INVOCATION_FIELDS)
     values = {k: v for k, v in stored.items() if k in known}
     values.update(overrides)
@@ -195,12 +210,33 @@ def resume_config(run: str | os.PathLike, **overrides: Any) -> TrainConfig:
         raise checkpoint.CheckpointError(f"{path}: the stored training config is malformed: {err}") from None
 
 
+def check_resume_epochs(epochs: int, run_epochs: int, completed: int, *, given: bool = False) -> None:
+    """Resuming a run of ``run_epochs`` epochs that has completed ``completed`` of them, to train
+    ``epochs`` epochs in all: more than ``run_epochs`` extends the run, as many continues it, and
+    fewer is a :class:`ConfigError`: a resume never shortens a run (``max_steps`` stops it
+    earlier). ``given``: ``epochs`` was asked for explicitly, so it must also be more than
+    ``completed`` (asking a completed run for the epochs it has is an error, not a no-op)."""
+    if epochs <= completed and (given or epochs < run_epochs):
+        raise ConfigError(
+            "epochs", f"is {epochs}, but the run has completed {completed} of its {run_epochs} epochs already; "
+            f"give more than {completed} to extend it"
+        )  # fmt: skip
+    if epochs < run_epochs:
+        raise ConfigError(
+            "epochs", f"is {epochs}, fewer than the run's {run_epochs} epochs: a resume extends a run but never "
+            "shortens it (stop it earlier with --max-steps)"
+        )  # fmt: skip
+
+
 def config_differences(
     stored: dict[str, Any], config: TrainConfig, fields: Sequence[str] = TRAJECTORY_FIELDS
 ) -> dict[str, tuple[Any, Any]]:
     """``{field: (stored value, config's value)}`` for the ``fields`` where a stored config
     dict (a checkpoint's or a summary's) differs from ``config``; a field newer than the
-    stored dict counts as having had its default value."""
+    stored dict counts as having had its default value. Two model specs naming the same file
+    (one relative, as runs before jaxbp recorded them absolute, one absolute) do not differ."""
+    from jaxbp.train.resume import comparable
+
     defaults = TrainConfig()
     pairs = {f: (stored.get(f, getattr(defaults, f)), getattr(config, f)) for f in fields}
-    return {f: pair for f, pair in pairs.items() if pair[0] != pair[1]}
+    return {f: pair for f, pair in pairs.items() if comparable(f, pair[0]) != comparable(f, pair[1])}

@@ -27,6 +27,28 @@ class Display:
     def note(self, text: str) -> None:
         print(f"note: {text}", file=sys.stderr, flush=True)
 
+    def _say(self, text: str) -> None:
+        """A line above the bar, or a log line (nothing when the display is off or a callback)."""
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        elif self.lines:
+            print(text, file=sys.stderr, flush=True)
+
+    def folder(self, path) -> None:
+        """Name the run folder the run writes (at the start: where to look, what to resume)."""
+        self._say(f"run folder: {path}")
+
+    def compiling(self) -> None:
+        """The first step compiles (seconds to minutes at 0 %): the bar says so until :meth:`compiled`."""
+        if self.bar is not None:
+            self.bar.set_postfix_str("compiling the train step")
+        elif self.lines:
+            print("compiling the train step (the first step)", file=sys.stderr, flush=True)
+
+    def compiled(self) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str("")
+
     def record(self, rec: dict[str, Any]) -> None:
         if self.callback:
             self.callback(rec)

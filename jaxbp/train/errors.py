@@ -52,7 +52,9 @@ class TrainingInterrupted(KeyboardInterrupt):
 class TrainResult:
     """What :func:`fit` returns. ``history`` holds one dict per epoch; ``test_accuracy`` and
     ``test_loss`` are those of the last evaluation (at the stop of a ``max_steps`` run too),
-    ``val_accuracy`` and ``val_loss`` too where the run holds out a validation split (else None)."""
+    ``val_accuracy`` and ``val_loss`` too where the run holds out a validation split (else None).
+    ``status``: ``"completed"``, ``"stopped"`` (``max_steps``), or ``"already_completed"``: a
+    resumed run that had completed its epochs (nothing trained, nothing written)."""
 
     config: TrainConfig
     test_accuracy: float

@@ -12,12 +12,13 @@ writes bitwise the same metrics as an uninterrupted one. Every file goes through
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,13 @@ from jaxbp import checkpoint, data, models, parallel
 from jaxbp.choices import MODELS
 from jaxbp.loading import first_line
 from jaxbp.train import audit, resume, steps
-from jaxbp.train.config import TRAJECTORY_FIELDS, ConfigError, TrainConfig, config_differences
+from jaxbp.train.config import (
+    TRAJECTORY_FIELDS,
+    ConfigError,
+    TrainConfig,
+    check_resume_epochs,
+    config_differences,
+)
 from jaxbp.train.display import Display
 from jaxbp.train.errors import (
     GradientMismatchError,
@@ -104,7 +111,12 @@ def train_epoch(run: Run, state: TrainState, progress: Progress, stop: StopSigna
     for xb, yb, n_valid in batches:
         xb = run.augment(xb, progress.epoch, progress.batch_index)
         before = state  # compare mode audits the step from the state it started from
+        compiles = run.timing.compile_s == 0.0  # the first step of this process
+        if compiles:
+            run.display.compiling()
         state, m, seconds = _step(run, state, progress, xb, yb, n_valid)
+        if compiles:
+            run.display.compiled()
         progress.step += 1
         progress.batch_index += 1
         loss_a = float(m["loss_autodiff"]) if config.grad == "compare" else None
@@ -246,9 +258,18 @@ def save(run: Run, state: TrainState, progress: Progress) -> Path:
 
 
 def fit(
-    config: TrainConfig, *, progress: Any = None, ops=None, overwrite: bool = False, after_stop: str = "restore"
+    config: TrainConfig,
+    *,
+    progress: Any = None,
+    ops=None,
+    overwrite: bool = False,
+    after_stop: str = "restore",
+    dataset: data.Dataset | None = None,
 ) -> TrainResult:
     """Train ``config`` and return a :class:`TrainResult`.
+
+    The run records ``config.anchored()``: the file of a ``path/to/file.py:FUNCTION`` model and
+    ``data_dir`` absolute, so that it resumes from any directory (``TrainResult.config`` is it).
 
     The run is written into ``config.out`` (default ``runs/<dataset>-<model>-<grad>``; a
     resumed run: the folder it resumes, wherever that has been moved or copied). A folder
@@ -258,6 +279,11 @@ def fit(
     ``progress``: ``None`` shows a tqdm bar when stderr is a terminal and log lines
     otherwise, ``False`` shows nothing, a callable receives every metrics record.
     ``ops`` replaces :mod:`jaxbp.manual` (for tests that inject a wrong backward).
+    ``dataset``: train on this :class:`jaxbp.data.Dataset` (your own arrays:
+    ``Dataset.from_arrays(x_train, y_train, x_test, y_test)``) instead of loading
+    ``config.dataset``; the run records its name as ``config.dataset``, and resuming it takes
+    the same ``dataset`` again. ``config.val_split`` must then be 0 (the dataset holds out its
+    own validation rows: ``from_arrays(..., val_split=)``).
 
     SIGINT and SIGTERM (any number, in any process of a multi-process run) stop the run
     after the current step with a checkpoint and an ``interrupted`` summary, then raise
@@ -270,7 +296,18 @@ def fit(
     bad data, ``checkpoint.CheckpointError`` for a bad or mismatching checkpoint to resume,
     :class:`GradientMismatchError`, :class:`NonFiniteLossError` and :class:`TrainingInterrupted`.
     """
-    config.validate()
+    config = config.validate().anchored()  # what the run records: its model file absolute
+    if dataset is not None:
+        if not isinstance(dataset, data.Dataset):
+            raise TypeError(
+                f"dataset must be a jaxbp.data.Dataset (Dataset.from_arrays builds one), got {type(dataset).__name__}"
+            )
+        if config.val_split:
+            raise ConfigError(
+                "val_split", f"is {config.val_split}, but fit was given its data set: hold validation rows out of "
+                "it with Dataset.from_arrays(..., val_split=...)"
+            )  # fmt: skip
+        config = dataclasses.replace(config, dataset=dataset.name)
     precision = None if config.matmul_precision == "default" else config.matmul_precision
     with contextlib.ExitStack() as stack:
         stop = stack.enter_context(StopSignals(after_stop))
@@ -278,30 +315,38 @@ def fit(
             stack.enter_context(jax.enable_x64(True))
         if precision:
             stack.enter_context(jax.default_matmul_precision(precision))
-        return _fit(config, progress, ops, overwrite, stop)
+        return _fit(config, progress, ops, overwrite, stop, dataset)
 
 
-def _fit(config: TrainConfig, progress_arg, ops, overwrite: bool, stop: StopSignals) -> TrainResult:
+def _fit(
+    config: TrainConfig, progress_arg, ops, overwrite: bool, stop: StopSignals, dataset: data.Dataset | None
+) -> TrainResult:
     t_start = time.perf_counter()
     # One data-parallel mesh (one device unless config.devices or several processes say more):
     # parameters replicated, every batch split by rows; the same jitted step runs over it.
     mesh = parallel.make_mesh(config.devices)
     parallel.check_batch_size(config.batch_size, mesh)
     primary = parallel.is_primary()  # only process 0 writes files and shows progress
-    ds = data.load(config.dataset, config.data_dir, seed=config.seed, val_split=config.val_split)
+    if dataset is None:
+        ds = data.load(config.dataset, config.data_dir, seed=config.seed, val_split=config.val_split)
+    else:
+        ds = dataset
     config.check_against_data(len(ds.x_train), ds.input_shape)
     steps_per_epoch = data.num_batches(len(ds.x_train), config.batch_size, config.drop_last)
     compiled = steps.compiled(steps.step_key(config), ds.num_classes, steps_per_epoch * config.epochs, ops)
     model, train_step, eval_step, optimizer, audit_step = compiled
-    state, progress, resume_folder = _start(config, model, optimizer, ds)
+    start = _start(config, model, optimizer, ds)
+    state, progress = start.state, start.progress
     if config.max_steps and config.max_steps <= progress.step:
         raise ConfigError(
             "max_steps", f"is {config.max_steps} but the checkpoint is at step {progress.step} already; "
             "give a larger one, or 0 to run to the end"
         )  # fmt: skip
-    out = Path(config.out) if config.out else resume_folder or _default_folder(config, ds.name, overwrite)
+    if start.resumed_from is not None and progress.epoch >= config.epochs:
+        return _already_completed(config, state, progress, start.resumed_from)
+    out = Path(config.out) if config.out else start.resumed_from or _default_folder(config, ds.name, overwrite)
     stop.start_run()
-    with _open_folder(out, overwrite, resume_folder, progress.step, primary) as folder:
+    with _open_folder(out, overwrite, start.resumed_from, progress.step, primary) as folder:
         display = Display(
             progress_arg if primary else False, last_step(config, steps_per_epoch), progress.step,
             f"{config.model}/{config.grad}",
@@ -311,13 +356,17 @@ def _fit(config: TrainConfig, progress_arg, ops, overwrite: bool, stop: StopSign
             folder, display, data.batch_augmenter(config, ds), Timing(), t_start,
             audit.Auditor.create(config, audit_step, steps_per_epoch) if audit_step else None,
         )  # fmt: skip
+        display.folder(folder.path)
         for note in folder.notes:
             display.note(note)
         try:
+            state = parallel.replicate(state, mesh)
+            if start.extends_from is not None:  # before config.json: the checkpoint is what a resume reads
+                _extend(run, state, progress, start.extends_from)
             folder.write_json("config", config.to_dict())
             folder.write_json("summary", _summary(run, progress, "running", None, None))
-            state = parallel.replicate(state, mesh)
             if run.auditor:  # before any float32 step traces (see Auditor.prepare)
+                display.compiling()
                 run.auditor.prepare(state, (config.batch_size, *ds.input_shape), config.model)
             state, status, stop_eval = _train(run, state, progress, stop)
         except (
@@ -359,8 +408,19 @@ def _or_nan(value: float | None) -> float:
     return float("nan") if value is None else value
 
 
-def _start(config: TrainConfig, model, optimizer, ds: data.Dataset) -> tuple[TrainState, Progress, Path | None]:
-    """The initial state and progress, or the checkpoint's, and the folder resumed from."""
+class Start(NamedTuple):
+    """Where :func:`fit` starts: the state and progress (fresh, or a checkpoint's), the folder
+    resumed from (None: a new run) and, where ``config.epochs`` extends the resumed run, the
+    epochs it had (else None)."""
+
+    state: TrainState
+    progress: Progress
+    resumed_from: Path | None = None
+    extends_from: int | None = None
+
+
+def _start(config: TrainConfig, model, optimizer, ds: data.Dataset) -> Start:
+    """The initial state and progress, or the checkpoint's (:class:`Start`)."""
     try:
         fresh = TrainState(**steps.init_state(model, optimizer, ds.input_shape, config.dtype, config.seed))
     except models.ModelError as err:  # a user's model that cannot be built: name the spec
@@ -369,19 +429,69 @@ def _start(config: TrainConfig, model, optimizer, ds: data.Dataset) -> tuple[Tra
         shape = "x".join(map(str, ds.input_shape))
         raise ConfigError("model", f"is {config.model!r}, which cannot take the {shape} images of {ds.name}: {err}")
     if not config.resume:
-        return fresh, Progress(), None
+        return Start(fresh, Progress())
     stored = resume.read_stored_run(config.resume, model=config.model, fields=TRAJECTORY_FIELDS)
     path = stored.checkpoint  # every process reads the checkpoint on the host
-    diffs = config_differences(stored.meta["config"], config)
+    # Every field that decides the trajectory, but epochs: more of them extend the run (below).
+    diffs = config_differences(stored.meta["config"], config, [f for f in TRAJECTORY_FIELDS if f != "epochs"])
     if diffs:
         raise checkpoint.CheckpointError(
             f"{path}: cannot resume, the checkpoint was written by a different run configuration ("
             + "; ".join(f"{f}: checkpoint {old!r}, this run {new!r}" for f, (old, new) in diffs.items())
             + ")"
         )
+    run_epochs = stored.meta["config"].get("epochs", TrainConfig().epochs)
+    if isinstance(run_epochs, bool) or not isinstance(run_epochs, int) or run_epochs < 1:
+        raise checkpoint.CheckpointError(
+            f"{path}: its config's epochs is {run_epochs!r}, not an integer >= 1; refusing to resume from it"
+        )
     steps_per_epoch = data.num_batches(len(ds.x_train), config.batch_size, config.drop_last)
-    state, progress = resume.restore(stored, fresh, steps_per_epoch=steps_per_epoch, epochs=config.epochs)
-    return state, progress, path.parent
+    state, progress = resume.restore(stored, fresh, steps_per_epoch=steps_per_epoch, epochs=run_epochs)
+    check_resume_epochs(config.epochs, run_epochs, progress.epoch)
+    return Start(state, progress, path.parent, run_epochs if config.epochs > run_epochs else None)
+
+
+def _already_completed(config: TrainConfig, state: TrainState, progress: Progress, folder: Path) -> TrainResult:
+    """The result of resuming a run that has completed its epochs: nothing trains, nothing is written."""
+    last = progress.history[-1] if progress.history else {}
+    return TrainResult(
+        config=config, test_accuracy=_or_nan(last.get("test_accuracy")), test_loss=_or_nan(last.get("test_loss")),
+        history=progress.history, steps=progress.step, epochs_completed=progress.epoch,
+        wall_time_s=progress.wall_time_s, compile_time_s=0.0, examples_per_s=0.0, out_dir=folder,
+        paths=RunFolder(folder).paths, worst_agreement=progress.worst, status="already_completed",
+        val_accuracy=last.get("val_accuracy"), val_loss=last.get("val_loss"),
+        params=state.params, model_state=state.model_state,
+    )  # fmt: skip
+
+
+def _extend(run: Run, state: TrainState, progress: Progress, from_epochs: int) -> None:
+    """This resume extends the run from ``from_epochs`` to ``config.epochs``: checkpointed at once
+    (the run folder says so whatever happens next), then an ``extended`` metrics record and a
+    note of what the learning rate does. The optimizer was built over the new total of steps, so
+    a cosine schedule decays to 0 at the new end (optax reads the step from the optimizer state):
+    the learning rate goes back up from where the old schedule ended."""
+    config = run.config
+    total = run.steps_per_epoch * config.epochs
+    progress.extensions.append({"step": progress.step, "from_epochs": from_epochs, "to_epochs": config.epochs})
+    save(run, state, progress)
+    lr = steps.learning_rate(config, total)
+    now = float(lr(progress.step)) if callable(lr) else float(lr)
+    rec = {
+        "kind": "extended", "step": progress.step, "epoch": progress.epoch + 1, "from_epochs": from_epochs,
+        "to_epochs": config.epochs, "learning_rate": now,
+    }  # fmt: skip
+    run.folder.record(rec)
+    if run.display.callback:
+        run.display.callback(rec)
+    if config.schedule == "cosine":
+        how = (
+            f"the cosine schedule is rebuilt over the {config.epochs} epochs: learning rate {now:.3g} at step "
+            f"{progress.step}, decaying to 0 at step {total}"
+        )
+    else:
+        how = f"the constant learning rate {now:g} continues"
+    if run.folder.primary:
+        run.display.note(f"{run.folder.path}: extending the run from {from_epochs} to {config.epochs} epochs; {how}")
 
 
 def _default_folder(config: TrainConfig, dataset: str, overwrite: bool) -> Path:
@@ -423,7 +533,8 @@ def _interrupt(run: Run, progress: Progress, stop: StopSignals) -> None:
         )
     path = run.folder.paths["checkpoint"]
     raise TrainingInterrupted(
-        f"{stop.describe()}: {where}; checkpoint written to {path}. Resume with: jaxbp train --resume {run.folder.path}",
+        f"{stop.describe()}: {where}; checkpoint written to {path}. "
+        f"Resume with: {resume.resume_command(run.folder.path, run.config.model)}",
         path,
     )
 
@@ -461,6 +572,7 @@ def _summary(run: Run, progress: Progress, status: str, error, stop_eval) -> dic
         "compile_time_s": timing.compile_s,
         "examples_per_s": timing.examples / timing.train_s if timing.train_s > 0 else 0.0,
         "worst_agreement": progress.worst,
+        "extensions": progress.extensions,
         "compare_rtol": config.compare_rtol if config.grad == "compare" else None,
         **audit.summary_fields(config, run.auditor, progress),
         "dataset": {

@@ -20,6 +20,7 @@ Every refusal is a :class:`jaxbp.checkpoint.CheckpointError` (or a
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -29,10 +30,11 @@ import numpy as np
 
 from jaxbp import checkpoint, files
 from jaxbp.choices import MODELS
+from jaxbp.loading import anchored_spec
 from jaxbp.train.runfolder import RUN_FILES, kept_metrics
 from jaxbp.train.state import Progress, TrainState
 
-__all__ = ["StoredRun", "read_stored_run", "restore"]
+__all__ = ["StoredRun", "comparable", "read_stored_run", "restore", "resume_command"]
 
 
 class StoredRun(NamedTuple):
@@ -76,7 +78,10 @@ def _check_config_json(path: Path, stored: dict[str, Any], fields: Sequence[str]
         raise checkpoint.CheckpointError(f"cannot resume: {err}") from None
     if not isinstance(written, dict):
         raise checkpoint.CheckpointError(f"{config_path}: is not a JSON object; cannot resume")
-    differ = [f for f in fields if f in written and f in stored and written[f] != stored[f]]
+    # Not epochs: an extension (--epochs) writes the checkpoint first, then config.json, and a run
+    # killed between the two is still this folder's run; the other fields tell another run's checkpoint.
+    fields = [f for f in fields if f != "epochs" and f in written and f in stored]
+    differ = [f for f in fields if comparable(f, written[f]) != comparable(f, stored[f])]
     if differ:
         f = differ[0]
         raise checkpoint.CheckpointError(
@@ -85,17 +90,38 @@ def _check_config_json(path: Path, stored: dict[str, Any], fields: Sequence[str]
         )
 
 
+def comparable(field: str, value: Any) -> Any:
+    """``value`` of the config field ``field`` as two configs are compared: a model spec by the
+    file it names from the current directory (:func:`jaxbp.loading.anchored_spec`: a run records
+    its model file absolute, runs of jaxbp before that recorded it as typed), anything else as it is."""
+    return anchored_spec(value) if field == "model" and isinstance(value, str) else value
+
+
 def _check_model(path: Path, stored: dict[str, Any], model: str | None) -> None:
-    """A user module the run names is imported only when ``model`` (the user, now) names it too."""
+    """A user module the run names is imported only when ``model`` (the user, now) names it too:
+    the same file (a path relative to the current directory or absolute) and function."""
     spec = stored.get("model", "cnn")
     if not isinstance(spec, str):
         raise checkpoint.CheckpointError(f"{path}: its config's model is {spec!r}, not a model name or spec")
-    if spec in MODELS or model == spec:
+    if spec in MODELS or (model is not None and comparable("model", model) == comparable("model", spec)):
         return
     raise checkpoint.CheckpointError(
         f"{path}: the run's model is the user module {spec!r}; a resume imports a module only when you name it "
         f"yourself: add --model {spec} if you trust that file"
     )
+
+
+def resume_command(folder: str | os.PathLike, model: str, *, epochs: int | None = None) -> str:
+    """The command line that continues the run in ``folder`` (shell-quoted): ``jaxbp train --resume
+    FOLDER``, with ``--model SPEC`` for a user's model (a resume imports only a module the user
+    names) and ``--epochs N`` where it extends the run. The folder is made absolute and a run
+    records its model file absolute, so the command works from any directory."""
+    words = ["jaxbp", "train", "--resume", os.path.abspath(folder)]
+    if model not in MODELS:
+        words += ["--model", model]
+    if epochs is not None:
+        words += ["--epochs", str(epochs)]
+    return shlex.join(words)
 
 
 def restore(stored: StoredRun, fresh: TrainState, *, steps_per_epoch: int, epochs: int) -> tuple[TrainState, Progress]:

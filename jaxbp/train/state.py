@@ -127,12 +127,14 @@ class Progress:
     epoch_acc: Accumulator = field(default_factory=Accumulator)
     window: Accumulator = field(default_factory=Accumulator)
     wall_time_s: float = 0.0  # of the processes before this one
+    # Every resume that extended the run (``--epochs`` beyond its epochs): {"step", "from_epochs", "to_epochs"}.
+    extensions: list[dict[str, int]] = field(default_factory=list)
 
     def extra(self, wall_time_s: float) -> dict[str, Any]:
         return {
             "batch_index": self.batch_index, "history": self.history, "worst": self.worst, "audits": self.audits,
             "epoch_acc": dataclasses.asdict(self.epoch_acc), "window": dataclasses.asdict(self.window),
-            "wall_time_s": wall_time_s,
+            "wall_time_s": wall_time_s, "extensions": self.extensions,
         }  # fmt: skip
 
     @classmethod
@@ -161,6 +163,7 @@ class Progress:
                 epoch_acc=Accumulator.from_dict(epoch_acc or {}),
                 window=Accumulator.from_dict(extra.get("window") or {}),
                 wall_time_s=extra.get("wall_time_s", 0.0),
+                extensions=list(extra.get("extensions") or []),
             )
             progress._check_types()
         except (TypeError, ValueError, KeyError) as err:
@@ -194,6 +197,10 @@ class Progress:
             raise TypeError(f"worst is {w!r}, not the run's worst agreement"[:300])
         if self.audits is not None and not isinstance(self.audits, dict):
             raise TypeError("audits is not a dict")
+        keys = ("step", "from_epochs", "to_epochs")
+        for i, ext in enumerate(self.extensions):
+            if not (isinstance(ext, dict) and set(ext) == set(keys) and all(_is_number(ext[k], int) for k in keys)):
+                raise TypeError(f"extension {i} is {ext!r}, not {{step, from_epochs, to_epochs}}"[:300])
 
     def _position_problem(self, steps_per_epoch: int, epochs: int) -> str | None:
         total = steps_per_epoch * epochs

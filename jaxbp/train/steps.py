@@ -38,6 +38,7 @@ __all__ = [
     "compiled",
     "dropout_key",
     "init_state",
+    "learning_rate",
     "make_audit_step",
     "make_eval_step",
     "make_loss",
@@ -52,11 +53,18 @@ __all__ = [
 TRACE_COUNTS: collections.Counter[str] = collections.Counter()
 
 
+def learning_rate(config: TrainConfig, total_steps: int) -> float | optax.Schedule:
+    """The learning rate of ``config``: a float (``constant``), or the optax schedule of step
+    ``count`` that decays from ``learning_rate`` to 0 over ``total_steps`` (``cosine``; an
+    extended run rebuilds it over its new total)."""
+    if config.schedule == "cosine":
+        return optax.cosine_decay_schedule(config.learning_rate, decay_steps=max(total_steps, 1))
+    return config.learning_rate
+
+
 def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
     """The optax optimizer of ``config``; the cosine schedule decays to 0 over ``total_steps``."""
-    lr: Any = config.learning_rate
-    if config.schedule == "cosine":
-        lr = optax.cosine_decay_schedule(config.learning_rate, decay_steps=max(total_steps, 1))
+    lr: Any = learning_rate(config, total_steps)
 
     def decay_mask(params):
         return jax.tree.map(lambda p: p.ndim > 1, params)
