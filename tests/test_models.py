@@ -21,6 +21,7 @@ def test_shapes_and_readable_names(name, shape):
     expected = {"cnn": ["conv1", "conv2", "dense1", "dense2"], "mlp": ["dense1", "dense2"]}
     expected["cnn-bn"] = ["conv1", "bn1", "conv2", "bn2", "dense1", "dense2"]
     expected["resnet"] = ["conv1", "bn1", "res1", "res2", "dense1"]
+    expected["convnext"] = ["conv1", "ln1", "res1", "ln2", "conv2", "res2", "ln3", "dense1"]
     assert list(params) == expected[name]
     assert list(state) == {"cnn-bn": ["bn1", "bn2"], "resnet": ["bn1", "res1", "res2"]}.get(name, [])
     if name == "resnet":  # stride-2 blocks with a 1x1 projection: 28 -> 14 -> 7, 8 -> 4 -> 2
@@ -28,6 +29,12 @@ def test_shapes_and_readable_names(name, shape):
         assert params["res1"]["conv1"]["w"].shape == (3, 3, 8, 32)
         assert params["res2"]["proj"]["w"].shape == (1, 1, 32, 64)
         assert params["dense1"]["w"].shape == (64, 10)
+    elif name == "convnext":  # 2x2 stride-2 stem and downsampling: 28 -> 14 -> 7, 8 -> 4 -> 2
+        assert params["conv1"]["w"].shape == (2, 2, 1, 32) and params["conv2"]["w"].shape == (2, 2, 32, 64)
+        block = params["res2"]  # depthwise 7x7, layer norm, a 4x bottleneck of pointwise dense layers
+        assert list(block) == ["conv1", "ln1", "dense1", "dense2"]
+        assert block["conv1"]["w"].shape == (7, 7, 1, 64) and block["dense1"]["w"].shape == (64, 256)
+        assert block["dense2"]["w"].shape == (256, 64) and params["ln3"]["gamma"].shape == (64,)
     elif name != "mlp":  # SAME convs, 2x2 pools: 28 -> 14 -> 7, 8 -> 4 -> 2
         side = shape[0] // 4
         assert params["conv1"]["w"].shape == (3, 3, 1, 32)
@@ -155,6 +162,46 @@ def test_flops_per_example():
     assert models.flops(models.get_model("mlp", 10), (8, 8, 1)) == 2 * 64 * 256 + 2 * 256 * 10
 
 
+def test_convnext_counts_depthwise_flops_per_group_and_the_autoencoder_keeps_the_shape():
+    by_layer = models.flops(models.get_model("convnext", 10), (28, 28, 1), by_layer=True)
+    # the depthwise 7x7 conv: 49 taps per output, one input channel each; the bottleneck's 1x1s as dense layers
+    dw, expand, project = 2 * 14 * 14 * 49 * 32, 2 * 14 * 14 * 32 * 128, 2 * 14 * 14 * 128 * 32
+    assert by_layer["conv1"] == 2 * 14 * 14 * 4 * 32 and by_layer["res1"] == dw + expand + project
+    ae = models.autoencoder(channels=1, width=4)
+    out_shape, params, _ = ae.init(0, (12, 8, 1))
+    assert out_shape == (12, 8, 1) and params["convT1"]["w"].shape == (4, 4, 8, 4)
+    with pytest.raises(models.ModelError, match=r"Conv\(4, kernel=3, groups=3\): groups must divide"):
+        models.Conv(4, 3, groups=3).init(0, (8, 8, 6))
+
+
+def test_new_models_backward_agrees_with_autodiff_in_float64():
+    """convnext (depthwise conv, layer norm, GELU, residual) and the autoencoder (transposed convs,
+    mse_loss), hand-derived against jax.grad of the same model on the plain-JAX ops. convnext's
+    layers at 4 channels: its own 32 and 64 take a minute to compile in float64."""
+    rng = np.random.default_rng(0)
+    tiny_convnext = models.serial(
+        models.Conv(4, 2, stride=2, padding="VALID"), models.LayerNorm(), models.convnext_block(4),
+        models.GlobalAvgPool, models.LayerNorm(), models.Dense(3),
+    )  # fmt: skip
+    with jax.enable_x64(True):
+        for model, loss in (
+            (tiny_convnext, lambda ops, out, x: ops.softmax_cross_entropy(out, jnp.arange(2) % 3)),
+            (models.autoencoder(channels=1, width=4), lambda ops, out, x: ops.mse_loss(out, x)),
+        ):
+            _, params, _ = model.init(0, (8, 8, 1))
+            params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)
+            x = jnp.asarray(rng.standard_normal((2, 8, 8, 1)))
+
+            def objective(p, ops, model=model, loss=loss):
+                return loss(ops, model.apply(p, x, ops=ops)[0], x)
+
+            grad = jax.jit(jax.grad(objective), static_argnums=1)  # one program each, not op by op
+            got, want = (grad(params, ops) for ops in (manual, autodiff))
+            scale = max(float(jnp.max(jnp.abs(w))) for w in jax.tree.leaves(want))
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+                assert float(jnp.max(jnp.abs(a - b))) <= 1e-10 * scale
+
+
 def test_unknown_model_is_a_clear_error():
-    with pytest.raises(models.ModelError, match="unknown model 'resnet2'.*cnn, cnn-bn, mlp, resnet"):
+    with pytest.raises(models.ModelError, match="unknown model 'resnet2'.*cnn, cnn-bn, mlp, resnet, convnext"):
         models.get_model("resnet2", 10)

@@ -231,7 +231,7 @@ def Dense(features: int, *, init: str = "he") -> Layer:
     def apply(params, x, *, ops, train=False, rng=None, state=None, mask=None):
         return ops.dense(x, params["w"], params["b"]), {}
 
-    return Layer("dense", init_fn, apply, lambda i, o: 2 * i[-1] * features)
+    return Layer("dense", init_fn, apply, lambda i, o: 2 * math.prod(i) * features)  # per position of [..., in]
 
 
 def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5) -> Layer:
