@@ -1,7 +1,7 @@
 """The measurements behind conv2d's kernel-aware routes, over a range of convolution shapes.
 
-Where XLA:CPU runs convolutions on YNNPACK (XLA's default in jaxlib 0.10), ``jaxbp.layers.conv``
-formulates some of them so that YNNPACK refuses them and XLA's own kernel runs them. Which
+Where XLA:CPU runs convolutions on YNNPACK (XLA's default in jaxlib 0.10), ``jaxbp.kernels.conv``
+routes some of them to formulations so that YNNPACK refuses them and XLA's own kernel runs them. Which
 ones, and from how many channels on, rests on this sweep: for each shape (batch, size, Cin ->
 Cout, stride, groups; 3x3 SAME), the bare kernels, compiled under the flags this process runs
 with and timed interleaved in one process:
@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp import allocator, bench, xla_flags
+from jaxbp.kernels import conv as kernels
 from jaxbp.layers import conv
 
 # (batch, height = width, Cin, Cout, stride, groups)
@@ -57,12 +58,12 @@ def shape_calls(batch, size, cin, cout, stride, groups, rng) -> dict:
     cfg = conv.conv_config(x, w, None, stride, "SAME", 1, groups)
     out = -(-size // stride)
     dy = jnp.asarray(rng.standard_normal((batch, out, out, cout)), jnp.float32)
-    block = conv.im2col_images_per_block(batch, (out, out), 9 * cin, 4)
+    block = kernels.im2col_images_per_block(batch, (out, out), 9 * cin, 4)
     fns = {
         "fwd": (lambda x, w: conv.convolution(x, w, None, cfg, extra_row=False), (x, w)),
-        "dw im2col": (lambda x, dy: conv.conv2d_dw_im2col(x, dy, w.shape, cfg._replace(im2col_block=block)), (x, dy)),
-        "dw conv": (lambda x, dy: conv.conv2d_dw_conv(x, dy, w.shape, cfg._replace(dw_lhs_dilation=1)), (x, dy)),
-        "dw conv dilated": (lambda x, dy: conv.conv2d_dw_conv(x, dy, w.shape, cfg._replace(dw_lhs_dilation=2)), (x, dy)),
+        "dw im2col": (lambda x, dy: conv.conv2d_dw_im2col(x, dy, w.shape, cfg._replace(route=cfg.route._replace(im2col_block=block))), (x, dy)),
+        "dw conv": (lambda x, dy: conv.conv2d_dw_conv(x, dy, w.shape, cfg._replace(route=cfg.route._replace(dw_lhs_dilation=1))), (x, dy)),
+        "dw conv dilated": (lambda x, dy: conv.conv2d_dw_conv(x, dy, w.shape, cfg._replace(route=cfg.route._replace(dw_lhs_dilation=2))), (x, dy)),
     }  # fmt: skip
     if stride == 1:
         fns["fwd taller"] = (lambda x, w: conv.convolution(x, w, None, cfg, extra_row=True), (x, w))

@@ -1,8 +1,8 @@
 """The convolution's kernel-aware routes in the whole train step, each against the routes before it.
 
-``jaxbp.layers.conv`` reads, while tracing, whether XLA:CPU will run convolutions on
-YNNPACK's kernels (:func:`jaxbp.layers.conv.convolutions_on_ynnpack`) and, where it will,
-formulates three of them so that YNNPACK refuses them and XLA's own, faster, kernel runs
+``jaxbp.kernels.conv`` reads, while tracing, whether XLA:CPU will run convolutions on
+YNNPACK's kernels (:func:`jaxbp.kernels.conv.convolutions_on_ynnpack`) and, where it will,
+routes conv2d to formulate three of them so that YNNPACK refuses them and XLA's own, faster, kernel runs
 them: the input gradient one row taller than x, the forward one row taller than its output
 (inputs of 16 channels or more), the weight gradient over x dilated by 2. This compiles the
 manual train step of ``--model`` in ONE process under XLA's defaults at each stage:
@@ -39,28 +39,29 @@ os.environ.setdefault("XLA_FLAGS", "")  # each flag set goes to its own compilat
 @contextlib.contextmanager
 def routes_at(stage: int):
     """Trace conv2d with the routes of ``stage`` (0: before, 1: + taller dx, 2: + taller forward, 3: now)."""
-    from jaxbp.layers import conv
+    import numpy as np
 
-    check = conv.conv_config
+    from jaxbp.kernels import conv as kernels
 
-    def patched(x, w, b, stride, padding, dilation, groups):
-        cfg = check(x, w, b, stride, padding, dilation, groups)
+    choose = kernels.conv_route
+
+    def patched(x_shape, w_shape, dtype, stride, pads, dilation, groups, out_hw):
+        route = choose(x_shape, w_shape, dtype, stride, pads, dilation, groups, out_hw)
         if stage >= 3:
-            return cfg
-        kh, kw, cin_g, _ = w.shape
-        on_ynnpack = conv.convolutions_on_ynnpack()
+            return route
+        kh, kw, cin_g, _ = w_shape
+        on_ynnpack = kernels.convolutions_on_ynnpack()
         block = 0
         if cin_g <= 32 and (stage == 0 or on_ynnpack):  # the im2col route of before, its blocks as now
-            out_hw = conv.output_hw(x.shape[1:3], (kh, kw), cfg.padding, cfg.stride, cfg.dilation)
-            block = conv.im2col_images_per_block(x.shape[0], out_hw, kh * kw * x.shape[3], x.dtype.itemsize)
-        return cfg._replace(
+            block = kernels.im2col_images_per_block(x_shape[0], out_hw, kh * kw * x_shape[3], np.dtype(dtype).itemsize)
+        return route._replace(
             im2col_block=block,
             dw_lhs_dilation=1,
-            dx_extra_row=cfg.dx_extra_row and stage >= 1,
-            y_extra_row=cfg.y_extra_row and stage >= 2,
+            dx_extra_row=route.dx_extra_row and stage >= 1,
+            y_extra_row=route.y_extra_row and stage >= 2,
         )
 
-    with mock.patch.object(conv, "conv_config", patched):
+    with mock.patch.object(kernels, "conv_route", patched):
         yield
 
 

@@ -33,7 +33,7 @@ def _depthwise_variants(rng):
     import numpy as np
 
     from jaxbp import autodiff, manual
-    from jaxbp.layers import conv
+    from jaxbp.kernels import conv as kernels
 
     n, h, c, k = 64, 14, 128, 7
     x = jnp.asarray(rng.standard_normal((n, h, h, c)), jnp.float32)
@@ -45,12 +45,12 @@ def _depthwise_variants(rng):
 
     variants = {"jaxbp manual": step(manual.conv2d), "jaxbp autodiff": step(autodiff.conv2d)}
     before = step(manual.conv2d)
-    saved = conv.DEPTHWISE_TAPS_CHANNELS
-    conv.DEPTHWISE_TAPS_CHANNELS = 10**9  # the route before the taps: convolutions (traced now, while patched)
+    saved = kernels.DEPTHWISE_TAPS_CHANNELS
+    kernels.DEPTHWISE_TAPS_CHANNELS = 10**9  # the route before the taps: convolutions (traced now, while patched)
     try:
         jax.block_until_ready(before(x, w, dy))
     finally:
-        conv.DEPTHWISE_TAPS_CHANNELS = saved
+        kernels.DEPTHWISE_TAPS_CHANNELS = saved
     variants["jaxbp manual, convolutions (before)"] = before
     args = (x, w, dy)
     torch_step = _torch_step(np.asarray(x), np.asarray(w), np.asarray(dy), "conv2d", dict(padding=k // 2, groups=c))

@@ -85,7 +85,11 @@ def _kernel_calls(batch: int, rng):
     from jax import lax
 
     from jaxbp.bench import compile_ahead
+    from jaxbp.kernels import conv as kernels
     from jaxbp.layers import conv as conv_module
+
+    def routed(cfg, **fields):  # cfg with these fields of its route replaced
+        return cfg._replace(route=cfg.route._replace(**fields))
 
     try:
         import torch
@@ -100,14 +104,14 @@ def _kernel_calls(batch: int, rng):
         dy = jnp.asarray(rng.standard_normal((batch, h, h, cout)), jnp.float32)
         flops = 2 * batch * h * h * 9 * cin * cout
         cfg = conv_module.conv_config(x, w, None, 1, "SAME", 1, 1)
-        block = conv_module.im2col_images_per_block(
+        block = kernels.im2col_images_per_block(
             batch, (h, h), 9 * cin, 4
         )  # the layer's blocks, whichever route it takes
         fns = {
             "fwd": (lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")), (x, w)),
-            "dw im2col": (lambda x, dy: conv_module.conv2d_dw_im2col(x, dy, w.shape, cfg._replace(im2col_block=block)), (x, dy)),
-            "dw conv": (lambda x, dy: conv_module.conv2d_dw_conv(x, dy, w.shape, cfg._replace(dw_lhs_dilation=1)), (x, dy)),
-            "dw conv, x dilated": (lambda x, dy: conv_module.conv2d_dw_conv(x, dy, w.shape, cfg._replace(dw_lhs_dilation=2)), (x, dy)),
+            "dw im2col": (lambda x, dy: conv_module.conv2d_dw_im2col(x, dy, w.shape, routed(cfg, im2col_block=block)), (x, dy)),
+            "dw conv": (lambda x, dy: conv_module.conv2d_dw_conv(x, dy, w.shape, routed(cfg, dw_lhs_dilation=1)), (x, dy)),
+            "dw conv, x dilated": (lambda x, dy: conv_module.conv2d_dw_conv(x, dy, w.shape, routed(cfg, dw_lhs_dilation=2)), (x, dy)),
             "matmul": (jnp.matmul, (jnp.ones((batch * h * h, 9 * cin), jnp.float32), jnp.ones((9 * cin, cout), jnp.float32))),
             "matmul dw-shaped": (jnp.matmul, (jnp.ones((cout, batch * h * h), jnp.float32), jnp.ones((batch * h * h, 9 * cin), jnp.float32))),
         }  # fmt: skip
@@ -117,11 +121,11 @@ def _kernel_calls(batch: int, rng):
         )
         if name != "conv1":  # dx as tall as x, and one row taller (cropped): what keeps it off YNNPACK
             fns["dx"] = (
-                lambda dy, w: conv_module.conv2d_dx(dy, w, x.shape, cfg._replace(dx_extra_row=False)),
+                lambda dy, w: conv_module.conv2d_dx(dy, w, x.shape, routed(cfg, dx_extra_row=False)),
                 (dy, w),
             )
             fns["dx one row taller"] = (
-                lambda dy, w: conv_module.conv2d_dx(dy, w, x.shape, cfg._replace(dx_extra_row=True)),
+                lambda dy, w: conv_module.conv2d_dx(dy, w, x.shape, routed(cfg, dx_extra_row=True)),
                 (dy, w),
             )
         for what, (fn, args) in fns.items():

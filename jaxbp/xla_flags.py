@@ -143,8 +143,8 @@ def ynnpack_convolutions(environ: Mapping[str, str] | None = None) -> bool:
     (default: this process's): the last ``--xla_cpu_experimental_ynn_fusion_type=`` decides
     (convolutions when it lists ``individual_convolution``), XLA's default without one.
 
-    Layers read it while tracing to pick the formulation that suits the kernels the
-    compiler will choose (``jaxbp.layers.conv``); it says nothing of other backends.
+    ``jaxbp.kernels.conv`` reads it while tracing to pick the formulation that suits the
+    kernels the compiler will choose; it says nothing of other backends.
     """
     environ = os.environ if environ is None else environ
     types = None

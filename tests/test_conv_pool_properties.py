@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from jax import lax
 
 from jaxbp import autodiff, manual
+from jaxbp.kernels import conv as kernels
 from jaxbp.layers import conv as conv_module
 
 SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -154,15 +155,15 @@ def test_conv2d_vjp_matches_autodiff(route, data):
     ]
     y_shape = jax.eval_shape(lambda *a: autodiff.conv2d(*a, **kwargs), *args).shape
     with pytest.MonkeyPatch.context() as mp:  # every dw route whatever the channel count, and both dx shapes
-        # the layer reads XLA_FLAGS while tracing to choose its formulation (the compiler here keeps its own)
+        # jaxbp.kernels reads XLA_FLAGS while tracing to choose the route (the compiler here keeps its own)
         mp.setenv("XLA_FLAGS", OFF_YNNPACK if route == "xla-kernels" else ON_YNNPACK)
-        mp.setattr(conv_module, "IM2COL_MAX_CHANNELS", 10**6 if im2col else 0)
-        mp.setattr(conv_module, "FORWARD_OFF_YNNPACK_CHANNELS", 0)  # the taller forward whatever the channel count
+        mp.setattr(kernels, "IM2COL_MAX_CHANNELS", 10**6 if im2col else 0)
+        mp.setattr(kernels, "FORWARD_OFF_YNNPACK_CHANNELS", 0)  # the taller forward whatever the channel count
         if route == "im2col-blocks-of-2":  # the budget of two images' patches: several blocks, the last one padded
             ho, wo = y_shape[1:3]
-            mp.setattr(conv_module, "IM2COL_BLOCK_BYTES", 2 * ho * wo * w_shape[0] * w_shape[1] * x_shape[3] * 8)
+            mp.setattr(kernels, "IM2COL_BLOCK_BYTES", 2 * ho * wo * w_shape[0] * w_shape[1] * x_shape[3] * 8)
         else:
-            mp.setattr(conv_module, "IM2COL_BLOCK_BYTES", 2**40)
+            mp.setattr(kernels, "IM2COL_BLOCK_BYTES", 2**40)
         n = x_shape[0]  # dw's route: (im2col block, x's dilation in the convolution)
         expected_dw = {"inflated": (0, 2), "im2col": (n, 1), "im2col-blocks-of-2": (min(2, n), 1)}.get(route, (0, 1))
         stride = kwargs.get("stride", 1)
@@ -171,7 +172,8 @@ def test_conv2d_vjp_matches_autodiff(route, data):
         y_extra_row = at_stride_1 and y_shape[1] >= x_shape[1]
         with jax.enable_x64(True):
             cfg = conv_module.conv_config(*map(jnp.asarray, args[:2]), None, **kwargs)
-            routes = (cfg.im2col_block, cfg.dw_lhs_dilation, cfg.dx_extra_row, cfg.y_extra_row)
+            r = cfg.route
+            routes = (r.im2col_block, r.dw_lhs_dilation, r.dx_extra_row, r.y_extra_row)
             assert routes == (*expected_dw, extra_row, y_extra_row), config
 
             def one_row_taller(x, w, b):  # the manual forward's formulation where it keeps off YNNPACK
@@ -199,42 +201,6 @@ def test_conv2d_vjp_matches_autodiff(route, data):
             seed,
             forward_fn=one_row_taller if y_extra_row else None,
         )
-
-
-@pytest.mark.parametrize(
-    ("flags", "groups", "cin_g", "im2col", "dw_lhs_dilation"),
-    [
-        (ON_YNNPACK, 1, 32, False, 2),  # YNNPACK's dw convolution is the slow one: x dilated keeps it off
-        (OFF_YNNPACK, 1, 32, False, 1),
-        (ON_YNNPACK, 2, 16, True, 1),  # batch-grouped convolutions are slow on either kernel
-        (OFF_YNNPACK, 2, 16, True, 1),
-        (ON_YNNPACK, 8, 1, False, 2),  # depthwise below DEPTHWISE_TAPS_CHANNELS: the convolution is faster
-        (OFF_YNNPACK, 8, 1, False, 1),  # (from 16 channels: the taps, tests/test_depthwise.py)
-        (ON_YNNPACK, 2, 64, False, 2),  # wider groups: not measured, the convolution
-    ],
-)
-def test_the_weight_gradient_takes_the_measured_route(flags, groups, cin_g, im2col, dw_lhs_dilation):
-    x, w = jnp.zeros((4, 14, 14, groups * cin_g)), jnp.zeros((3, 3, cin_g, 64))  # the backend starts unpatched
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XLA_FLAGS", flags)
-        cfg = conv_module.conv_config(x, w, None, 1, "SAME", 1, groups)
-    assert (cfg.im2col_block > 0, cfg.dw_lhs_dilation) == (im2col, dw_lhs_dilation)
-
-
-@pytest.mark.parametrize(
-    ("n", "per_image", "budget", "block"),
-    [
-        (128, 226 * 1024, 2**20, 4),
-        (128, 28 * 1024, 2**20, 32),
-        (5, 100, 200, 2),
-        (3, 10**9, 2**20, 1),
-        (2, 1, 2**20, 2),
-    ],
-)
-def test_im2col_blocks_fit_the_budget_and_spread_evenly(n, per_image, budget, block):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(conv_module, "IM2COL_BLOCK_BYTES", budget)
-        assert conv_module.im2col_images_per_block(n, (1, 1), per_image, 1) == block
 
 
 @SETTINGS

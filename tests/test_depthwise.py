@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from jaxbp import autodiff, manual
-from jaxbp.layers import conv as conv_module, depthwise
+from jaxbp.kernels import conv as kernels
+from jaxbp.layers import conv as conv_module
 from tests.test_conv_pool_properties import SETTINGS, as_pair, assert_vjp_matches, draw_padding, draw_pair, draw_size
 
 
@@ -50,14 +51,14 @@ def test_depthwise_taps_vjp_matches_autodiff(config, images_per_block):
     n = x_shape[0]
     block = n if images_per_block == "batch" else max(d for d in range(1, images_per_block + 1) if n % d == 0)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(conv_module, "DEPTHWISE_TAPS_CHANNELS", 1)  # the taps whatever the channel count
-        mp.setattr(depthwise, "images_per_block", lambda n, per_image: block)  # one block, or several
+        mp.setattr(kernels, "DEPTHWISE_TAPS_CHANNELS", 1)  # the taps whatever the channel count
+        mp.setattr(kernels, "taps_images_per_block", lambda n, per_image: block)  # one block, or several
         with jax.enable_x64(True):
             x, w, b = (None if a is None else jnp.asarray(a) for a in args)
             cfg = conv_module.conv_config(
                 x, w, b, kwargs["stride"], kwargs["padding"], kwargs["dilation"], cin := kwargs["groups"]
             )
-            assert cfg.taps_block == block and cin == x_shape[3]
+            assert cfg.route.taps_block == block and cin == x_shape[3]
             # the taps' forward: the reference's sums (and the bias) in another order, within their rounding bound
             terms = w_shape[0] * w_shape[1] + 1
             magnitude = autodiff.conv2d(jnp.abs(x), jnp.abs(w), None if b is None else jnp.abs(b), **kwargs)
@@ -72,28 +73,3 @@ def test_depthwise_taps_vjp_matches_autodiff(config, images_per_block):
             seed,
             forward_fn=lambda x, w, b: conv_module.manual_forward(x, w, b, cfg),
         )
-
-
-@pytest.mark.parametrize(
-    ("cin", "groups", "cout", "taps"),
-    [
-        (128, 128, 128, True),  # depthwise, the issue's shape
-        (16, 16, 48, True),  # depthwise with a channel multiplier of 3
-        (8, 8, 8, False),  # too few channels: not measured, the convolutions
-        (32, 16, 32, False),  # grouped, two channels per group: im2col
-        (1, 1, 32, False),  # one input channel but not grouped (the cnn's conv1): the convolution
-    ],
-)
-def test_depthwise_convolutions_take_the_taps_route_on_the_cpu(cin, groups, cout, taps):
-    x, w = jnp.zeros((4, 14, 14, cin)), jnp.zeros((7, 7, cin // groups, cout))
-    cfg = conv_module.conv_config(x, w, None, 1, "SAME", 1, groups)
-    assert (cfg.taps_block > 0) == taps
-    if taps:  # the taps run no convolution: no formulation for YNNPACK's kernels
-        assert (cfg.dw_lhs_dilation, cfg.dx_extra_row, cfg.y_extra_row) == (1, False, False)
-
-
-@pytest.mark.parametrize(
-    ("n", "per_image", "block"), [(64, 204800, 2), (64, 10**9, 1), (7, 1000, 7), (6, 2**18, 2), (5, 2**17, 1)]
-)
-def test_taps_blocks_divide_the_batch_within_the_budget(n, per_image, block):
-    assert depthwise.images_per_block(n, per_image) == block

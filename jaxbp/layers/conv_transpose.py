@@ -21,8 +21,8 @@ cell spreads ``x[n,h,w,:] w[i,j]`` onto the output at (s h - p + d i, s w - p + 
                db = sum_{n,o,p} dy[n,o,p,:]
 
 ``op`` (< max(s, d), as PyTorch asks) adds rows at the bottom/right that only the taps past the last
-input row reach. dx and dw run on conv2d's manual formulations (its routes for the CPU: im2col for
-grouped inputs, the taps for depthwise ones). The forward saves ``x`` and ``w``.
+input row reach. dx and dw run on conv2d's manual formulations, in the route
+:func:`jaxbp.kernels.conv.conv_route` chooses for A. The forward saves ``x`` and ``w``.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def swap_io(w):
 
 def transposed(x, w, b, cfg: TransposeConfig):
     """y = A^T x (+ b): conv2d's input gradient with x in the place of dy, on XLA's plain convolution."""
-    plain = cfg.adjoint._replace(dx_extra_row=False)
+    plain = cfg.adjoint._replace(route=cfg.adjoint.route._replace(dx_extra_row=False))
     y = conv.conv2d_dx(x, swap_io(w), cfg.out_shape, plain)
     return y if b is None else y + b
 

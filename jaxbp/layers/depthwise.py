@@ -12,29 +12,18 @@ meets in every window of the padded input ``xp`` (``s`` the stride, ``d`` the di
               dw[i, j, 0, c m + l] = sum_{n,o,p} tap_ij(xp)[n,o,p,c] dy[n,o,p,c m + l]
 
 No convolution op: KH KW fused multiply-adds per output element, vectorised along the
-channels, and KH KW reductions for ``dw``. XLA:CPU runs a depthwise ``conv_general_dilated``
-and its two gradients (on its kernels and on YNNPACK's) 6-9x slower than these sums: 7x7 SAME,
-batch 64, 14x14x128, forward + backward 1.3-1.4 s against 0.15-0.23 s on a loaded 2-core AMD
-EPYC (experiments/depthwise_timing.py, experiments/results/depthwise_timing.json).
-The batch goes through ``lax.map`` / ``lax.scan`` in blocks of images that fit a cache-sized
-budget, so each block's taps are read from cache; the padded input is materialised once
-(XLA fusing the pad into every tap's slice costs a bounds check per tap and element).
-The sums are those of the convolution in another order: equal up to rounding.
+channels, and KH KW reductions for ``dw``. The batch goes through ``lax.map`` / ``lax.scan``
+in blocks of ``block`` images, so each block's taps are read from cache; the padded input is
+materialised once (XLA fusing the pad into every tap's slice costs a bounds check per tap and
+element). The sums are those of the convolution in another order: equal up to rounding.
+When conv2d takes this route, and the block size, is :func:`jaxbp.kernels.conv.conv_route`'s
+choice (with the measurements behind it).
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 from jax import lax
-
-#: Images per block: as many as fit this many bytes of padded input (the largest divisor of N).
-TAPS_BLOCK_BYTES = 2**19
-
-
-def images_per_block(n: int, per_image_bytes: int) -> int:
-    """The largest divisor of ``n`` whose images take at most TAPS_BLOCK_BYTES (at least 1)."""
-    most = max(1, TAPS_BLOCK_BYTES // max(1, per_image_bytes))
-    return max(b for b in range(1, min(n, most) + 1) if n % b == 0)
 
 
 def tap(a, i, j, out_hw, stride, dilation):

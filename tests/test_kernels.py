@@ -1,0 +1,285 @@
+"""jaxbp.kernels: every route of the convolution against the plain reference, and the choice of route.
+
+Each route (a :class:`ConvRoute`: how the manual layer formulates y, dx and dw for the kernels
+XLA will run) is forced through the layers' one call into the package, ``kernels.conv_route``,
+and the manual conv2d and conv_transpose2d then checked in float64 against the reference
+(``lax.conv_general_dilated``, differentiated by ``jax.vjp``): y, dx, dw and db each to 1e-12,
+norm-wise, at small shapes (one group, grouped, depthwise; stride 1 and 2). Then the choice:
+which route the measured rules give for a shape, the flags and the backend. And ``layers/``
+reads no process environment: no XLA flags, no backend.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxbp import autodiff, manual
+from jaxbp.kernels import conv as kernels
+from jaxbp.layers import conv as conv_module
+
+ConvRoute = kernels.ConvRoute
+TOLERANCE = 1e-12  # float64: the routes add the same products as the reference, in another order
+
+# ---------------------------------------------------------------- every route, exact
+
+# (layer, x shape, w shape, kwargs); conv_transpose2d's routes are those of its adjoint A, a
+# convolution from y's shape to x's (depthwise when w has one output channel per group), whose
+# forward and dw formulations its backward runs (its own forward is A's dx, always the plain one).
+N = 3  # the batch: im2col in blocks of 2 pads the last block
+SHAPES = {
+    "conv-s1": ("conv2d", (N, 5, 6, 2), (3, 3, 2, 3), dict(padding="SAME")),
+    "conv-s2-dilated": (
+        "conv2d",
+        (N, 7, 6, 2),
+        (3, 2, 2, 3),
+        dict(stride=2, padding=((1, 0), (2, 1)), dilation=(1, 2)),
+    ),
+    "grouped-s1": ("conv2d", (N, 5, 5, 4), (3, 3, 2, 6), dict(padding="SAME", groups=2)),
+    "grouped-s2": ("conv2d", (N, 6, 5, 6), (2, 3, 2, 3), dict(stride=(2, 1), groups=3)),
+    "depthwise-s1": ("conv2d", (N, 5, 5, 3), (3, 3, 1, 6), dict(padding="SAME", groups=3)),
+    "depthwise-s2": ("conv2d", (N, 6, 7, 3), (3, 3, 1, 3), dict(stride=2, padding=1, dilation=2, groups=3)),
+    "transpose-s1-grouped": ("conv_transpose2d", (N, 4, 5, 4), (3, 3, 4, 2), dict(padding=1, groups=2)),
+    "transpose-s2": ("conv_transpose2d", (N, 4, 4, 2), (3, 3, 2, 3), dict(stride=2, padding=1, output_padding=1)),
+    "transpose-depthwise-s1": ("conv_transpose2d", (N, 5, 4, 3), (3, 3, 3, 1), dict(padding=1, groups=3)),
+}
+
+# name: (the route, whether it applies to a shape: (stride of the convolution, depthwise))
+ROUTES = {
+    "plain": (ConvRoute(), lambda s, depthwise: True),
+    "dw-over-x-dilated": (ConvRoute(dw_lhs_dilation=kernels.DW_LHS_DILATION), lambda s, depthwise: True),
+    "dw-im2col": (ConvRoute(im2col_block=N), lambda s, depthwise: True),
+    "dw-im2col-blocks-of-2": (ConvRoute(im2col_block=2), lambda s, depthwise: True),
+    "dx-one-row-taller": (ConvRoute(dx_extra_row=True), lambda s, depthwise: True),
+    "y-one-row-taller": (ConvRoute(y_extra_row=True), lambda s, depthwise: s[0] == 1),  # one more row at stride 1
+    "off-ynnpack": (  # the three together, as on YNNPACK at stride 1
+        ConvRoute(dw_lhs_dilation=kernels.DW_LHS_DILATION, dx_extra_row=True, y_extra_row=True),
+        lambda s, depthwise: s[0] == 1,
+    ),
+    "taps": (ConvRoute(taps_block=N), lambda s, depthwise: depthwise),
+    "taps-blocks-of-1": (ConvRoute(taps_block=1), lambda s, depthwise: depthwise),
+}
+
+
+def _adjoint(layer, x_shape, w_shape, kwargs):
+    """The stride and whether the convolution the route is for (conv2d's own, or the transpose's A) is depthwise."""
+    stride = kwargs.get("stride", 1)
+    stride = (stride, stride) if isinstance(stride, int) else stride
+    groups = kwargs.get("groups", 1)
+    per_group = w_shape[2] if layer == "conv2d" else w_shape[3]  # A's kernel is w^T [KH, KW, Cout/G, Cin]
+    return stride, groups > 1 and per_group == 1
+
+
+CASES = [
+    pytest.param(route, shape, id=f"{route}-{shape}")
+    for shape, (layer, x_shape, w_shape, kwargs) in SHAPES.items()
+    for route, (_, applies) in ROUTES.items()
+    if applies(*_adjoint(layer, x_shape, w_shape, kwargs))
+]
+
+
+def vjp_terms(fn, args, ct):
+    """(y, dx, dw, db) of ``fn`` along the cotangent ``ct``, as float64 NumPy arrays."""
+    y, pullback = jax.vjp(fn, *args)
+    return [np.asarray(t) for t in (y, *pullback(ct))]
+
+
+def layer_fn(namespace, shape):
+    layer, _, _, kwargs = SHAPES[shape]
+    return lambda x, w, b: getattr(namespace, layer)(x, w, b, **kwargs)
+
+
+@functools.cache
+def problem(shape: str, seed: int = 0):
+    """Random x, w, b and cotangent for ``shape``, and the reference's (y, dx, dw, db) there (once per shape)."""
+    layer, x_shape, w_shape, kwargs = SHAPES[shape]
+    rng = np.random.default_rng(seed)
+    cout = w_shape[3] if layer == "conv2d" else w_shape[3] * kwargs.get("groups", 1)
+    args = [rng.standard_normal(s) for s in (x_shape, w_shape, (cout,))]
+    with jax.enable_x64(True):
+        reference = layer_fn(autodiff, shape)
+        ct = rng.standard_normal(jax.eval_shape(reference, *map(jnp.asarray, args)).shape)
+        return args, ct, vjp_terms(reference, [jnp.asarray(a) for a in args], jnp.asarray(ct))
+
+
+def route_errors(route: ConvRoute, shape: str) -> dict[str, float]:
+    """Norm-wise relative error of the manual layer's y, dx, dw, db in ``route`` against the reference's, float64."""
+    args, ct, want = problem(shape)
+    with pytest.MonkeyPatch.context() as mp, jax.enable_x64(True):
+        mp.setattr(kernels, "conv_route", lambda *a: route)  # the layers' one call into jaxbp.kernels
+        got = vjp_terms(layer_fn(manual, shape), [jnp.asarray(a) for a in args], jnp.asarray(ct))
+    errors = {}
+    for name, g, r in zip(("y", "dx", "dw", "db"), got, want):
+        assert g.shape == r.shape and g.dtype == np.float64, (name, g.shape, r.shape, g.dtype)
+        errors[name] = float(np.max(np.abs(g - r)) / max(np.max(np.abs(r)), 1e-300))
+    return errors
+
+
+@pytest.mark.parametrize(("route", "shape"), CASES)
+def test_every_route_computes_the_reference_gradients(route, shape):
+    errors = route_errors(ROUTES[route][0], shape)
+    assert max(errors.values()) <= TOLERANCE, errors
+
+
+def test_every_field_of_the_route_is_tested_away_from_its_default():
+    plain = ConvRoute()
+    tested = {f for route, _ in ROUTES.values() for f in ConvRoute._fields if getattr(route, f) != getattr(plain, f)}
+    assert tested == set(ConvRoute._fields), "a new field of ConvRoute needs a route in ROUTES"
+    layers, depthwise = {SHAPES[s][0] for s in SHAPES}, [s for s in SHAPES if _adjoint(*SHAPES[s])[1]]
+    assert layers == {"conv2d", "conv_transpose2d"} and depthwise
+
+
+def test_a_wrong_formulation_fails_the_route_check(monkeypatch):
+    """dw by im2col off by one part in a billion: the route's comparison catches it (1e-12)."""
+    right = conv_module.conv2d_dw_im2col
+    monkeypatch.setattr(conv_module, "conv2d_dw_im2col", lambda *a: right(*a) * (1 + 1e-9))
+    errors = route_errors(ConvRoute(im2col_block=2), "grouped-s1")
+    assert errors["dw"] > TOLERANCE and max(errors["y"], errors["dx"], errors["db"]) <= TOLERANCE, errors
+
+
+# ---------------------------------------------------------------- the choice
+
+# How XLA_FLAGS route convolutions: to YNNPACK's kernels (XLA's default), or to XLA's own.
+ON_YNNPACK = ""
+OFF_YNNPACK = "--xla_cpu_experimental_ynn_fusion_type=individual_dot,eltwise,reduce"
+
+
+def chosen(x_shape, w_shape, groups, stride=1, padding="SAME") -> ConvRoute:
+    """The route conv2d takes for these shapes (the backend and XLA_FLAGS as they are)."""
+    return conv_module.conv_config(jnp.zeros(x_shape), jnp.zeros(w_shape), None, stride, padding, 1, groups).route
+
+
+@pytest.mark.parametrize(
+    ("flags", "groups", "cin_g", "im2col", "dw_lhs_dilation"),
+    [
+        (ON_YNNPACK, 1, 32, False, 2),  # YNNPACK's dw convolution is the slow one: x dilated keeps it off
+        (OFF_YNNPACK, 1, 32, False, 1),
+        (ON_YNNPACK, 2, 16, True, 1),  # batch-grouped convolutions are slow on either kernel
+        (OFF_YNNPACK, 2, 16, True, 1),
+        (ON_YNNPACK, 8, 1, False, 2),  # depthwise below DEPTHWISE_TAPS_CHANNELS: the convolution is faster
+        (OFF_YNNPACK, 8, 1, False, 1),  # (from 16 channels: the taps, below)
+        (ON_YNNPACK, 2, 64, False, 2),  # wider groups: not measured, the convolution
+    ],
+)
+def test_the_weight_gradient_takes_the_measured_route(monkeypatch, flags, groups, cin_g, im2col, dw_lhs_dilation):
+    monkeypatch.setenv("XLA_FLAGS", flags)  # read while tracing
+    route = chosen((4, 14, 14, groups * cin_g), (3, 3, cin_g, 64), groups)
+    assert (route.im2col_block > 0, route.dw_lhs_dilation) == (im2col, dw_lhs_dilation)
+
+
+@pytest.mark.parametrize(
+    ("flags", "cin", "stride", "dx_extra_row", "y_extra_row"),
+    [
+        (ON_YNNPACK, 32, 1, True, True),  # the cnn's conv2: dx and the forward one row taller
+        (ON_YNNPACK, 8, 1, True, False),  # narrow inputs: the forward is faster on YNNPACK
+        (ON_YNNPACK, 32, 2, False, False),  # dx's dy is dilated by the stride: YNNPACK refuses it anyway
+        (OFF_YNNPACK, 32, 1, False, False),  # XLA's kernels already
+    ],
+)
+def test_dx_and_the_forward_take_the_measured_route(monkeypatch, flags, cin, stride, dx_extra_row, y_extra_row):
+    monkeypatch.setenv("XLA_FLAGS", flags)
+    route = chosen((4, 14, 14, cin), (3, 3, cin, 64), 1, stride)
+    assert (route.dx_extra_row, route.y_extra_row) == (dx_extra_row, y_extra_row)
+
+
+@pytest.mark.parametrize(
+    ("cin", "groups", "cout", "taps"),
+    [
+        (128, 128, 128, True),  # depthwise, the issue's shape
+        (16, 16, 48, True),  # depthwise with a channel multiplier of 3
+        (8, 8, 8, False),  # too few channels: not measured, the convolutions
+        (32, 16, 32, False),  # grouped, two channels per group: im2col
+        (1, 1, 32, False),  # one input channel but not grouped (the cnn's conv1): the convolution
+    ],
+)
+def test_depthwise_convolutions_take_the_taps_route_on_the_cpu(cin, groups, cout, taps):
+    route = chosen((4, 14, 14, cin), (7, 7, cin // groups, cout), groups)
+    assert (route.taps_block > 0) == taps
+    if taps:  # the taps run no convolution: no formulation for YNNPACK's kernels
+        assert (route.dw_lhs_dilation, route.dx_extra_row, route.y_extra_row) == (1, False, False)
+
+
+@pytest.mark.parametrize("flags", [ON_YNNPACK, OFF_YNNPACK])
+@pytest.mark.parametrize(("cin", "groups"), [(32, 1), (32, 2), (128, 128)])
+def test_other_backends_take_the_plain_route(monkeypatch, flags, cin, groups):
+    monkeypatch.setenv("XLA_FLAGS", flags)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert chosen((4, 14, 14, cin), (3, 3, cin // groups, 128), groups) == ConvRoute()
+
+
+@pytest.mark.parametrize(
+    ("n", "per_image", "budget", "block"),
+    [
+        (128, 226 * 1024, 2**20, 4),
+        (128, 28 * 1024, 2**20, 32),
+        (5, 100, 200, 2),
+        (3, 10**9, 2**20, 1),
+        (2, 1, 2**20, 2),
+    ],
+)
+def test_im2col_blocks_fit_the_budget_and_spread_evenly(monkeypatch, n, per_image, budget, block):
+    monkeypatch.setattr(kernels, "IM2COL_BLOCK_BYTES", budget)
+    assert kernels.im2col_images_per_block(n, (1, 1), per_image, 1) == block
+
+
+@pytest.mark.parametrize(
+    ("n", "per_image", "block"), [(64, 204800, 2), (64, 10**9, 1), (7, 1000, 7), (6, 2**18, 2), (5, 2**17, 1)]
+)
+def test_taps_blocks_divide_the_batch_within_the_budget(n, per_image, block):
+    assert kernels.taps_images_per_block(n, per_image) == block
+
+
+# ---------------------------------------------------------------- layers/ reads no environment
+
+LAYERS = Path(conv_module.__file__).parent
+MODULES = ("os", "jaxbp.xla_flags")  # the process environment, and jaxbp's reading of XLA_FLAGS
+NAMES = ("default_backend", "environ", "getenv")  # jax.default_backend(), os.environ, os.getenv
+
+
+def environment_reads(source: str) -> list[str]:
+    """What a module's source reads of the process environment: imports of MODULES, uses of NAMES."""
+
+    def of_environment(module: str) -> bool:
+        return any(module == m or module.startswith(f"{m}.") for m in MODULES)
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if of_environment(a.name)]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            found += [m for m in (module, *(f"{module}.{a.name}" for a in node.names)) if of_environment(m)]
+            found += [a.name for a in node.names if a.name in NAMES]
+        elif isinstance(node, ast.Attribute) and node.attr in NAMES:
+            found.append(node.attr)
+        elif isinstance(node, ast.Name) and node.id in NAMES:
+            found.append(node.id)
+    return found
+
+
+def test_no_layer_module_reads_the_xla_flags_or_the_backend():
+    modules = sorted(LAYERS.glob("*.py"))
+    assert len(modules) > 10 and (LAYERS / "conv.py") in modules
+    reads = {p.name: environment_reads(p.read_text(encoding="utf-8")) for p in modules}
+    assert {name: r for name, r in reads.items() if r} == {}, "routing by the environment belongs in jaxbp/kernels"
+
+
+def test_the_environment_check_sees_each_way_of_reading_it():
+    for source in (
+        "from jaxbp import xla_flags",
+        "import jaxbp.xla_flags",
+        "from jaxbp.xla_flags import ynnpack_convolutions",
+        "import jax\njax.default_backend()",
+        "from jax import default_backend",
+        "import os",
+        "from os import environ",
+    ):
+        assert environment_reads(source), source
+    assert environment_reads((Path(kernels.__file__)).read_text(encoding="utf-8"))  # where they belong
+    assert not environment_reads("from jaxbp.kernels import conv as kernels\nimport jax.numpy as jnp")
