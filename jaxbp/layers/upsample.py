@@ -16,7 +16,7 @@ nearest: every input pixel is copied into an ``s_h x s_w`` block:
 bilinear (``align_corners=False``): along each axis, output index o reads the source
 coordinate ``src = max((o + 1/2) / s - 1/2, 0)``, ``u0 = floor(src)``, ``u1 = min(u0 + 1, size - 1)``,
 ``lam = src - u0``, and mixes ``(1 - lam) x[u0] + lam x[u1]``. Each axis is therefore a
-linear map, a matrix A [s size, size] with two non-zeros per row, and the layer is
+linear map, a matrix A [s size, size] with at most two non-zeros per row, and the layer is
 separable:
 
     forward:   y  = A_h x A_w^T        (per example and channel: first along H, then along W)
