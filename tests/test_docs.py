@@ -188,5 +188,6 @@ def test_the_notebook_runs_top_to_bottom_and_prints_what_it_stores(monkeypatch, 
         stored = "".join("".join(o["text"]) for o in cell["outputs"])
         assert printed == stored, cell["id"]
     # About 42 s of CPU before the guide derived the softmax, BCE, batch-norm and pooling steps and the
-    # convolution's stride, dilation and groups, about 55 s since (2-core AMD EPYC, shared)
+    # convolution's stride, dilation and groups, about 55 s since, about 75 s since the transposed
+    # convolution, layer/group norm, GELU/SiLU, upsampling, concatenation and MSE (2-core AMD EPYC, shared)
     assert time.process_time() - start < 90

@@ -1,10 +1,10 @@
 r"""Concatenation along one axis, the skip connection of a U-Net.
 
-``concatenate(xs, axis)`` with ``xs`` a list or tuple of K arrays of one rank and dtype whose
-shapes agree except along ``axis``, where ``x_k`` has size ``n_k``::
+``concatenate(xs, axis)`` with ``xs`` a list or tuple of m arrays of one rank and dtype whose
+shapes agree except along ``axis``, where ``x_q`` has size ``n_q``::
 
-    forward:   y = [x_1 | x_2 | ... | x_K]             (size n_1 + ... + n_K along axis)
-    backward:  dx_k = dy[..., o_k : o_k + n_k, ...]     (o_k = n_1 + ... + n_{k-1})
+    forward:   y = [x_1 | x_2 | ... | x_m]             (size n_1 + ... + n_m along axis)
+    backward:  dx_q = dy[..., a_q : a_q + n_q, ...]     (a_q = n_1 + ... + n_{q-1})
 
 Each input owns a slice of the output, so its cotangent is that slice of ``dy``: the
 backward splits ``dy`` at the offsets. The forward saves nothing; the sizes are static.
@@ -65,8 +65,8 @@ def _concatenate_fwd(xs, axis, sizes):
 
 
 def _concatenate_bwd(axis, sizes, res, dy):
-    offsets = np.cumsum(sizes)[:-1].tolist()  # o_2, ..., o_K
-    dxs = jnp.split(dy, offsets, axis=axis)  # dx_k = dy[o_k : o_k + n_k] along axis
+    offsets = np.cumsum(sizes)[:-1].tolist()  # a_2, ..., a_m
+    dxs = jnp.split(dy, offsets, axis=axis)  # dx_q = dy[a_q : a_q + n_q] along axis
     return (tuple(dxs),)
 
 

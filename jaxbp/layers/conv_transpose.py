@@ -2,27 +2,34 @@ r"""2-D transposed convolution (PyTorch ``ConvTranspose2d``): the adjoint of a c
 
 Shapes: ``x`` [N, H, W, Cin], ``w`` [KH, KW, Cin, Cout/G] (PyTorch's weight ``[Cin, Cout/G, KH, KW]``
 as ``w.transpose(2, 3, 0, 1)``, no flip), ``b`` [Cout], ``y`` [N, Ho, Wo, Cout] with
-``Ho = (H - 1) s - 2 p + d (KH - 1) + op + 1`` (``s`` stride, ``p`` padding, ``d`` dilation,
-``op`` output padding, ``G`` groups).
+``Ho = (H - 1) s - 2 lo + d (KH - 1) + op + 1`` (``s`` stride, ``lo`` the padding, the same on both
+sides, ``d`` dilation, ``op`` output padding, ``G`` groups).
 
 Let ``A`` be the convolution ``conv2d(z, w^T)`` that maps z [N, Ho, Wo, Cout] to [N, H, W, Cin] at
-stride s, padding p, dilation d, groups G, with the kernel ``w^T`` = w with its last two axes swapped
-(HWIO [KH, KW, Cout/G, Cin]). The transposed convolution is its adjoint, ``y = A^T x``: every input
-cell spreads ``x[n,h,w,:] w[i,j]`` onto the output at (s h - p + d i, s w - p + d j),
+stride s, padding lo, dilation d, groups G, with the kernel ``w^T`` = w with its last two axes swapped
+(HWIO [KH, KW, Cout/G, Cin]). The index letters are A's, as in :mod:`jaxbp.layers.conv`: x lives where
+A writes (positions (o, p), channel c), y where A reads (positions (u, v), channel g(c) Cout/G + k,
+g(c) the group of c). The transposed convolution is A's adjoint, ``y = A^T x``: every input cell
+stamps ``x[n,o,p,c] w[i,j,c,:]`` onto the padded output yp at (s o + d i, s p + d j), overlapping
+stamps adding, and y is yp less lo rows/cols before and lo - op after,
 
     forward:   y = A^T x + b = conv(pad(dilate_s(x)), rot180(w^T)^T) + b
                    (conv2d's input gradient with x as its dy: x with s - 1 zeros between its rows/cols,
-                   padded by d (K - 1) - p before and d (K - 1) - p + op after, correlated at stride 1
+                   padded by d (K - 1) - lo before and d (K - 1) - lo + op after, correlated at stride 1
                    and dilation d with the kernel rotated 180 degrees)
-    backward:  from <dy, A^T x> = <A dy, x>, linear in x and in w:
+    backward:  with dyp = dy zero-padded by lo on every side,
+               sum dy (y - b) = sum_{n,o,p,i,j,c,k} x[n,o,p,c] w[i,j,c,k] dyp[n, s o + d i, s p + d j, g(c) Cout/G + k]
+               is linear in x and in w (<dy, A^T x> = <A dy, x>):
                dx = A dy = conv2d(dy, w^T)              (the forward convolution; rows past H cropped)
-               dw = (conv2d's weight gradient of A at input dy and output gradient x)^T
-                  = sum_{n,h,w} dyp[n, s h + d i, s w + d j, g(c) Cout/G + k] x[n,h,w,c], swapped back
-               db = sum_{n,o,p} dy[n,o,p,:]
+               dw[i,j,c,k] = sum_{n,o,p} dyp[n, s o + d i, s p + d j, g(c) Cout/G + k] x[n,o,p,c]
+                   (conv2d's weight gradient of A at input dy and output gradient x, axes swapped back)
+               db = sum_{n,u,v} dy[n,u,v,:]
 
-``op`` (< max(s, d), as PyTorch asks) adds rows at the bottom/right that only the taps past the last
-input row reach. dx and dw run on conv2d's manual formulations, in the route
-:func:`jaxbp.kernels.conv.conv_route` chooses for A. The forward saves ``x`` and ``w``.
+``op`` (< max(s, d), as PyTorch asks) picks which of the s heights that A maps to H rows y has: it
+gives back op of the rows the padding crops at the bottom/right (rows no stamp reaches, b alone, where
+op > lo). With op >= s (allowed when d > s) A maps y to more than H rows and dx keeps the first H.
+dx and dw run on conv2d's manual formulations, in the route :func:`jaxbp.kernels.conv.conv_route`
+chooses for A. The forward saves ``x`` and ``w``.
 """
 
 from __future__ import annotations

@@ -17,10 +17,10 @@ sigmoid_binary_cross_entropy, logits z and targets t of any (equal) shape with M
     backward:  dlogits  = dy/M * (sigmoid(z) - t)
                dtargets = -dy/M * z
 
-mse_loss, predictions p and targets t of any (equal) shape with M elements:
+mse_loss, predictions pred and targets t of any (equal) shape with M elements:
 
-    forward:   L = (1/M) sum (p - t)^2
-    backward:  dpred   = 2 dy/M * (p - t)
+    forward:   L = (1/M) sum (pred - t)^2
+    backward:  dpred   = 2 dy/M * (pred - t)
                dtarget = -dpred
 """
 

@@ -4,15 +4,19 @@ r"""Upsampling by an integer factor, NHWC: nearest neighbour and bilinear.
 [N, s_h H, s_w W, C]; PyTorch ``F.interpolate(x, scale_factor=scale, mode=method,
 align_corners=False)`` on the NCHW view.
 
+Output positions are (o, p), input positions (u, v), as in :mod:`jaxbp.layers.conv`.
+
 nearest: every input pixel is copied into an ``s_h x s_w`` block:
 
-    forward:   y[n, i, j, c] = x[n, i // s_h, j // s_w, c]
-    backward:  dx[n, h, w, c] = sum of dy over the block (h, w) was copied into
+    forward:   y[n, o, p, c] = x[n, o // s_h, p // s_w, c]
+    backward:  dx[n, u, v, c] = sum of dy over the block (u, v) was copied into
+                              = sum_{a < s_h, b < s_w} dy[n, s_h u + a, s_w v + b, c]
+               (s_h s_w times an average pooling of dy with window and stride (s_h, s_w))
 
 bilinear (``align_corners=False``): along each axis, output index o reads the source
-coordinate ``src = max((o + 1/2) / s - 1/2, 0)``, ``i0 = floor(src)``, ``i1 = min(i0 + 1, size - 1)``,
-``lam = src - i0``, and mixes ``(1 - lam) x[i0] + lam x[i1]``. Each axis is therefore a
-linear map, a matrix A [s size, size] with two non-zeros per row, and the layer is
+coordinate ``src = max((o + 1/2) / s - 1/2, 0)``, ``u0 = floor(src)``, ``u1 = min(u0 + 1, size - 1)``,
+``lam = src - u0``, and mixes ``(1 - lam) x[u0] + lam x[u1]``. Each axis is therefore a
+linear map, a matrix A [s size, size] with at most two non-zeros per row, and the layer is
 separable:
 
     forward:   y  = A_h x A_w^T        (per example and channel: first along H, then along W)
@@ -74,7 +78,7 @@ def _apply_maps(a_h, a_w, x):
 def _upsample(x, scale, method):
     sh, sw = scale
     if method == "nearest":
-        return jnp.repeat(jnp.repeat(x, sh, axis=1), sw, axis=2)  # y[i, j] = x[i // s_h, j // s_w]
+        return jnp.repeat(jnp.repeat(x, sh, axis=1), sw, axis=2)  # y[o, p] = x[o // s_h, p // s_w]
     a_h, a_w = _bilinear_maps(x, scale)
     return _apply_maps(a_h, a_w, x)  # y = A_h x A_w^T
 
@@ -108,7 +112,7 @@ def _upsample2d_bwd(scale, method, res, dy):
     (sh, sw), (n, ho, wo, c) = scale, dy.shape
     if method == "nearest":
         blocks = jnp.reshape(dy, (n, ho // sh, sh, wo // sw, sw, c))
-        return (jnp.sum(blocks, axis=(2, 4)),)  # dx[h, w] = sum of dy over the block of (h, w)
+        return (jnp.sum(blocks, axis=(2, 4)),)  # dx[u, v] = sum of dy over the block of (u, v)
     a_h = jnp.asarray(bilinear_matrix(ho // sh, sh), dy.dtype)
     a_w = jnp.asarray(bilinear_matrix(wo // sw, sw), dy.dtype)
     dx = jnp.einsum("oh,nowc->nhwc", a_h, dy, precision=lax.Precision.HIGHEST)  # A_h^T dy
