@@ -22,7 +22,7 @@ import textwrap
 from collections.abc import Sequence
 
 from jaxbp import __version__, allocator
-from jaxbp.xla_flags import CPU_XLA_FLAGS, set_default_xla_flags
+from jaxbp.xla_flags import CPU_XLA_FLAGS, FAST_COMPILE_FLAGS, set_default_xla_flags
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -738,7 +738,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="jaxbp",
         description=__doc__.splitlines()[0],
         epilog="When XLA_FLAGS is unset, the jaxbp command runs XLA:CPU with "
-        f"XLA_FLAGS={CPU_XLA_FLAGS} (faster convolutions on CPU; jaxlib 0.10 only). "
+        f"XLA_FLAGS={CPU_XLA_FLAGS} (faster convolutions on CPU; jaxlib 0.10 only), and check and "
+        f"devices add {FAST_COMPILE_FLAGS} (their programs compile once and run once). "
         "Set XLA_FLAGS, even to an empty string, to choose your own.",
     )
     parser.add_argument("--version", action="version", version=f"jaxbp {__version__}")
@@ -746,6 +747,10 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_train, _add_data, _add_check, _add_bench, _add_devices, _add_plot):
         add(sub)
     return parser
+
+
+# Commands whose programs compile once and run once: XLA:CPU compiles them without LLVM's optimisations.
+FAST_COMPILE_COMMANDS = ("check", "devices")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -760,8 +765,9 @@ def run() -> None:
     runs under whatever allocator and flags that process started with.
     """
     allocator.keep_blocks_in_heap()
-    set_default_xla_flags()
-    sys.exit(main())
+    args = build_parser().parse_args()  # JAX-free: the flags must be set before JAX starts
+    set_default_xla_flags(fast_compile=args.command in FAST_COMPILE_COMMANDS)
+    sys.exit(int(args.run(args) or 0))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ __all__ = [
     "CPU_XLA_FLAGS",
     "CPU_XLA_FLAGS_BY_ISA",
     "CPU_XLA_FLAGS_JAXLIB",
+    "FAST_COMPILE_FLAGS",
     "FlagChoice",
     "cpu_isa",
     "cpu_model",
@@ -60,6 +61,10 @@ CPU_XLA_FLAGS_BY_ISA: dict[str, FlagChoice] = {
         "autodiff step 95.1 against 125.8 (--model cnn-bn)",
     ),
 }
+#: For commands that compile thousands of small programs and run each once (``jaxbp check``,
+#: ``jaxbp devices``): LLVM without its optimisation passes (no fast math: IEEE results are
+#: unchanged). ``jaxbp check`` on a 2-core AMD EPYC (AVX2): 174 s -> 159 s.
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 #: jaxlib series the flags were measured on. XLA aborts the process on a flag it does not
 #: know, and experimental flags come and go, so other versions get XLA's defaults.
 CPU_XLA_FLAGS_JAXLIB = ("0.10.",)
@@ -112,9 +117,13 @@ CPU_ISA = cpu_isa()
 CPU_XLA_FLAGS = flags_for(CPU_ISA).flags
 
 
-def set_default_xla_flags(environ: MutableMapping[str, str] | None = None, jaxlib: str | None = None) -> str | None:
+def set_default_xla_flags(
+    environ: MutableMapping[str, str] | None = None, jaxlib: str | None = None, *, fast_compile: bool = False
+) -> str | None:
     """Set ``XLA_FLAGS`` to :data:`CPU_XLA_FLAGS` unless the user set it (even to ``""``,
     which is how to opt out) or jaxlib is not a version they were measured on.
+    ``fast_compile`` adds :data:`FAST_COMPILE_FLAGS`, for the commands whose programs
+    compile once and run once (``jaxbp check``, ``jaxbp devices``).
 
     Takes effect only before JAX starts its backends (the first computation), which is
     why the command does it first thing. Returns the flags set, or None.
@@ -129,8 +138,9 @@ def set_default_xla_flags(environ: MutableMapping[str, str] | None = None, jaxli
             return None
     if not jaxlib.startswith(CPU_XLA_FLAGS_JAXLIB):
         return None
-    environ["XLA_FLAGS"] = CPU_XLA_FLAGS
-    return CPU_XLA_FLAGS
+    flags = f"{CPU_XLA_FLAGS} {FAST_COMPILE_FLAGS}" if fast_compile else CPU_XLA_FLAGS
+    environ["XLA_FLAGS"] = flags
+    return flags
 
 
 #: Whether XLA:CPU runs convolutions as YNNPACK fusions when ``XLA_FLAGS`` does not say:

@@ -321,6 +321,10 @@ def test_default_xla_flags_only_where_unset_and_measured():
     env = {}  # a jaxlib they were not measured on could abort on an unknown flag: leave XLA alone
     assert xla_flags.set_default_xla_flags(env, jaxlib="0.11.0") is None and env == {}
     assert cli.set_default_xla_flags is xla_flags.set_default_xla_flags  # what `jaxbp` runs first
+    env = {}  # check and devices: programs that compile once and run once, compiled without LLVM's passes
+    flags = xla_flags.set_default_xla_flags(env, jaxlib="0.10.2", fast_compile=True)
+    assert flags == env["XLA_FLAGS"] == f"{xla_flags.CPU_XLA_FLAGS} {xla_flags.FAST_COMPILE_FLAGS}"
+    assert set(cli.FAST_COMPILE_COMMANDS) == {"check", "devices"}
 
 
 # ------------------------------------------------------------------ a user's own arrays
