@@ -10,30 +10,14 @@ so that ``jaxbp --help`` and modules that need no JAX do not pay for importing i
 
 from __future__ import annotations
 
-import importlib
+from jaxbp.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
+_exports = lazy_exports(
+    __name__,
+    globals(),
+    {"jaxbp.verify": ("Report", "verify_vjp")},
+)
 __all__ = ["Report", "__version__", "autodiff", "manual", "testing", "verify_vjp"]
-
-# the names that are not modules, by the module that defines them
-_MODULE_OF = {"Report": "jaxbp.verify", "verify_vjp": "jaxbp.verify"}
-
-
-def __getattr__(name: str):
-    """``Report``, ``verify_vjp`` or a submodule (``jaxbp.testing``), imported now."""
-    if name in _MODULE_OF:
-        value = getattr(importlib.import_module(_MODULE_OF[name]), name)
-    else:
-        try:
-            value = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"{__name__}.{name}":
-                raise
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = _exports.getattr, _exports.dir

@@ -42,7 +42,7 @@ not import JAX.
 
 from __future__ import annotations
 
-import importlib
+from jaxbp.lazy import lazy_exports
 
 # the public names, by the module of jaxbp.train that defines them
 _NAMES = {
@@ -61,25 +61,6 @@ _NAMES = {
     "state": ("Accumulator", "Progress", "TrainState"),
     "steps": ("AGREEMENT_FLOOR", "TRACE_COUNTS", "make_eval_step", "make_optimizer", "make_train_step"),
 }
-_MODULE_OF = {name: module for module, names in _NAMES.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-    """A name of :data:`__all__` from its module, or a submodule (``jaxbp.train.steps``), imported now."""
-    if name in _MODULE_OF:
-        value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
-    else:
-        try:
-            value = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"{__name__}.{name}":
-                raise
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+_exports = lazy_exports(__name__, globals(), _NAMES)
+__all__ = sorted(name for names in _NAMES.values() for name in names)
+__getattr__, __dir__ = _exports.getattr, _exports.dir
