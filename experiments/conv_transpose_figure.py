@@ -60,15 +60,7 @@ def draw(g: dict[str, np.ndarray], out: Path) -> Path:
 
     fig, axes = plt.subplots(2, 3, figsize=(13.5, 8.6), constrained_layout=True)
 
-    def heat(ax, a, title, lim):
-        im = ax.imshow(a, cmap="coolwarm", vmin=-lim, vmax=lim)
-        for (i, j), v in np.ndenumerate(a):
-            ax.text(j, i, f"{v:g}", ha="center", va="center", fontsize=10)
-        ax.set_title(title, fontsize=10)
-        ax.set_xticks(range(a.shape[1]))
-        ax.set_yticks(range(a.shape[0]))
-        ax.tick_params(labelsize=8, length=0)
-        return im
+    from jaxbp.figure import numbered_heatmap as heat
 
     u, v = 2, 2  # the worked output cell: every input cell's stamp reaches it
     x, w = g["x"], g["w"]

@@ -1,6 +1,7 @@
 """What every jaxbp figure shares: pyplot on the Agg backend, imported lazily (so that
-importing jaxbp stays cheap), log axes labelled in plain numbers (:func:`log_axis`), and
-the write through :func:`jaxbp.files.atomic_write`.
+importing jaxbp stays cheap), log axes labelled in plain numbers (:func:`log_axis`), small
+arrays drawn with their numbers in the cells (:func:`numbered_heatmap`), and the write through
+:func:`jaxbp.files.atomic_write`.
 
 Used by :mod:`jaxbp.curves` (training curves) and :mod:`jaxbp.plots` (gradient pictures).
 """
@@ -24,6 +25,21 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def numbered_heatmap(ax, a, title: str, lim: float):
+    """``a`` as a heatmap symmetric about 0 (``-lim`` to ``lim``), each cell labelled with its value;
+    returns the image (for a colorbar). The worked-example figures of the derivations guide."""
+    import numpy as np
+
+    im = ax.imshow(a, cmap="coolwarm", vmin=-lim, vmax=lim)
+    for (i, j), v in np.ndenumerate(a):
+        ax.text(j, i, f"{v:g}", ha="center", va="center", fontsize=10)
+    ax.set_title(title, fontsize=10)
+    ax.set_xticks(range(a.shape[1]))
+    ax.set_yticks(range(a.shape[0]))
+    ax.tick_params(labelsize=8, length=0)
+    return im
 
 
 def log_axis(ax, which: str = "y") -> None:
