@@ -109,8 +109,10 @@ def check_registry(
 def default_workers() -> int:
     """Threads for checking configurations side by side: two per core. A configuration's thread
     alternates between Python (tracing and lowering, which hold the GIL) and XLA compiling (which
-    does not), so one per core leaves cores idle: the whole registry on a 2-core AMD EPYC (AVX2)
-    took 153 s with 2 threads, 126 s with 3 and 113 s with 4, one after the other."""
+    does not), so one per core leaves cores idle. The whole registry on a 2-core AMD EPYC (AVX2),
+    one process each, one after the other: 98.0 s with 2 threads, 95.4 s with 3 and 90.5 s with 4
+    (before the checker's fast-compile options: 153, 126 and 113 s): within this machine's noise of
+    10-15 %, so the default stays at two."""
     return 2 * (os.cpu_count() or 1)
 
 

@@ -80,6 +80,7 @@ EIGHT_DEVICES = textwrap.dedent(
 
 
 def _env(**extra):
+    # without the suite's fast-compile flags (conftest.py): these processes train for many steps
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_FLAGS", "JAXBP_"))}
     env.update(JAX_PLATFORMS="cpu", **extra)
     return env

@@ -120,3 +120,46 @@ def test_the_conv_gradients_and_wide_forwards_stay_on_xlas_kernels(monkeypatch, 
     else:
         assert sorted(on_xla) == sorted([dx, dw]), entry
         assert len(on_ynnpack) == 1, entry  # the forward
+
+
+# ------------------------------------------------ the checker's fast-compile options
+
+
+def test_fast_compile_options_only_on_a_measured_jaxlib_and_the_flags_say_the_same():
+    assert xla_flags.fast_compile_options("0.10.2") == xla_flags.FAST_COMPILE_OPTIONS
+    assert xla_flags.fast_compile_options("0.4.35") == {}  # an option XLA does not know fails the compile
+    flags = dict(f.removeprefix("--").split("=") for f in xla_flags.FAST_COMPILE_FLAGS.split())
+    assert flags == {k: str(v).lower() for k, v in xla_flags.FAST_COMPILE_OPTIONS.items()}
+
+
+# XLA's own defaults for the fast-compile options (jaxlib 0.10's DebugOptions)
+XLA_DEFAULTS = {
+    "xla_backend_optimization_level": 3,
+    "xla_llvm_disable_expensive_passes": False,
+    "xla_cpu_use_fusion_emitters": True,
+}
+
+
+@KNOWN_JAXLIB
+def test_the_fast_compile_options_change_how_xla_compiles_not_what_it_computes():
+    # the checker (and the suite: conftest.py) compiles with them: a conv gradient in float64 must
+    # agree with XLA's defaults to rounding (no fast math), and the options must reach the compiler
+    # (another program text). The defaults are named, since the process may run under the options.
+    import jax
+    import numpy as np
+
+    from jaxbp import manual
+    from jaxbp.verify.compiled import x64_scope
+
+    def grads(x, w):
+        y, pullback = jax.vjp(lambda x, w: manual.relu(manual.conv2d(x, w, padding="SAME")), x, w)
+        return pullback(y * y)
+
+    with x64_scope(True):
+        rng = np.random.default_rng(0)
+        x, w = rng.normal(size=(2, 5, 5, 3)), rng.normal(size=(3, 3, 3, 4))
+        lowered = jax.jit(grads).lower(x, w)
+        fast, plain = lowered.compile(xla_flags.FAST_COMPILE_OPTIONS), lowered.compile(XLA_DEFAULTS)
+        assert fast.as_text() != plain.as_text()
+        for a, b in zip(fast(x, w), plain(x, w)):
+            np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13 * float(np.max(np.abs(b))))

@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbp.xla_flags import fast_compile_options
+
 __all__ = [
-    "CPU_CHECKER_OPTIONS",
     "Layout",
     "OutLayout",
     "alone_vjp",
@@ -138,10 +139,10 @@ class OutLayout:
         return [o for o, (_, _, inexact) in zip(jax.tree.leaves(out), self.leaves) if inexact]
 
 
-# XLA:CPU spends most of a check in LLVM optimising programs that then run once on a few
-# hundred numbers. These options (IEEE semantics unchanged: no fast math) cut compilation by a
-# quarter to a third; other backends compile with their defaults.
-CPU_CHECKER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+# XLA:CPU spends most of a check compiling programs that then run once on a few hundred
+# numbers: they compile with jaxbp.xla_flags.fast_compile_options() (LLVM without its
+# optimisation passes, the classic fusion emitters; IEEE semantics unchanged, no fast math).
+# Other backends compile with their defaults.
 
 
 def _target_platform() -> str:
@@ -152,8 +153,9 @@ def _target_platform() -> str:
 
 
 def checker_jit(fun: Callable, static_argnums: Sequence[int]) -> Callable:
-    """``jax.jit(fun)``, compiled with :data:`CPU_CHECKER_OPTIONS` where the computation runs on a CPU."""
-    fast = jax.jit(fun, static_argnums=static_argnums, compiler_options=CPU_CHECKER_OPTIONS)
+    """``jax.jit(fun)``, compiled with :func:`jaxbp.xla_flags.fast_compile_options` where the computation
+    runs on a CPU."""
+    fast = jax.jit(fun, static_argnums=static_argnums, compiler_options=fast_compile_options())
     plain = jax.jit(fun, static_argnums=static_argnums)
 
     @functools.wraps(fun)
