@@ -258,3 +258,15 @@ def test_an_integer_output_is_an_error_never_a_pass():
     report = verify_vjp(count, lambda x: jnp.sum(x > 0), RNG.standard_normal(3), **FAST)
     assert not report.passed and "no floating-point output" in report.errors[0]
     assert "FAIL" in str(report).splitlines()[0]
+
+
+def test_the_verifier_stands_alone():
+    # jaxbp.verify checks anyone's custom_vjp: it loads none of jaxbp's layers, registry or models
+    import json
+    import subprocess
+    import sys
+
+    code = "import json, sys, jaxbp.testing, jaxbp.verify; print(json.dumps([m for m in sys.modules if m.split('.')[0] == 'jaxbp']))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    outside = [m for m in json.loads(loaded) if m not in ("jaxbp", "jaxbp.lazy", "jaxbp.testing", "jaxbp.xla_flags")]
+    assert outside and all(m.startswith("jaxbp.verify") for m in outside), loaded
