@@ -7,7 +7,7 @@ The suite compiles thousands of small programs and runs most of them once, as ``
 check`` does, so it compiles them as that command does: with
 :data:`jaxbp.xla_flags.FAST_COMPILE_FLAGS` (LLVM without its optimisation passes, XLA:CPU's
 classic fusion emitters; IEEE results, no fast math), on a jaxlib they were measured on. On
-2 cores this takes the suite from about 10 to about 6.5 minutes. ``XLA_FLAGS=`` (empty, or
+2 cores this takes the suite from about 10 to about 7 minutes. ``XLA_FLAGS=`` (empty, or
 any flags of your own) runs it under those flags instead: ``XLA_FLAGS= pytest -n auto``
 runs it under XLA's defaults.
 """
