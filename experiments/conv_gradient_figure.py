@@ -54,7 +54,7 @@ def draw(g: dict[str, np.ndarray], out: Path) -> Path:
 
     fig, axes = plt.subplots(2, 3, figsize=(13.5, 8.6), constrained_layout=True)
 
-    from jaxbp.figure import numbered_heatmap as heat
+    from jaxbp.figure import numbered_comparison, numbered_heatmap as heat
 
     top = max(float(np.abs(g["image"]).max()), float(np.abs(g["dout"]).max()))
     im = heat(axes[0, 0], g["image"], "Image (6x6)\noutlined: the patch under dOutput for dFilter(0, 0)", top)
@@ -81,12 +81,15 @@ def draw(g: dict[str, np.ndarray], out: Path) -> Path:
         transform=axes[0, 2].transAxes,
     )
 
-    diff = g["dfilter"] - g["as_conv"]
-    bottom = max(float(np.abs(g["dfilter"]).max()), float(np.abs(g["as_conv"]).max()))
-    im = heat(axes[1, 0], g["dfilter"], "manual dL/dFilter (3x3)", bottom)
-    heat(axes[1, 1], g["as_conv"], "conv2d(Image, dL/dOutput)\n(dOutput used as the filter)", bottom)
-    heat(axes[1, 2], diff, f"difference (max |diff| = {float(np.abs(diff).max()):g})", bottom)
-    fig.colorbar(im, ax=list(axes[1, :]), shrink=0.8, label="gradient (one scale for the row)")
+    numbered_comparison(
+        fig,
+        axes[1],
+        g["dfilter"],
+        "manual dL/dFilter (3x3)",
+        g["as_conv"],
+        "conv2d(Image, dL/dOutput)\n(dOutput used as the filter)",
+        "gradient (one scale for the row)",
+    )
 
     fig.suptitle(
         "dL/dFilter(i, j) = sum_op dL/dOutput(o, p) * Image(o + i, p + j): a correlation of the image with dOutput",

@@ -60,7 +60,7 @@ def draw(g: dict[str, np.ndarray], out: Path) -> Path:
 
     fig, axes = plt.subplots(2, 3, figsize=(13.5, 8.6), constrained_layout=True)
 
-    from jaxbp.figure import numbered_heatmap as heat
+    from jaxbp.figure import numbered_comparison, numbered_heatmap as heat
 
     u, v = 2, 2  # the worked output cell: every input cell's stamp reaches it
     x, w = g["x"], g["w"]
@@ -95,24 +95,17 @@ def draw(g: dict[str, np.ndarray], out: Path) -> Path:
         transform=axes[0, 2].transAxes,
     )
 
-    diff = g["y"] - g["adjoint"]
-    bottom = max(float(np.abs(g["y"]).max()), float(np.abs(g["adjoint"]).max()))
-    im = heat(
-        axes[1, 0],
+    numbered_comparison(
+        fig,
+        axes[1],
         g["y"],
         f"manual conv_transpose2d(x, w, stride=2) (5x5)\noutlined: x(1, 1) * w's block; dashed: y({u}, {v})",
-        bottom,
+        g["adjoint"],
+        "input gradient of A = conv2d(., w^T, stride=2)\nat dOutput = x (jax.vjp): A^T x",
+        "output (one scale for the row)",
     )
     axes[1, 0].add_patch(Rectangle((1.5, 1.5), k, k, fill=False, ec="black", lw=3))
     axes[1, 0].add_patch(Rectangle((v - 0.4, u - 0.4), 0.8, 0.8, fill=False, ec="black", lw=1.5, ls="--"))
-    heat(
-        axes[1, 1],
-        g["adjoint"],
-        "input gradient of A = conv2d(., w^T, stride=2)\nat dOutput = x (jax.vjp): A^T x",
-        bottom,
-    )
-    heat(axes[1, 2], diff, f"difference (max |diff| = {float(np.abs(diff).max()):g})", bottom)
-    fig.colorbar(im, ax=list(axes[1, :]), shrink=0.8, label="output (one scale for the row)")
 
     fig.suptitle(
         "y(u, v) = sum_{o, p, i, j: 2 o + i = u, 2 p + j = v} x(o, p) w(i, j) = (A^T x)(u, v): "

@@ -1,6 +1,6 @@
 """What every jaxbp figure shares: pyplot on the Agg backend, imported lazily (so that
 importing jaxbp stays cheap), log axes labelled in plain numbers (:func:`log_axis`), small
-arrays drawn with their numbers in the cells (:func:`numbered_heatmap`), and the write through
+arrays drawn with their numbers in the cells (:func:`numbered_heatmap`, :func:`numbered_comparison`), and the write through
 :func:`jaxbp.files.atomic_write`.
 
 Used by :mod:`jaxbp.curves` (training curves) and :mod:`jaxbp.plots` (gradient pictures).
@@ -40,6 +40,19 @@ def numbered_heatmap(ax, a, title: str, lim: float):
     ax.set_yticks(range(a.shape[0]))
     ax.tick_params(labelsize=8, length=0)
     return im
+
+
+def numbered_comparison(fig, axes, a, a_title: str, b, b_title: str, label: str):
+    """Three :func:`numbered_heatmap` panels on one scale, ``a``, ``b`` and ``a - b`` (titled with
+    its largest magnitude), and their colorbar: the check row of a worked-example figure."""
+    import numpy as np
+
+    diff = a - b
+    lim = max(float(np.abs(a).max()), float(np.abs(b).max()))
+    im = numbered_heatmap(axes[0], a, a_title, lim)
+    numbered_heatmap(axes[1], b, b_title, lim)
+    numbered_heatmap(axes[2], diff, f"difference (max |diff| = {float(np.abs(diff).max()):g})", lim)
+    fig.colorbar(im, ax=list(axes), shrink=0.8, label=label)
 
 
 def log_axis(ax, which: str = "y") -> None:
