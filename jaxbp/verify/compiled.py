@@ -142,7 +142,8 @@ class OutLayout:
 # XLA:CPU spends most of a check compiling programs that then run once on a few hundred
 # numbers: they compile with jaxbp.xla_flags.fast_compile_options() (LLVM without its
 # optimisation passes, the classic fusion emitters; IEEE semantics unchanged, no fast math).
-# Other backends compile with their defaults.
+# Other backends compile with their defaults. Read once: each reading looks jaxlib's version up.
+_CPU_OPTIONS = fast_compile_options()
 
 
 def _target_platform() -> str:
@@ -155,7 +156,7 @@ def _target_platform() -> str:
 def checker_jit(fun: Callable, static_argnums: Sequence[int]) -> Callable:
     """``jax.jit(fun)``, compiled with :func:`jaxbp.xla_flags.fast_compile_options` where the computation
     runs on a CPU."""
-    fast = jax.jit(fun, static_argnums=static_argnums, compiler_options=fast_compile_options())
+    fast = jax.jit(fun, static_argnums=static_argnums, compiler_options=_CPU_OPTIONS)
     plain = jax.jit(fun, static_argnums=static_argnums)
 
     @functools.wraps(fun)
