@@ -54,7 +54,7 @@ def draw(g: dict[str, np.ndarray], out: Path) -> Path:
 
     fig, axes = plt.subplots(2, 3, figsize=(13.5, 8.6), constrained_layout=True)
 
-    from jaxbp.figure import numbered_comparison, numbered_heatmap as heat
+    from jaxbp.figure import numbered_comparison, numbered_heatmap as heat, save_png
 
     top = max(float(np.abs(g["image"]).max()), float(np.abs(g["dout"]).max()))
     im = heat(axes[0, 0], g["image"], "Image (6x6)\noutlined: the patch under dOutput for dFilter(0, 0)", top)
@@ -95,10 +95,7 @@ def draw(g: dict[str, np.ndarray], out: Path) -> Path:
         "dL/dFilter(i, j) = sum_op dL/dOutput(o, p) * Image(o + i, p + j): a correlation of the image with dOutput",
         fontsize=11,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_png(fig, out, dpi=100)
 
 
 def main(argv=None) -> None:

@@ -60,7 +60,7 @@ def draw(g: dict[str, np.ndarray], out: Path) -> Path:
 
     fig, axes = plt.subplots(2, 3, figsize=(13.5, 8.6), constrained_layout=True)
 
-    from jaxbp.figure import numbered_comparison, numbered_heatmap as heat
+    from jaxbp.figure import numbered_comparison, numbered_heatmap as heat, save_png
 
     u, v = 2, 2  # the worked output cell: every input cell's stamp reaches it
     x, w = g["x"], g["w"]
@@ -112,10 +112,7 @@ def draw(g: dict[str, np.ndarray], out: Path) -> Path:
         "the transposed convolution is the convolution's input-gradient map",
         fontsize=11,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_png(fig, out, dpi=100)
 
 
 def main(argv=None) -> None:

@@ -106,8 +106,8 @@ def _minor_label(x: float, view: tuple[float, float]) -> str:
     return _log_label(x, view) if mantissa in labelled else ""
 
 
-def save_png(fig, path: str | os.PathLike) -> Path:
-    """Write ``fig`` to ``path`` and close it; returns the path. A PNG, or a PDF or SVG
+def save_png(fig, path: str | os.PathLike, *, dpi: int = 110) -> Path:
+    """Write ``fig`` to ``path`` (at ``dpi``) and close it; returns the path. A PNG, or a PDF or SVG
     where the suffix says so.
 
     Atomic (a failed write, disk full, leaves the previous figure whole), and it replaces
@@ -120,7 +120,7 @@ def save_png(fig, path: str | os.PathLike) -> Path:
     fmt = FORMATS.get(path.suffix.lower(), "png")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=110), Existing.FIGURE)
+        return atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi), Existing.FIGURE)
     except OSError as err:
         raise OutputError(f"{path}: cannot write: {os.strerror(err.errno) if err.errno else err}") from None
     except ValueError as err:
