@@ -349,7 +349,8 @@ def bench_layers(
 
     The backward of the first layer computes only its parameters' gradients, as the
     train step does (the input needs none). The loss layer (softmax cross-entropy over
-    the logits) is timed as a last row, named ``"loss"``. ``extra_calls`` maps a layer
+    the logits; mean squared error over the output for a model that reconstructs its
+    input) is timed as a last row, named ``"loss"``. ``extra_calls`` maps a layer
     name (as in :func:`layer_plan`, or ``"loss"``) to more calls to interleave with that
     layer's (a PyTorch twin of the layer, say); their medians come back under ``"extra_ms"``.
     """
@@ -368,18 +369,23 @@ def bench_layers(
         }
         t = time_interleaved({**calls, **extra_calls.get(info.name, {})}, repeats=repeats, warmup=warmup)
         rows.append(_layer_row(info.name, info.kind, (batch_size, *info.input_shape), t))
-    # The loss: fused softmax cross-entropy backward against autodiff's chain.
+    # The loss: the fused softmax cross-entropy backward (or mse_loss's) against autodiff's chain.
     rng = np.random.default_rng(seed)
-    logits = jnp.asarray(rng.standard_normal((batch_size, num_classes)), dtype)
-    labels = jnp.asarray(rng.integers(0, num_classes, batch_size), jnp.int32)
+    if model.objective == "reconstruct":
+        kind, out_shape = "mse_loss", (batch_size, *input_shape)
+        target = jnp.asarray(rng.standard_normal(out_shape), dtype)
+    else:
+        kind, out_shape = "softmax_cross_entropy", (batch_size, num_classes)
+        target = jnp.asarray(rng.integers(0, num_classes, batch_size), jnp.int32)
+    out = jnp.asarray(rng.standard_normal(out_shape), dtype)
     loss_calls = {}
-    fwd = compile_ahead(lambda z: manual.softmax_cross_entropy(z, labels), logits)
-    loss_calls["forward"] = lambda: fwd.executable(logits)
+    fwd = compile_ahead(lambda z: getattr(manual, kind)(z, target), out)
+    loss_calls["forward"] = lambda: fwd.executable(out)
     for mode, ops in (("manual", manual), ("autodiff", autodiff)):
-        c = compile_ahead(jax.grad(lambda z, ops=ops: ops.softmax_cross_entropy(z, labels)), logits)
-        loss_calls[mode] = lambda c=c: c.executable(logits)
+        c = compile_ahead(jax.grad(lambda z, ops=ops: getattr(ops, kind)(z, target)), out)
+        loss_calls[mode] = lambda c=c: c.executable(out)
     timing = time_interleaved({**loss_calls, **extra_calls.get("loss", {})}, repeats=repeats, warmup=warmup)
-    rows.append(_layer_row("loss", "softmax_cross_entropy", (batch_size, num_classes), timing))
+    rows.append(_layer_row("loss", kind, out_shape, timing))
     return rows
 
 

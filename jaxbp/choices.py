@@ -17,6 +17,7 @@ __all__ = [
     "INITS",
     "MATMUL_PRECISIONS",
     "MODELS",
+    "OBJECTIVES",
     "OPTIMIZERS",
     "SCHEDULES",
     "TRAIN_DTYPES",
@@ -25,7 +26,10 @@ __all__ = [
 #: The data sets :func:`jaxbp.data.load` reads (``digits`` is bundled with scikit-learn).
 DATASETS = ("digits", "mnist", "fashion-mnist")
 #: The built-in models of :func:`jaxbp.models.get_model`.
-MODELS = ("cnn", "cnn-bn", "mlp", "resnet", "convnext")
+MODELS = ("cnn", "cnn-bn", "mlp", "resnet", "convnext", "autoencoder")
+#: What a model is trained for (:attr:`jaxbp.models.Model.objective`): class scores under
+#: softmax cross-entropy (accuracy reported), or its input back under mean squared error.
+OBJECTIVES = ("classify", "reconstruct")
 #: Initialisation schemes of the built-in models (see :mod:`jaxbp.models`).
 INITS = ("he", "uniform")
 

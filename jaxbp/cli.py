@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import io
 import logging
+import math
 import os
 import shlex
 import sys
@@ -215,14 +216,15 @@ def _report(config, result) -> None:
         print(f"stopped after --max-steps {config.max_steps} (epoch {result.epochs_completed + 1}); "
               f"continue to the end with: {train.resume_command(result.out_dir, result.config.model)} "
               f"(or stop again with --max-steps N, N > {result.steps})")  # fmt: skip
+    # A classifier's accuracies; a model that reconstructs its input has none (NaN): its losses.
+    metric = "loss" if math.isnan(result.test_accuracy) else "accuracy"
+    test, val = getattr(result, f"test_{metric}"), getattr(result, f"val_{metric}")
     if result.history and result.history[-1]["step"] == result.steps:
-        evaluated = f"test accuracy {result.test_accuracy:.4f} after {result.epochs_completed} epochs"
+        evaluated = f"test {metric} {test:.4f} after {result.epochs_completed} epochs"
     else:
-        evaluated = (
-            f"test accuracy {result.test_accuracy:.4f} at step {result.steps} (epoch {result.epochs_completed + 1})"
-        )
-    if result.val_accuracy is not None:
-        evaluated = f"validation accuracy {result.val_accuracy:.4f}, {evaluated}"
+        evaluated = f"test {metric} {test:.4f} at step {result.steps} (epoch {result.epochs_completed + 1})"
+    if val is not None:
+        evaluated = f"validation {metric} {val:.4f}, {evaluated}"
     print(
         f"{evaluated} ({result.steps} steps, {config.grad} gradients); wall time {result.wall_time_s:.1f} s "
         f"(first step/compile {result.compile_time_s:.1f} s), {result.examples_per_s:.0f} examples/s"

@@ -75,7 +75,9 @@ def plot_training(
     ``loss_autodiff`` (compare mode) the autodiff loss is drawn too, and where they
     carry ``grad_max_rel_err`` a third panel shows the agreement on a log scale with
     the ``tolerance`` it must stay under (by default the ``compare_rtol`` of the
-    ``config.json`` next to a run's ``metrics.jsonl``, if there is one).
+    ``config.json`` next to a run's ``metrics.jsonl``, if there is one). Runs whose records
+    carry no accuracy (a model that reconstructs its input) get no accuracy panel, and
+    their loss is labelled mean squared error.
     """
     plt = figure.pyplot()
     loaded = {
@@ -84,8 +86,10 @@ def plot_training(
     if tolerance is None:
         tolerance = next(filter(None, (_compare_rtol(src) for src in runs.values())), None)
     compare = any("grad_max_rel_err" in r for recs in loaded.values() for r in recs)
-    ncols = 3 if compare else 2
-    fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 4.4), constrained_layout=True)
+    scored = any("accuracy" in r for recs in loaded.values() for r in recs)
+    names = ["loss"] + ["accuracy"] * scored + ["agreement"] * compare
+    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.4), constrained_layout=True)
+    panel = dict(zip(names, axes))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     runs_drawn, splits, by_autodiff, errors = [], set(), False, []
     for i, (label, recs) in enumerate(loaded.items()):
@@ -97,16 +101,18 @@ def plot_training(
         line = {"color": c, "lw": 3.5 if both else 1.2, "alpha": 0.45 if both else 0.8}
         runs_drawn.append((label, line))
         splits.add("train")
-        axes[0].plot(steps, [r["loss"] for r in train], **line, label=f"{label} train")
+        panel["loss"].plot(steps, [r["loss"] for r in train], **line, label=f"{label} train")
         if both:
             by_autodiff = True
-            axes[0].plot(
+            panel["loss"].plot(
                 steps,
                 [r.get("loss_autodiff") for r in train],
                 **_AUTODIFF_LOSS,
                 label=f"{label} train, loss by autodiff",
             )
-        axes[1].plot(steps, [r["accuracy"] for r in train], color=c, lw=1.2, alpha=0.8, label=f"{label} train")
+        if scored:
+            accuracy = [r.get("accuracy", np.nan) for r in train]
+            panel["accuracy"].plot(steps, accuracy, color=c, lw=1.2, alpha=0.8, label=f"{label} train")
         if evals:
             es = [r["step"] for r in evals]
             validated = all("val_loss" in r for r in evals)  # a run with a validation split
@@ -114,18 +120,21 @@ def plot_training(
                 splits.add(split)
                 style = {**SPLIT_STYLE[split], "color": c, "ms": 4}
                 name = f"{label} {SPLIT_NAMES[split]}"
-                axes[0].plot(es, [r[f"{split}_loss"] for r in evals], **style, label=name)
-                axes[1].plot(es, [r[f"{split}_accuracy"] for r in evals], **style, label=name)
+                panel["loss"].plot(es, [r[f"{split}_loss"] for r in evals], **style, label=name)
+                if scored:
+                    accuracy = [r.get(f"{split}_accuracy", np.nan) for r in evals]
+                    panel["accuracy"].plot(es, accuracy, **style, label=name)
         if compare and any("grad_max_rel_err" in r for r in train):
             err = [max(r.get("grad_max_rel_err", 0.0), 1e-12) for r in train]
             errors += err
-            axes[2].plot(steps, err, color=c, lw=1, marker=".", ms=3, label=f"{label} gradient agreement")
-    axes[0].set(xlabel="step", ylabel="cross-entropy", title="loss")
-    figure.log_axis(axes[0])
-    axes[1].set(xlabel="step", ylabel="accuracy", title="accuracy")
+            panel["agreement"].plot(steps, err, color=c, lw=1, marker=".", ms=3, label=f"{label} gradient agreement")
+    panel["loss"].set(xlabel="step", ylabel="cross-entropy" if scored else "mean squared error", title="loss")
+    figure.log_axis(panel["loss"])
+    if scored:
+        panel["accuracy"].set(xlabel="step", ylabel="accuracy", title="accuracy")
     extra = [("train loss by autodiff", _AUTODIFF_LOSS)] if by_autodiff else []
     if compare:
-        ax = axes[2]
+        ax = panel["agreement"]
         figure.log_axis(ax)
         if tolerance:
             ax.axhline(tolerance, **_TOLERANCE_LINE, label=f"tolerance (compare_rtol {tolerance:g})")
@@ -266,12 +275,17 @@ def plot_curves(
     line inside a wide band. Train curves are solid, test dashed with circles,
     validation dotted with squares; ``target`` is a dashed red line on the accuracy panel.
     The legend has an entry per run and a key to those styles; the ``title`` defaults to
-    the runs' labels.
+    the runs' labels. Runs without accuracies (models that reconstruct their input) get the
+    loss panel only, labelled mean squared error.
     """
     plt = figure.pyplot()
     from matplotlib import ticker
 
-    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.8), constrained_layout=True)
+    metrics = ("loss", "accuracy") if any(k.endswith("accuracy") for run in runs for k in run.series) else ("loss",)
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(5.75 * len(metrics), 4.8), constrained_layout=True, squeeze=False
+    )
+    axes = axes[0]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     runs_drawn, splits = [], set()
     band = len(runs) > 1  # the first of several runs is a wide band the others are drawn inside
@@ -281,7 +295,7 @@ def plot_curves(
             lw, ms = 1.8, 5.0
         line = {"lw": lw, "color": colors[i % len(colors)], "alpha": 0.45 if i == 0 and band else 1.0}
         runs_drawn.append((run.label, line))
-        for ax, metric in zip(axes, ("loss", "accuracy")):
+        for ax, metric in zip(axes, metrics):
             for split in SPLITS:
                 values = run.series.get(f"{split}_{metric}")
                 if values is None:
@@ -293,13 +307,14 @@ def plot_curves(
                     mfc="none" if i == 0 and band else None, mew=2.0 if i == 0 and band else 1.0,
                 )  # fmt: skip
     extra = []
-    if target is not None:
+    if target is not None and len(axes) > 1:
         target_line = {"color": "crimson", "ls": "--", "lw": 1.2}
         axes[1].axhline(target, **target_line, zorder=1, label=f"target {100 * target:.1f} %")
         extra.append((f"target accuracy {100 * target:.1f} %", target_line))
-    axes[0].set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    axes[0].set(xlabel="epoch", ylabel="cross-entropy" if len(axes) > 1 else "mean squared error", title="loss")
     figure.log_axis(axes[0])
-    axes[1].set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    if len(axes) > 1:
+        axes[1].set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in axes:
         ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))  # epochs are whole numbers
     _legend(fig, runs_drawn, splits, extra)

@@ -11,7 +11,7 @@ from jaxbp import curves, figure, files
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def write_run(folder, *, epochs=3, val=False, compare_rtol=None, compare=False):
+def write_run(folder, *, epochs=3, val=False, compare_rtol=None, compare=False, accuracy=True):
     folder.mkdir(parents=True)
     records = []
     for e in range(1, epochs + 1):
@@ -24,6 +24,8 @@ def write_run(folder, *, epochs=3, val=False, compare_rtol=None, compare=False):
         if val:
             ev.update(val_loss=1.1 / e, val_accuracy=0.47 + 0.1 * e)
         records.append(ev)
+    if not accuracy:  # a model that reconstructs its input records losses only
+        records = [{k: v for k, v in r.items() if not k.endswith("accuracy")} for r in records]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if compare_rtol is not None:
         (folder / "config.json").write_text(json.dumps({"grad": "compare", "compare_rtol": compare_rtol}))
@@ -138,6 +140,20 @@ def test_training_png_shows_the_validation_split_where_the_run_has_one(tmp_path,
     assert "manual validation" not in {ln[0] for ln in figures[-1]["accuracy"].lines_seen}
     assert figures[-1].legend == ["manual", "train", "test"]
     assert (tmp_path / "v.png").stat().st_mode & 0o777 == files.NEW_FILE_MODE  # not mkstemp's 0o600
+
+
+def test_runs_without_accuracies_get_the_loss_panel_alone(tmp_path, figures):
+    """An autoencoder's run: no accuracy panel (an empty one would read as a plot that failed),
+    and the loss is called what it is."""
+    run = write_run(tmp_path / "ae", val=True, compare=True, compare_rtol=1e-4, accuracy=False)
+    curves.plot_training({"manual": run}, tmp_path / "training.png")
+    assert list(figures[-1]) == ["loss", AGREEMENT]
+    assert figures[-1]["loss"].get_ylabel() == "mean squared error"
+    curves.plot_runs([run, write_run(tmp_path / "ae2", accuracy=False)], tmp_path / "runs.png", target=0.9)
+    assert list(figures[-1]) == ["loss"] and figures[-1]["loss"].get_ylabel() == "mean squared error"
+    assert {"ae train", "ae val", "ae test", "ae2 test"} <= {ln[0] for ln in figures[-1]["loss"].lines_seen}
+    curves.plot_training({"manual": write_run(tmp_path / "cls")}, tmp_path / "cls.png")  # a classifier: both
+    assert list(figures[-1]) == ["loss", "accuracy"] and figures[-1]["loss"].get_ylabel() == "cross-entropy"
 
 
 # ------------------------------------------------------------------ jaxbp plot

@@ -17,11 +17,13 @@ from jaxbp.choices import MODELS
 def test_shapes_and_readable_names(name, shape):
     model = models.get_model(name, 10)
     out_shape, params, state = model.init(0, shape)
-    assert out_shape == (10,)
+    assert out_shape == ((10,) if name != "autoencoder" else shape)  # the autoencoder gives back its input
+    assert model.objective == ("reconstruct" if name == "autoencoder" else "classify")
     expected = {"cnn": ["conv1", "conv2", "dense1", "dense2"], "mlp": ["dense1", "dense2"]}
     expected["cnn-bn"] = ["conv1", "bn1", "conv2", "bn2", "dense1", "dense2"]
     expected["resnet"] = ["conv1", "bn1", "res1", "res2", "dense1"]
     expected["convnext"] = ["conv1", "ln1", "res1", "ln2", "conv2", "res2", "ln3", "dense1"]
+    expected["autoencoder"] = ["conv1", "conv2", "convT1", "convT2"]
     assert list(params) == expected[name]
     assert list(state) == {"cnn-bn": ["bn1", "bn2"], "resnet": ["bn1", "res1", "res2"]}.get(name, [])
     if name == "resnet":  # stride-2 blocks with a 1x1 projection: 28 -> 14 -> 7, 8 -> 4 -> 2
@@ -35,6 +37,9 @@ def test_shapes_and_readable_names(name, shape):
         assert list(block) == ["conv1", "ln1", "dense1", "dense2"]
         assert block["conv1"]["w"].shape == (7, 7, 1, 64) and block["dense1"]["w"].shape == (64, 256)
         assert block["dense2"]["w"].shape == (256, 64) and params["ln3"]["gamma"].shape == (64,)
+    elif name == "autoencoder":  # stride-2 3x3 convs down (16, 32 channels), 4x4 stride-2 transposed ones up
+        assert params["conv2"]["w"].shape == (3, 3, 16, 32) and params["convT1"]["w"].shape == (4, 4, 32, 16)
+        assert params["convT2"]["w"].shape == (4, 4, 16, 1)
     elif name != "mlp":  # SAME convs, 2x2 pools: 28 -> 14 -> 7, 8 -> 4 -> 2
         side = shape[0] // 4
         assert params["conv1"]["w"].shape == (3, 3, 1, 32)

@@ -38,3 +38,16 @@ def test_log_lines_name_the_folder_and_the_compile_and_quiet_says_nothing(monkey
     quiet.folder("runs/x")
     quiet.compiling()
     assert log.getvalue().count("\n") == 2
+
+
+def test_log_lines_show_accuracies_where_the_records_have_them():
+    train = {"kind": "train", "epoch": 1, "step": 5, "loss": 0.25, "examples_per_s": 100.0}
+    assert display.format_record(train) == "epoch   1  step      5  loss 0.2500  100 ex/s"  # a reconstruction
+    assert "acc 0.5000  100 ex/s" in display.format_record({**train, "accuracy": 0.5})
+    ev = {"kind": "eval", "epoch": 1, "step": 5, "train_loss": 0.3, "test_loss": 0.2, "examples_per_s": 100.0}
+    assert display.format_record(ev) == "epoch   1  step      5  train loss 0.3000  test loss 0.2000  100 ex/s"
+    scored = {**ev, "train_accuracy": 0.9, "test_accuracy": 0.8, "val_loss": 0.1, "val_accuracy": 0.7}
+    assert display.format_record(scored) == (
+        "epoch   1  step      5  train loss 0.3000  train acc 0.9000  val loss 0.1000  val acc 0.7000  "
+        "test loss 0.2000  test acc 0.8000  100 ex/s"
+    )

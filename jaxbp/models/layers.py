@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbp.choices import OBJECTIVES
+
 __all__ = [
     "MAX_LAYER_PARAMS",
     "BatchNorm",
@@ -118,11 +120,15 @@ class Layer(NamedTuple):
 
 
 class Model(NamedTuple):
-    """A composed model: ``init``/``apply`` as for a layer, plus its named layers."""
+    """A composed model: ``init``/``apply`` as for a layer, its named layers, and what it is
+    trained for (one of :data:`jaxbp.choices.OBJECTIVES`): ``"classify"``, an output of class
+    scores per example under softmax cross-entropy, or ``"reconstruct"``, an output of the
+    input's shape under mean squared error against the input (an autoencoder)."""
 
     init: Callable[[jax.Array, Shape], tuple[Shape, Params, Params]]
     apply: Callable[..., tuple[jax.Array, Params]]
     layers: tuple[tuple[str, Layer], ...]
+    objective: str = "classify"
 
 
 def _stateless(kind: str, fn: Callable[..., jax.Array], shape_fn: Callable[[Shape], Shape] = lambda s: s) -> Layer:
@@ -338,8 +344,11 @@ def MaxPool(window: int = 2) -> Layer:
 # ------------------------------------------------------------------ composition
 
 
-def serial(*layers: Layer) -> Model:
-    """Compose layers; name the n-th layer of each kind ``<kind><n>`` (conv1, bn1, relu2, dense2)."""
+def serial(*layers: Layer, objective: str = "classify") -> Model:
+    """Compose layers; name the n-th layer of each kind ``<kind><n>`` (conv1, bn1, relu2, dense2).
+    ``objective`` (see :class:`Model`): ``"reconstruct"`` for a model trained to give back its input."""
+    if objective not in OBJECTIVES:
+        raise ModelError(f"objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
     counts: dict[str, int] = {}
     named = []
     for layer in layers:
@@ -367,7 +376,7 @@ def serial(*layers: Layer) -> Model:
                 new_state[name] = s
         return x, new_state
 
-    return Model(init, apply, tuple(named))
+    return Model(init, apply, tuple(named), objective)
 
 
 def Residual(*layers: Layer, init: str = "he") -> Layer:

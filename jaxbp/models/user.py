@@ -8,7 +8,7 @@ from jaxbp.choices import MODELS
 from jaxbp.loading import LoadError, first_line, load_function, split_spec, user_code
 from jaxbp.models.layers import Model, ModelError
 
-__all__ = ["check_model_name", "load_model", "short_name"]
+__all__ = ["check_model_name", "checked_output", "load_model", "short_name"]
 
 
 def check_model_name(name: str) -> str:
@@ -57,16 +57,24 @@ def load_model(spec: str, num_classes: int) -> Model:
         raise ModelError(
             f"{spec!r} returned a {type(model).__name__}, not a jaxbp.models.Model (build it with jaxbp.models.serial)"
         )
-    return _with_classes(model, num_classes)
+    return checked_output(model, num_classes)
 
 
-def _with_classes(model: Model, num_classes: int) -> Model:
-    """``model`` whose ``init`` refuses an output other than ``(num_classes,)`` per example: a user's
-    model with fewer outputs than classes would train on, silently, to chance accuracy."""
+def checked_output(model: Model, num_classes: int) -> Model:
+    """``model`` whose ``init`` refuses an output it cannot be trained on: other than
+    ``(num_classes,)`` per example for a classifier (a user's model with fewer outputs than
+    classes would train on, silently, to chance accuracy), other than the input's shape for a
+    model that reconstructs its input."""
 
     def init(key, input_shape):
         out_shape, params, state = model.init(key, input_shape)
-        if tuple(out_shape) != (num_classes,):
+        if model.objective == "reconstruct":
+            if tuple(out_shape) != tuple(input_shape):
+                raise ModelError(
+                    f"it reconstructs its input, but its output has shape {tuple(out_shape)} per example and the "
+                    f"input {tuple(input_shape)}"
+                )
+        elif tuple(out_shape) != (num_classes,):
             raise ModelError(
                 f"its output has shape {tuple(out_shape)} per example, but the data set has {num_classes} classes "
                 f"(num_classes={num_classes}): end the model with Dense(num_classes)"

@@ -21,7 +21,7 @@ from jaxbp.models.layers import (
     Residual,
     serial,
 )
-from jaxbp.models.user import check_model_name, load_model
+from jaxbp.models.user import check_model_name, checked_output, load_model
 
 __all__ = ["autoencoder", "convnext_block", "get_model"]
 
@@ -43,6 +43,10 @@ def get_model(name: str, num_classes: int, *, dropout: float = 0.0, init: str = 
                 "put Dropout or your own initialisation into the model itself"
             )
         return load_model(name, num_classes)
+    if name == "autoencoder":
+        if dropout:
+            raise ModelError(f"autoencoder: dropout {dropout} applies to a classifier's last dense; it has none")
+        return checked_output(autoencoder(init=init), num_classes)
     last = "glorot" if init == "he" else init
     head = ([Dropout(dropout)] if dropout > 0 else []) + [Dense(num_classes, init=last)]
     if name == "mlp":
@@ -93,10 +97,11 @@ def autoencoder(channels: int = 1, width: int = 16, init: str = "he") -> Model:
     stride-2 3x3 convolutions down (``width``, ``2 width`` channels, ReLU), two 4x4 stride-2
     transposed convolutions up (``width``, then ``channels``). The output has the input's
     shape; train it on a reconstruction loss such as ``ops.mse_loss(y, x)``
-    (``experiments/autoencoder.py``). Not in :data:`jaxbp.choices.MODELS`: ``jaxbp train``
-    trains classifiers."""
+    (``experiments/autoencoder.py``). Its objective is ``"reconstruct"``: ``jaxbp train --model
+    autoencoder`` trains the one-channel version on mean squared error against its input."""
     return serial(
         Conv(width, 3, stride=2, init=init), Relu, Conv(2 * width, 3, stride=2, init=init), Relu,
         ConvTranspose(width, 4, stride=2, padding=1, init=init), Relu,
         ConvTranspose(channels, 4, stride=2, padding=1, init="glorot"),
+        objective="reconstruct",
     )  # fmt: skip

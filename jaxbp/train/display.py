@@ -61,7 +61,8 @@ class Display:
         if self.bar is not None:
             self.bar.update(n)
             if rec is not None:
-                self.bar.set_postfix(loss=f"{rec['loss']:.4f}", acc=f"{rec['accuracy']:.3f}")
+                acc = {"acc": f"{rec['accuracy']:.3f}"} if "accuracy" in rec else {}
+                self.bar.set_postfix(loss=f"{rec['loss']:.4f}", **acc)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -69,16 +70,21 @@ class Display:
 
 
 def format_record(rec: dict[str, Any]) -> str:
+    """One line of a train or eval record; the accuracies where the record has them (a model
+    that reconstructs its input has none)."""
+
+    def split(name: str, label: str) -> str:
+        acc = f"  {label} acc {rec[f'{name}_accuracy']:.4f}" if f"{name}_accuracy" in rec else ""
+        return f"{label} loss {rec[f'{name}_loss']:.4f}{acc}  " if f"{name}_loss" in rec else ""
+
     if rec["kind"] == "eval":
-        val = f"val loss {rec['val_loss']:.4f}  val acc {rec['val_accuracy']:.4f}  " if "val_loss" in rec else ""
         return (
-            f"epoch {rec['epoch']:3d}  step {rec['step']:6d}  train loss {rec['train_loss']:.4f}  "
-            f"train acc {rec['train_accuracy']:.4f}  {val}test loss {rec['test_loss']:.4f}  "
-            f"test acc {rec['test_accuracy']:.4f}  {rec['examples_per_s']:.0f} ex/s"
+            f"epoch {rec['epoch']:3d}  step {rec['step']:6d}  {split('train', 'train')}{split('val', 'val')}"
+            f"{split('test', 'test')}{rec['examples_per_s']:.0f} ex/s"
         )
+    acc = f"acc {rec['accuracy']:.4f}  " if "accuracy" in rec else ""
     line = (
-        f"epoch {rec['epoch']:3d}  step {rec['step']:6d}  loss {rec['loss']:.4f}  "
-        f"acc {rec['accuracy']:.4f}  {rec['examples_per_s']:.0f} ex/s"
+        f"epoch {rec['epoch']:3d}  step {rec['step']:6d}  loss {rec['loss']:.4f}  {acc}{rec['examples_per_s']:.0f} ex/s"
     )
     if "grad_max_rel_err" in rec:
         line += f"  grad rel err {rec['grad_max_rel_err']:.2e} ({rec['grad_worst_param']})"

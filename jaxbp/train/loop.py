@@ -82,6 +82,12 @@ class Run:
     def last_step(self) -> int:
         return last_step(self.config, self.steps_per_epoch)
 
+    def scored(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """``rec`` without its accuracy fields where the model has none (it reconstructs its input)."""
+        if self.model.objective == "classify":
+            return rec
+        return {k: v for k, v in rec.items() if not k.endswith("accuracy")}
+
     def log(self, rec: dict[str, Any]) -> None:
         self.folder.record(rec)
         self.display.record(rec)
@@ -125,7 +131,7 @@ def train_epoch(run: Run, state: TrainState, progress: Progress, stop: StopSigna
         if config.grad == "compare":
             audit.check_step(run, before, (xb, yb, n_valid), m, progress)
         if progress.step % config.log_every == 0 or progress.batch_index == run.steps_per_epoch:
-            rec = progress.window.train_record(progress.step, progress.epoch + 1)
+            rec = run.scored(progress.window.train_record(progress.step, progress.epoch + 1))
             run.log(rec)
             run.display.advance(0, rec)
             progress.window = Accumulator()
@@ -224,7 +230,7 @@ def evaluate_splits(run: Run, state: TrainState, progress: Progress) -> dict[str
                 f"large; training stopped. {_kept(run)} Try a smaller learning rate (--lr)."
             )
         out[f"{split}_loss"], out[f"{split}_accuracy"] = loss, accuracy
-    return out
+    return run.scored(out)
 
 
 def end_epoch(run: Run, state: TrainState, progress: Progress, t_epoch: float) -> None:
@@ -233,11 +239,11 @@ def end_epoch(run: Run, state: TrainState, progress: Progress, t_epoch: float) -
     scores = evaluate_splits(run, state, progress)
     acc = progress.epoch_acc
     n = max(acc.count, 1)
-    rec = {
+    rec = run.scored({
         "kind": "eval", "step": progress.step, "epoch": progress.epoch + 1,
         "train_loss": acc.loss_sum / n, "train_accuracy": acc.correct / n, **scores,
         "epoch_time_s": time.perf_counter() - t_epoch, "examples_per_s": acc.examples_per_s,
-    }  # fmt: skip
+    })  # fmt: skip
     progress.history.append(rec)
     run.log(rec)
     progress.epoch, progress.batch_index, progress.epoch_acc = progress.epoch + 1, 0, Accumulator()

@@ -12,6 +12,11 @@ rescaled by ``N / n_valid``::
 
 Batch norm still computes its batch statistics over all N rows (the padded rows
 repeat real ones), but its running statistics count only the real rows.
+
+A model that reconstructs its input (``Model.objective == "reconstruct"``, the autoencoder)
+is trained on ``ops.mse_loss`` instead, its padded rows zeroed in both the output and the
+target (so their gradient is 0) and the mean rescaled the same way; it counts no correct
+answers (the loop reports no accuracy for it).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import optax
 
 from jaxbp import autodiff, manual, models
 from jaxbp.choices import GRADS, MODELS
-from jaxbp.train.config import TrainConfig
+from jaxbp.train.config import ConfigError, TrainConfig
 
 __all__ = [
     "AGREEMENT_FLOOR",
@@ -45,6 +50,8 @@ __all__ = [
     "make_optimizer",
     "make_train_step",
     "masked_loss",
+    "masked_mse",
+    "model_loss",
     "step_key",
 ]
 
@@ -94,6 +101,25 @@ def masked_loss(ops, logits, labels, n_valid, label_smoothing: float = 0.0):
     return loss, correct, valid
 
 
+def masked_mse(ops, out, target, n_valid):
+    """Mean squared error over the first ``n_valid`` rows, through ``ops.mse_loss``: the other
+    rows are zeroed in both arrays (their error and gradient are 0) and the mean over all rows
+    rescaled by ``N / n_valid``."""
+    n = out.shape[0]
+    valid = (jnp.arange(n) < n_valid).reshape((n,) + (1,) * (out.ndim - 1)).astype(out.dtype)
+    return ops.mse_loss(out * valid, target * valid) * (n / n_valid.astype(out.dtype))
+
+
+def model_loss(ops, model: models.Model, out, xb, yb, n_valid, label_smoothing: float = 0.0):
+    """``(loss, correct)`` of a batch by the model's objective: :func:`masked_loss` of the class
+    scores ``out`` against ``yb``, or :func:`masked_mse` of ``out`` against the input ``xb``
+    (``correct`` 0: a reconstruction has no accuracy)."""
+    if model.objective == "reconstruct":
+        return masked_mse(ops, out, xb, n_valid), jnp.zeros((), jnp.int32)
+    loss, correct, _ = masked_loss(ops, out, yb, n_valid, label_smoothing)
+    return loss, correct
+
+
 # The float32 guard measures each parameter's error against ``max(max|g_a|, AGREEMENT_FLOOR * G)``,
 # G the largest |g_autodiff| entry over the whole model. A bare relative error explodes where
 # a gradient is ~0: a conv bias right before batch norm has an exact gradient of 0 (batch norm
@@ -141,8 +167,8 @@ def make_loss(model: models.Model, label_smoothing: float = 0.0) -> Callable:
 
     def loss_fn(params, model_state, xb, yb, n_valid, key, ops):
         valid = jnp.arange(xb.shape[0]) < n_valid
-        logits, new_state = model.apply(params, xb, ops=ops, train=True, rng=key, state=model_state, mask=valid)
-        loss, correct, _ = masked_loss(ops, logits, yb, n_valid, label_smoothing)
+        out, new_state = model.apply(params, xb, ops=ops, train=True, rng=key, state=model_state, mask=valid)
+        loss, correct = model_loss(ops, model, out, xb, yb, n_valid, label_smoothing)
         return loss, (new_state, correct)
 
     return loss_fn
@@ -223,8 +249,8 @@ def make_eval_step(model: models.Model, *, ops=None) -> Callable:
 
     def step(params, model_state, xb, yb, n_valid):
         TRACE_COUNTS["eval"] += 1
-        logits, _ = model.apply(params, xb, ops=ops, train=False, state=model_state)
-        loss, correct, _ = masked_loss(ops, logits, yb, n_valid)
+        out, _ = model.apply(params, xb, ops=ops, train=False, state=model_state)
+        loss, correct = model_loss(ops, model, out, xb, yb, n_valid)
         return loss * n_valid.astype(loss.dtype), correct
 
     return jax.jit(step)
@@ -257,6 +283,11 @@ def compiled(key: tuple, num_classes: int, total_steps: int, ops) -> Steps:
 def _build(key: tuple, num_classes: int, total_steps: int, ops) -> Steps:
     config = TrainConfig(**dict(key))
     model = models.get_model(config.model, num_classes, dropout=config.dropout, init=config.init)
+    if model.objective != "classify" and config.label_smoothing:
+        raise ConfigError(
+            "label_smoothing",
+            f"is {config.label_smoothing}, but {config.model} reconstructs its input: it has no labels",
+        )
     optimizer = make_optimizer(config, total_steps)
     train_ops = None if config.grad == "autodiff" else ops
     eval_ops = autodiff if config.grad == "autodiff" else (ops or manual)
