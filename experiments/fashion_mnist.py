@@ -32,6 +32,9 @@ under ``history_chosen_on_test``.
     python experiments/fashion_mnist.py --phase final --only cnnbn-uniform-shift1 --grads manual
         # a model's best recipe, as soon as that model's candidates are done
     python experiments/fashion_mnist.py --epochs 1 --max-steps 20   # a smoke run (runs/fashion_mnist-smoke, never results/)
+    python experiments/fashion_mnist.py --study convnext --grads manual
+        # the convnext study: its 2 candidates, then the best one's final seeds, 5 epochs a run
+        # (CONVNEXT_EPOCHS), into runs/fashion_mnist_convnext and results/fashion_mnist_convnext.{json,png}
 
 How long, measured (2-core AMD EPYC, AVX-512; 15 epochs). One cnn-bn run alone trains
 about 1,950 examples/s (manual); two runs sharing the cores about 1,100 each (manual) and
@@ -131,6 +134,51 @@ CANDIDATES = (
     ),
 )
 
+# ConvNeXt (the ``convnext`` model: depthwise 7x7, layer norm, GELU bottleneck) is its own study,
+# under the same rule but a smaller budget: it trains at ~400 examples/s on the 2-core AVX2 EPYC
+# (cnn-bn ~2,000), so 15 epochs would be 35 min a run. Its recipes start from the cnn-bn one and
+# try ConvNeXt's own AdamW weight decay.
+CONVNEXT_EPOCHS = 5
+CONVNEXT_CANDIDATES = (
+    Recipe(
+        "convnext-uniform-shift1",
+        "convnext (stem 2x2/2, blocks of 32 and 64), init uniform, Adam 2e-3, 1-pixel shifts, batch 128",
+        dataclasses.replace(CONFIG, model="convnext", epochs=CONVNEXT_EPOCHS),
+    ),
+    Recipe(
+        "convnext-uniform-shift1-wd005",
+        "convnext as above with AdamW weight decay 0.05 (ConvNeXt's)",
+        dataclasses.replace(CONFIG, model="convnext", epochs=CONVNEXT_EPOCHS, weight_decay=0.05),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Study:
+    """One model family's protocol: its candidates, epochs per run, target, where its runs and
+    results go, and what its budget was."""
+
+    candidates: tuple[Recipe, ...]
+    epochs: int
+    target: float | None
+    runs: str
+    results_stem: str
+    budget: str
+
+
+STUDIES = {
+    "cnn": Study(CANDIDATES, EPOCHS, TARGET, "runs/fashion_mnist", "fashion_mnist", "15 epochs per run"),
+    "convnext": Study(
+        CONVNEXT_CANDIDATES,
+        CONVNEXT_EPOCHS,
+        None,
+        "runs/fashion_mnist_convnext",
+        "fashion_mnist_convnext",
+        f"{CONVNEXT_EPOCHS} epochs per run, manual gradients in the final phase (the session's time: "
+        "one run ~13 min on 2 cores); the autodiff twin's agreement is shown by --grad compare, not retrained",
+    ),
+}
+
 # What a finished run must share with the config asked for to be reused: all but where it
 # reads and writes, how often it logs, and how far this invocation goes (max_steps).
 REUSE_FIELDS = tuple(
@@ -159,10 +207,12 @@ class Plan:
     data_dir: str | None = None
     seeds: tuple[int, ...] = FINAL_SEEDS
     grads: tuple[str, ...] = GRADS
+    full_epochs: int = EPOCHS  # the study's epochs: any other number is a smoke run
+    target: float | None = TARGET
 
     @property
     def smoke(self) -> bool:
-        return self.epochs != EPOCHS or self.max_steps > 0
+        return self.epochs != self.full_epochs or self.max_steps > 0
 
 
 @dataclass(frozen=True)
@@ -374,7 +424,8 @@ def final_results(recipes: Sequence[Recipe], plan: Plan, seeds: Sequence[int]) -
                     runs[str(seed)] = record
             accuracies = [r["test_accuracy"] for r in runs.values()]
             stats = seed_statistics(accuracies)
-            stats["reached_target"] = stats["mean"] is not None and stats["mean"] >= TARGET
+            reached = None if plan.target is None else stats["mean"] is not None and stats["mean"] >= plan.target
+            stats["reached_target"] = reached
             per_grad[grad] = {"test_accuracy_per_seed": {s: r["test_accuracy"] for s, r in runs.items()}, **stats}
             per_grad[grad]["runs"] = runs
         results[recipe.name] = {"model": recipe.config.model, "note": recipe.note, "per_grad": per_grad}
@@ -423,7 +474,7 @@ def build_results(old: dict[str, Any], candidates: Sequence[Recipe], plan: Plan)
     results: dict[str, Any] = {
         "description": "Fashion-MNIST: recipe chosen on a validation split, test accuracy over seeds, "
         "manual (hand-derived) and autodiff gradients",
-        "target_mean_test_accuracy": TARGET,
+        "target_mean_test_accuracy": plan.target,
         "epochs": plan.epochs,
         "max_steps": plan.max_steps,
         "selection": {
@@ -468,7 +519,7 @@ def plot(selection: Selection, plan: Plan, out: Path) -> Path | None:
     if not all((read_summary(d) or {}).get("status") == "completed" for d in dirs):
         return None  # e.g. a smoke run stopped by --max-steps before its first epoch's evaluation
     title = f"Fashion-MNIST, {selection.chosen} (chosen on validation), seed 0: manual vs autodiff"
-    return curves.plot_runs(dirs, out, labels=list(GRADS), target=TARGET, title=title)
+    return curves.plot_runs(dirs, out, labels=list(GRADS), target=plan.target, title=title)
 
 
 def final_plan(candidates: Sequence[Recipe], only: Sequence[str], plan: Plan, log=print) -> list[Recipe]:
@@ -496,17 +547,21 @@ def final_plan(candidates: Sequence[Recipe], only: Sequence[str], plan: Plan, lo
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--study", choices=sorted(STUDIES), default="cnn", help="cnn (cnn-bn, resnet) or convnext")
     p.add_argument("--phase", choices=PHASES, default="all", help="select, final (needs select done), or all")
     p.add_argument("--only", action="append", default=[], metavar="NAME", help="only this recipe (repeatable)")
     p.add_argument("--seeds", default=",".join(map(str, FINAL_SEEDS)), help="final phase: comma-separated seeds")
     p.add_argument("--grads", default=",".join(GRADS), help="final phase: comma-separated: manual, autodiff")
-    p.add_argument("--epochs", type=int, default=EPOCHS, help="other than 15: a smoke run (separate folder)")
+    p.add_argument("--epochs", type=int, help="other than the study's (15; convnext 5): a smoke run (own folder)")
     p.add_argument("--max-steps", type=int, default=0, help="stop each run after this many steps (a smoke run)")
-    p.add_argument("--runs", default="runs/fashion_mnist", help="root of the run folders")
+    p.add_argument("--runs", help="root of the run folders (default runs/fashion_mnist[_convnext])")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--results", default=str(HERE / "results"), help="where the JSON and PNG go")
     args = p.parse_args(argv)
-    names = {r.name for r in CANDIDATES}
+    study = STUDIES[args.study]
+    args.epochs = study.epochs if args.epochs is None else args.epochs
+    args.runs = args.runs or study.runs
+    names = {r.name for r in study.candidates}
     for name in args.only:
         if name not in names:
             p.error(f"--only {name}: not a candidate; choose from {', '.join(sorted(names))}")
@@ -527,17 +582,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     set_default_xla_flags()  # the flags `jaxbp train` runs under; before JAX starts its backend
-    plan = Plan(Path(args.runs), args.epochs, args.max_steps, args.data_dir, args.seeds, args.grads)
+    study = STUDIES[args.study]
+    plan = Plan(Path(args.runs), args.epochs, args.max_steps, args.data_dir, args.seeds, args.grads, study.epochs)
+    plan = dataclasses.replace(plan, target=study.target)
     if plan.smoke:  # never mixed with the real runs, never written to results/
         plan = dataclasses.replace(plan, runs=Path(f"{args.runs}-smoke"))
     results_dir = plan.runs / "results" if plan.smoke else Path(args.results)
     log = lambda line: print(f"[fashion_mnist] {line}", file=sys.stderr, flush=True)  # noqa: E731
-    only = [r for r in CANDIDATES if not args.only or r.name in args.only]
+    only = [r for r in study.candidates if not args.only or r.name in args.only]
     try:
         if args.phase in ("select", "all"):
             select_phase(only, plan, log)
         if args.phase in ("final", "all"):
-            final_phase(final_plan(CANDIDATES, args.only, plan, log), plan, log)
+            final_phase(final_plan(study.candidates, args.only, plan, log), plan, log)
     except (ProtocolError, ValueError) as err:  # ValueError: ConfigError, RunFolderError, DataError, CheckpointError
         print(f"fashion_mnist.py: {err}", file=sys.stderr)
         return 2
@@ -547,12 +604,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except train.TrainError as err:  # diverged or a gradient mismatch: the run folder keeps the details
         print(f"fashion_mnist.py: {err}", file=sys.stderr)
         return 1
-    json_path = results_dir / "fashion_mnist.json"
+    json_path = results_dir / f"{study.results_stem}.json"
     old = json.loads(json_path.read_text()) if json_path.exists() else {}
-    results, selection = build_results(old, CANDIDATES, plan)
+    results, selection = build_results(old, study.candidates, plan)
+    results["budget"] = study.budget
     write_json(json_path, results)
     log(f"wrote {json_path}")
-    png = plot(selection, plan, results_dir / "fashion_mnist.png") if selection else None
+    png = plot(selection, plan, results_dir / f"{study.results_stem}.png") if selection else None
     if png:
         log(f"wrote {png}")
     report(results, log)

@@ -88,7 +88,8 @@ def plot_training(
     compare = any("grad_max_rel_err" in r for recs in loaded.values() for r in recs)
     scored = any("accuracy" in r for recs in loaded.values() for r in recs)
     names = ["loss"] + ["accuracy"] * scored + ["agreement"] * compare
-    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.4), constrained_layout=True)
+    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.4), constrained_layout=True, squeeze=False)
+    axes = axes[0]
     panel = dict(zip(names, axes))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     runs_drawn, splits, by_autodiff, errors = [], set(), False, []

@@ -149,6 +149,8 @@ def test_runs_without_accuracies_get_the_loss_panel_alone(tmp_path, figures):
     curves.plot_training({"manual": run}, tmp_path / "training.png")
     assert list(figures[-1]) == ["loss", AGREEMENT]
     assert figures[-1]["loss"].get_ylabel() == "mean squared error"
+    curves.plot_training({"manual": write_run(tmp_path / "ae-manual", accuracy=False)}, tmp_path / "m.png")
+    assert list(figures[-1]) == ["loss"]  # --grad manual: one panel
     curves.plot_runs([run, write_run(tmp_path / "ae2", accuracy=False)], tmp_path / "runs.png", target=0.9)
     assert list(figures[-1]) == ["loss"] and figures[-1]["loss"].get_ylabel() == "mean squared error"
     assert {"ae train", "ae val", "ae test", "ae2 test"} <= {ln[0] for ln in figures[-1]["loss"].lines_seen}

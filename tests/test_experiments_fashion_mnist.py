@@ -187,3 +187,22 @@ def test_bad_flags_exit_2_naming_the_flag(argv, message, capsys):
         fm.parse_args(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_study_sets_its_epochs_runs_and_target_and_other_epochs_are_a_smoke_run():
+    args = fm.parse_args(["--study", "convnext"])
+    study = fm.STUDIES["convnext"]
+    assert (args.epochs, args.runs) == (study.epochs, "runs/fashion_mnist_convnext")
+    assert {r.config.model for r in study.candidates} == {"convnext"}
+    plan = fm.Plan(Path(args.runs), args.epochs, full_epochs=study.epochs, target=study.target)
+    assert not plan.smoke and dataclasses.replace(plan, epochs=fm.EPOCHS).smoke
+    assert fm.parse_args([]).epochs == fm.EPOCHS and fm.parse_args([]).runs == "runs/fashion_mnist"
+    with pytest.raises(SystemExit):  # the cnn study's recipes are not convnext's
+        fm.parse_args(["--study", "convnext", "--only", fm.CANDIDATES[0].name])
+
+
+def test_a_study_without_a_target_reports_none_reached(tmp_path, no_training):
+    plan = fm.Plan(tmp_path, epochs=1, seeds=(0,), target=None)
+    plant(fm.run_config(CANDIDATES[0], plan, "final", 0, "manual"), val=None, test=0.99)
+    stats = fm.final_results([CANDIDATES[0]], plan, (0,))["mlp-a"]["per_grad"]["manual"]
+    assert stats["n"] == 1 and stats["reached_target"] is None
