@@ -62,6 +62,12 @@ def _timed(fn, *args) -> float:
     return time.perf_counter() - start
 
 
+def _output_and_grads(f, args, ct):
+    """The output too, as a train step needs it: XLA must not drop the forward."""
+    y, pullback = jax.vjp(f, *args)
+    return y, pullback(ct)
+
+
 def _candidates(layer: str, shapes, kwargs, rng):
     args = [jnp.asarray(rng.standard_normal(s), jnp.float32) for s in shapes]
     y_shape = jax.eval_shape(partial(getattr(autodiff, layer), **kwargs), *args).shape
@@ -71,7 +77,7 @@ def _candidates(layer: str, shapes, kwargs, rng):
         f = partial(fn, **kwargs)
         _, pullback = jax.vjp(f, *args)
         bwd = jax.jit(lambda pb, ct: pb(ct))  # the residuals travel in the pullback's pytree
-        step = jax.jit(lambda a, ct, f=f: jax.vjp(f, *a)[1](ct))
+        step = jax.jit(lambda a, ct, f=f: _output_and_grads(f, a, ct))
         out[label] = {"bwd": (bwd, (pullback, dy)), "fwd+bwd": (step, (args, dy))}
     # Same gradients (float32, summation order differs): a guard against timing a wrong rule.
     g_man = out["manual"]["bwd"][0](*out["manual"]["bwd"][1])

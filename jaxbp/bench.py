@@ -325,7 +325,7 @@ def _layer_calls(model: models.Model, batch_size: int, input_shape, dtype: str, 
                     y, pullback = jax.vjp(lambda p: apply(ops, p, x), p)
                 else:
                     y, pullback = jax.vjp(lambda p, x: apply(ops, p, x), p, x)
-                return pullback(ct)
+                return y, pullback(ct)  # y too: the next layer reads it (and XLA must not drop the forward)
 
             return f
 
