@@ -79,27 +79,125 @@ def _nchw(shape):
     return (shape[2], shape[0], shape[1]) if len(shape) == 3 else tuple(shape)
 
 
-def torch_layers(plan, torch):
-    """One PyTorch module per layer of a jaxbp layer plan (:func:`jaxbp.bench.layer_plan`), NCHW."""
+# The memory layout each layer kind of the twin wants a 4-D tensor in: PyTorch's convolutions,
+# pools and batch norm take NCHW; layer norm and dense layers act on the last axis, so over the
+# channels they take NHWC (ConvNeXt's PyTorch code permutes around them the same way); the
+# element-wise layers take either.
+_NHWC_KINDS = ("ln", "dense")
+_ANY_LAYOUT_KINDS = ("relu", "gelu", "global_avg_pool", "res")
+
+
+def _same_padding(size_in: int, size_out: int, stride: int, kernel: int) -> tuple[int, int]:
+    """(low, high) padding that XLA's SAME (or VALID, where it is 0) gives along one axis."""
+    total = max((size_out - 1) * stride + kernel - size_in, 0)
+    return total // 2, total - total // 2
+
+
+def _torch_conv(info, torch):
+    """A Conv2d (with a ZeroPad2d in front where XLA pads asymmetrically) of a jaxbp conv layer:
+    stride, padding and groups read off its shapes and weights."""
     nn = torch.nn
+    kh, kw, cin_per_group, cout = info.param_shapes["w"]
+    (hi, wi, cin), (ho, wo, _) = info.input_shape, info.output_shape
+    stride = max(1, round(hi / ho))
+    (top, bottom), (left, right) = _same_padding(hi, ho, stride, kh), _same_padding(wi, wo, stride, kw)
+    if (hi + top + bottom - kh) // stride + 1 != ho:
+        raise ValueError(f"no PyTorch twin for {info.name}: stride {stride} does not give {info.output_shape}")
+    conv = nn.Conv2d(cin, cout, (kh, kw), stride=stride, groups=cin // cin_per_group,
+                     padding=(top, left) if (top, left) == (bottom, right) else 0)  # fmt: skip
+    return conv if (top, left) == (bottom, right) else nn.Sequential(nn.ZeroPad2d((left, right, top, bottom)), conv)
+
+
+def _torch_conv_transpose(info, torch):
+    kh, _, cin, cout = info.param_shapes["w"]
+    hi, ho = info.input_shape[0], info.output_shape[0]
+    stride = ho // hi
+    padding = ((hi - 1) * stride + kh - ho) // 2  # out = (in - 1) stride - 2 padding + kernel
+    return torch.nn.ConvTranspose2d(cin, cout, kh, stride=stride, padding=padding)
+
+
+def torch_layers(plan, torch, layout: str = "nchw") -> tuple[list, str]:
+    """PyTorch modules for a jaxbp layer plan (:func:`jaxbp.bench.layer_plan`), and the layout
+    ("nchw" or "nhwc") of their 4-D output: a 4-D input arrives in ``layout``, and a permute is
+    put in wherever a layer wants the other one (:data:`_NHWC_KINDS`)."""
+    nn = torch.nn
+    to = {"nhwc": Permute(torch, 0, 2, 3, 1), "nchw": Permute(torch, 0, 3, 1, 2)}
     out = []
     for info in plan:
+        if len(info.input_shape) == 3 and info.kind not in _ANY_LAYOUT_KINDS:
+            want = "nhwc" if info.kind in _NHWC_KINDS else "nchw"
+            if want != layout:
+                out.append(to[want])
+                layout = want
         if info.kind == "conv":
-            kh, kw, cin, cout = info.param_shapes["w"]
-            out.append(nn.Conv2d(cin, cout, (kh, kw), padding=(kh // 2, kw // 2)))
+            out.append(_torch_conv(info, torch))
+        elif info.kind == "convT":
+            out.append(_torch_conv_transpose(info, torch))
         elif info.kind == "dense":
             out.append(nn.Linear(*info.param_shapes["w"]))
         elif info.kind == "bn":
             out.append(nn.BatchNorm2d(info.param_shapes["gamma"][0], momentum=0.1, eps=1e-5))
+        elif info.kind == "ln":
+            out.append(nn.LayerNorm(info.param_shapes["gamma"][0], eps=1e-6))
         elif info.kind == "relu":
             out.append(nn.ReLU())
+        elif info.kind == "gelu":
+            out.append(nn.GELU())
         elif info.kind == "max_pool2d":
             out.append(nn.MaxPool2d(info.input_shape[0] // info.output_shape[0]))
         elif info.kind == "flatten":
             out.append(nn.Flatten())
+        elif info.kind == "global_avg_pool":
+            out.append(GlobalAvgPool(torch, layout))
+        elif info.kind == "res":
+            branch, branch_layout = torch_layers(info.branch, torch, layout)
+            if branch_layout != layout:
+                branch.append(to[layout])
+            proj = None
+            if "proj" in info.param_shapes:  # a strided 1x1 convolution: NCHW
+                if layout != "nchw":
+                    raise ValueError(f"no PyTorch twin for {info.name}: a projection on NHWC")
+                proj = _torch_conv(info._replace(param_shapes=info.param_shapes["proj"]), torch)
+            out.append(Residual(torch, nn.Sequential(*branch), proj))
         else:
             raise ValueError(f"no PyTorch twin for layer {info.name} ({info.kind})")
-    return out
+    return out, layout
+
+
+def Permute(torch, *dims):
+    class _Permute(torch.nn.Module):
+        def forward(self, x):
+            return x.permute(*dims)
+
+    return _Permute()
+
+
+def GlobalAvgPool(torch, layout: str):
+    class _GlobalAvgPool(torch.nn.Module):
+        def forward(self, x):
+            return x.mean((2, 3) if layout == "nchw" else (1, 2))
+
+    return _GlobalAvgPool()
+
+
+def Residual(torch, branch, proj):
+    class _Residual(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.branch, self.proj = branch, proj
+
+        def forward(self, x):
+            return (x if self.proj is None else self.proj(x)) + self.branch(x)
+
+    return _Residual()
+
+
+def torch_model(plan, torch):
+    """The twin of a whole plan, NCHW in and out."""
+    modules, layout = torch_layers(plan, torch)
+    if layout == "nhwc" and len(plan[-1].output_shape) == 3:
+        modules.append(Permute(torch, 0, 3, 1, 2))
+    return torch.nn.Sequential(*modules)
 
 
 def import_torch():
@@ -120,12 +218,13 @@ def pytorch_step(model_name: str, batch_size: int, seed: int = 0):
     if torch is None:
         return None
     torch.manual_seed(seed)
-    plan = bench.layer_plan(models.get_model(model_name, 10), (28, 28, 1))
-    model = torch.nn.Sequential(*torch_layers(plan, torch))
+    jax_model = models.get_model(model_name, 10)
+    model = torch_model(bench.layer_plan(jax_model, (28, 28, 1)), torch)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch_size, 1, 28, 28)
     y = torch.randint(0, 10, (batch_size,))
-    loss_fn = torch.nn.CrossEntropyLoss()
+    reconstruct = jax_model.objective == "reconstruct"
+    loss_fn = (lambda out, y: torch.nn.functional.mse_loss(out, x)) if reconstruct else torch.nn.CrossEntropyLoss()
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -146,9 +245,11 @@ def pytorch_layer_calls(model_name: str, batch_size: int, seed: int = 0):
     if torch is None:
         return {}
     torch.manual_seed(seed)
-    plan = bench.layer_plan(models.get_model(model_name, 10), (28, 28, 1))
+    jax_model = models.get_model(model_name, 10)
+    plan = bench.layer_plan(jax_model, (28, 28, 1))
     calls = {}
-    for i, (info, module) in enumerate(zip(plan, torch_layers(plan, torch))):
+    for i, info in enumerate(plan):
+        module = torch_model([info], torch)
         x = torch.randn(batch_size, *_nchw(info.input_shape), requires_grad=i > 0)  # no dx for the input
         ct = torch.randn(batch_size, *_nchw(info.output_shape))
 
@@ -158,12 +259,14 @@ def pytorch_layer_calls(model_name: str, batch_size: int, seed: int = 0):
             module(x).backward(ct)
 
         calls[info.name] = {"pytorch": call}
-    logits = torch.randn(batch_size, 10, requires_grad=True)
-    labels = torch.randint(0, 10, (batch_size,))
+    reconstruct = jax_model.objective == "reconstruct"
+    logits = torch.randn(batch_size, *((1, 28, 28) if reconstruct else (10,)), requires_grad=True)
+    labels = torch.randn(batch_size, 1, 28, 28) if reconstruct else torch.randint(0, 10, (batch_size,))
+    loss = torch.nn.functional.mse_loss if reconstruct else torch.nn.functional.cross_entropy
 
     def loss_call():
         logits.grad = None
-        torch.nn.functional.cross_entropy(logits, labels).backward()
+        loss(logits, labels).backward()
 
     calls["loss"] = {"pytorch": loss_call}
     return calls

@@ -284,14 +284,16 @@ def bench_train_step(
 
 
 class LayerInfo(NamedTuple):
-    """One layer of a model at the shapes it sees: per-example input and output shapes
-    and the shapes of its parameters (``{"w": (3, 3, 1, 32), "b": (32,)}``)."""
+    """One layer of a model at the shapes it sees: per-example input and output shapes,
+    the shapes of its parameters (``{"w": (3, 3, 1, 32), "b": (32,)}``) and, for a
+    composite layer (a residual block), the plan of its branch."""
 
     name: str
-    kind: str  # "conv", "dense", "bn", "relu", "flatten" or "max_pool2d"
+    kind: str  # the layer's kind: "conv", "dense", "bn", "ln", "relu", "gelu", "res", ...
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
     param_shapes: dict[str, tuple[int, ...]]
+    branch: tuple[LayerInfo, ...] = ()
 
 
 def layer_plan(model: models.Model, input_shape: Sequence[int]) -> list[LayerInfo]:
@@ -300,7 +302,8 @@ def layer_plan(model: models.Model, input_shape: Sequence[int]) -> list[LayerInf
     for name, layer in model.layers:
         out_shape, params, _ = layer.init(np.random.default_rng(0), shape)
         param_shapes = jax.tree.map(lambda v: tuple(np.shape(v)), params)  # nested for a Residual
-        plan.append(LayerInfo(name, layer.kind or name, shape, tuple(out_shape), param_shapes))
+        branch = tuple(layer_plan(layer.branch, shape)) if layer.branch is not None else ()
+        plan.append(LayerInfo(name, layer.kind or name, shape, tuple(out_shape), param_shapes, branch))
         shape = tuple(out_shape)
     return plan
 

@@ -111,12 +111,14 @@ class Layer(NamedTuple):
     """One layer. ``kind`` names it in a model: :func:`serial` calls the n-th layer of a
     kind ``<kind><n>`` (conv1, relu2, res1) and files its parameters and state under that
     name. ``flops(in_shape, out_shape)`` counts the forward multiply-adds (x2) per example;
-    ``None`` for the layers :func:`flops` does not count (element-wise ones)."""
+    ``None`` for the layers :func:`flops` does not count (element-wise ones). ``branch``: the
+    layers a composite layer runs (a :func:`Residual`'s ``f``), for tools that walk a model."""
 
     kind: str | None
     init: Callable[[jax.Array, Shape], tuple[Shape, Params, Params]]
     apply: Callable[..., tuple[jax.Array, Params]]
     flops: Callable[[Shape, Shape], int] | None = None
+    branch: Model | None = None
 
 
 class Model(NamedTuple):
@@ -420,7 +422,7 @@ def Residual(*layers: Layer, init: str = "he") -> Layer:
         proj = projection(tuple(in_shape), tuple(out_shape))
         return flops(branch, in_shape) + (0 if proj is None else proj.flops(in_shape, out_shape))
 
-    return Layer("res", init_fn, apply, count)
+    return Layer("res", init_fn, apply, count, branch)
 
 
 def flops(model: Model, input_shape: Shape, *, by_layer: bool = False) -> int | dict[str, int]:
