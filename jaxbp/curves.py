@@ -284,7 +284,7 @@ def plot_curves(
 
     metrics = ("loss", "accuracy") if any(k.endswith("accuracy") for run in runs for k in run.series) else ("loss",)
     fig, axes = plt.subplots(
-        1, len(metrics), figsize=(5.75 * len(metrics), 4.8), constrained_layout=True, squeeze=False
+        1, len(metrics), figsize=(11.5 if len(metrics) > 1 else 8.0, 4.8), constrained_layout=True, squeeze=False
     )
     axes = axes[0]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
