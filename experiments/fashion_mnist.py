@@ -581,8 +581,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    set_default_xla_flags()  # the flags `jaxbp train` runs under; before JAX starts its backend
     study = STUDIES[args.study]
+    models = {r.config.model for r in study.candidates}
+    # the flags `jaxbp train --model M` runs under (M's own where it has some); before JAX starts its backend
+    set_default_xla_flags(model=models.pop() if len(models) == 1 else None)
     plan = Plan(Path(args.runs), args.epochs, args.max_steps, args.data_dir, args.seeds, args.grads, study.epochs)
     plan = dataclasses.replace(plan, target=study.target)
     if plan.smoke:  # never mixed with the real runs, never written to results/

@@ -332,11 +332,14 @@ def sweep(args) -> dict:
     from jaxbp import bench, xla_flags
 
     calls, compiled = {}, {}
+    grads = tuple(args.sweep_grads.split(","))
     for name, flags in XLA_FLAG_SETS.items():
+        if args.sweep_sets and name not in args.sweep_sets.split(","):
+            continue
         try:
             with traced_under(flags):
                 steps, step_args = bench.compile_train_steps(
-                    args.model, batch_size=args.batch_size, compiler_options=bench.flag_options(flags)
+                    args.model, batch_size=args.batch_size, compiler_options=bench.flag_options(flags), grads=grads
                 )
         except Exception as err:  # noqa: BLE001 - a flag this jaxlib does not know
             compiled[name] = {"flags": flags, "error": str(err).splitlines()[0]}
@@ -346,7 +349,7 @@ def sweep(args) -> dict:
         compiled[name] = {"flags": flags, "temp_bytes": steps["manual"].temp_bytes}
     timings = bench.time_interleaved(calls, repeats=args.repeats, warmup=args.warmup)
     for name, entry in compiled.items():
-        for g in ("manual", "autodiff") if "error" not in entry else ():
+        for g in grads if "error" not in entry else ():
             t = timings[f"{name}/{g}"]
             entry[g] = {"median_ms": 1e3 * t.median, "spread": t.spread, "timing": dataclasses.asdict(t)}
     return {"model": args.model, "batch_size": args.batch_size, "repeats": args.repeats,
@@ -362,7 +365,7 @@ def format_sweep(result: dict) -> str:
         if "error" in v:
             lines.append(f"  {name:<16} failed: {v['error']}")
             continue
-        m, a = v["manual"], v["autodiff"]
+        m, a = v["manual"], v.get("autodiff", {"median_ms": float("nan")})
         lines.append(
             f"  {name:<16} {m['median_ms']:10.2f} {100 * m['spread']:6.1f} {a['median_ms']:12.2f} "
             f"{ref['manual']['median_ms'] / m['median_ms']:9.3f}x  {v['flags'] or '(none)'}"
@@ -456,6 +459,11 @@ def main() -> None:
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--no-default-flags", action="store_true", help="skip the second process under XLA's defaults")
     parser.add_argument("--xla-sweep", action="store_true", help="also time the JAX steps under each XLA flag set")
+    parser.add_argument("--sweep-only", action="store_true", help="the flag sweep alone (no step or layer tables)")
+    parser.add_argument(
+        "--sweep-sets", default="", help="comma-separated names of XLA_FLAG_SETS to sweep (default all)"
+    )
+    parser.add_argument("--sweep-grads", default="manual,autodiff", help="the steps to sweep: manual,autodiff")
     parser.add_argument(
         "--glibc-defaults",
         action="store_true",
@@ -483,7 +491,9 @@ def main() -> None:
     from jaxbp import bench, xla_flags
 
     xla_flags.set_default_xla_flags()  # what `jaxbp bench` runs under, before JAX starts
-    result = measure(args)
+    if args.sweep_only:
+        args.xla_sweep, args.no_default_flags = True, True
+    result = {} if args.sweep_only else measure(args)
 
     def child(flags: str, torch: bool, sweep: bool = False) -> dict:
         cmd = [
@@ -498,6 +508,10 @@ def main() -> None:
             str(args.repeats),
             "--warmup",
             str(args.warmup),
+            "--sweep-sets",
+            args.sweep_sets,
+            "--sweep-grads",
+            args.sweep_grads,
         ]
         cmd += ([] if torch else ["--no-torch"]) + (["--glibc-defaults"] if args.glibc_defaults else [])  # fmt: skip
         proc = subprocess.run(cmd, check=False, env={**os.environ, "XLA_FLAGS": flags}, capture_output=True, text=True)

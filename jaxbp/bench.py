@@ -247,7 +247,7 @@ def bench_train_step(
         "repeats": repeats,
         "backend": jax.default_backend(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "xla": xla_flags.describe(),  # the flags, the CPU (model, instruction set) and why these flags
+        "xla": xla_flags.describe(model=model_name),  # the flags, the CPU (model, instruction set) and why these flags
         "allocator": allocator.describe(),  # large buffers kept in the heap, or page faults on every step
         "matmul_peak": {
             "size": peak_size,

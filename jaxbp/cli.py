@@ -768,7 +768,8 @@ def run() -> None:
     """
     allocator.keep_blocks_in_heap()
     args = build_parser().parse_args()  # JAX-free: the flags must be set before JAX starts
-    set_default_xla_flags(fast_compile=args.command in FAST_COMPILE_COMMANDS)
+    # train and bench name their model: a built-in one may have flags of its own (xla_flags.flags_for)
+    set_default_xla_flags(fast_compile=args.command in FAST_COMPILE_COMMANDS, model=getattr(args, "model", None))
     sys.exit(int(args.run(args) or 0))
 
 

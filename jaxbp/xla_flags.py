@@ -2,7 +2,8 @@
 
 :func:`set_default_xla_flags` sets the flags measured for this CPU's instruction set
 (:data:`CPU_XLA_FLAGS`, chosen from :data:`CPU_XLA_FLAGS_BY_ISA` by the flags that
-``/proc/cpuinfo`` lists at start-up) for the command's own process, when the user has
+``/proc/cpuinfo`` lists at start-up; for a built-in model measured faster under others,
+those of :data:`CPU_XLA_FLAGS_BY_MODEL`) for the command's own process, when the user has
 not set ``XLA_FLAGS`` (even to ``""``, which is how to opt out) and jaxlib is a version
 they were measured on. Calling :func:`jaxbp.cli.main` from Python leaves the
 environment alone. :func:`describe` says which flags are in effect and why; ``jaxbp
@@ -20,6 +21,7 @@ __all__ = [
     "CPU_ISA",
     "CPU_XLA_FLAGS",
     "CPU_XLA_FLAGS_BY_ISA",
+    "CPU_XLA_FLAGS_BY_MODEL",
     "CPU_XLA_FLAGS_JAXLIB",
     "FAST_COMPILE_FLAGS",
     "FAST_COMPILE_OPTIONS",
@@ -50,8 +52,10 @@ class FlagChoice(NamedTuple):
 CPU_XLA_FLAGS_BY_ISA: dict[str, FlagChoice] = {
     "avx2": FlagChoice(
         _YNN + "individual_convolution,individual_dot,eltwise,reduce",
-        "measured on a 2-core AVX2 CPU: convolutions, matmuls, element-wise ops and reductions "
-        "as YNNPACK fusions, manual cnn step 62.6 ms against 73.1 ms under XLA's defaults",
+        "measured on 2-core AVX2 AMD EPYCs: convolutions, matmuls, element-wise ops and reductions as "
+        "YNNPACK fusions. Every set in one process (experiments/throughput.py --sweep-only, manual steps, "
+        "30 rounds): cnn-bn 46.4 ms against 88.0 under XLA's defaults, cnn 37.1 against 39.0, resnet 56.0 "
+        "against 58.7, autoencoder 16.1 against 14.6 (within the 17-19 % IQR)",
     ),
     "avx512": FlagChoice(
         _YNN + "individual_dot,eltwise,reduce",
@@ -62,6 +66,17 @@ CPU_XLA_FLAGS_BY_ISA: dict[str, FlagChoice] = {
         "autodiff step 74.1 against 99.3 ms (YNNPACK runs its convolutions: conv2's forward 7.2 ms against "
         "XLA's 3.6, experiments/layer_timing.py --kernels); cnn-bn's manual step 37.3 against 53.0 ms, its "
         "autodiff step 95.1 against 125.8 (--model cnn-bn)",
+    ),
+}
+#: Built-in models that run faster under other flags than their instruction set's choice, measured
+#: as that choice was (every flag set in one process): (instruction set, model) -> the flags.
+CPU_XLA_FLAGS_BY_MODEL: dict[tuple[str, str], FlagChoice] = {
+    ("avx2", "convnext"): FlagChoice(
+        "",
+        "XLA's defaults, measured on a 2-core AVX2 AMD EPYC (experiments/throughput.py --model convnext "
+        "--sweep-only): the manual convnext step 161.4 ms against 213.8 ms under the AVX2 set, whose "
+        "YNNPACK element-wise fusions run GELU 2x and the depthwise taps 1.6x slower "
+        "(experiments/modern_layer_timing.py)",
     ),
 }
 #: For work that compiles thousands of small programs and runs each once (``jaxbp check``,
@@ -114,9 +129,13 @@ def cpu_model(cpuinfo: str | None = None) -> str:
     return _field(_cpuinfo() if cpuinfo is None else cpuinfo, "model name")
 
 
-def flags_for(isa: str) -> FlagChoice:
-    """The flags for an instruction set; one that was never measured gets the AVX2 choice
-    (the flags select library kernels, which exist on every CPU XLA supports)."""
+def flags_for(isa: str, model: str | None = None) -> FlagChoice:
+    """The flags for an instruction set (and a built-in ``model``, where
+    :data:`CPU_XLA_FLAGS_BY_MODEL` has a measurement for the pair); an instruction set that was
+    never measured gets the AVX2 choice (the flags select library kernels, which exist on every
+    CPU XLA supports)."""
+    if (isa, model) in CPU_XLA_FLAGS_BY_MODEL:
+        return CPU_XLA_FLAGS_BY_MODEL[(isa, model)]
     if isa in CPU_XLA_FLAGS_BY_ISA:
         return CPU_XLA_FLAGS_BY_ISA[isa]
     avx2 = CPU_XLA_FLAGS_BY_ISA["avx2"]
@@ -145,9 +164,14 @@ def fast_compile_options(jaxlib: str | None = None) -> dict[str, int | bool]:
 
 
 def set_default_xla_flags(
-    environ: MutableMapping[str, str] | None = None, jaxlib: str | None = None, *, fast_compile: bool = False
+    environ: MutableMapping[str, str] | None = None,
+    jaxlib: str | None = None,
+    *,
+    fast_compile: bool = False,
+    model: str | None = None,
 ) -> str | None:
-    """Set ``XLA_FLAGS`` to :data:`CPU_XLA_FLAGS` unless the user set it (even to ``""``,
+    """Set ``XLA_FLAGS`` to :data:`CPU_XLA_FLAGS` (or, for the built-in ``model`` the process
+    trains or times, :func:`flags_for` that model) unless the user set it (even to ``""``,
     which is how to opt out) or jaxlib is not a version they were measured on.
     ``fast_compile`` adds :data:`FAST_COMPILE_FLAGS`, for the commands whose programs
     compile once and run once (``jaxbp check``, ``jaxbp devices``).
@@ -158,7 +182,8 @@ def set_default_xla_flags(
     environ = os.environ if environ is None else environ
     if "XLA_FLAGS" in environ or not measured_jaxlib(jaxlib):
         return None
-    flags = f"{CPU_XLA_FLAGS} {FAST_COMPILE_FLAGS}" if fast_compile else CPU_XLA_FLAGS
+    chosen = flags_for(CPU_ISA, model).flags
+    flags = f"{chosen} {FAST_COMPILE_FLAGS}".strip() if fast_compile else chosen
     environ["XLA_FLAGS"] = flags
     return flags
 
@@ -184,15 +209,17 @@ def ynnpack_convolutions(environ: Mapping[str, str] | None = None) -> bool:
     return YNN_CONVOLUTIONS_BY_DEFAULT if types is None else "individual_convolution" in types
 
 
-def describe(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+def describe(environ: Mapping[str, str] | None = None, model: str | None = None) -> dict[str, str]:
     """Which XLA flags this process runs under and why: ``flags``, ``cpu`` (model name),
-    ``isa``, and ``why``: jaxbp's choice for this instruction set (with the measurement),
-    the user's own ``XLA_FLAGS``, or XLA's defaults."""
+    ``isa``, and ``why``: jaxbp's choice for this instruction set and ``model`` (with the
+    measurement), the user's own ``XLA_FLAGS``, or XLA's defaults."""
     environ = os.environ if environ is None else environ
     flags = environ.get("XLA_FLAGS")
-    choice = flags_for(CPU_ISA)
+    choice = flags_for(CPU_ISA, model)
     if flags is None:
         why = "XLA_FLAGS unset and not set by jaxbp (not the jaxbp command, or a jaxlib the flags were not measured on): XLA's defaults"
+    elif flags == choice.flags and (CPU_ISA, model) in CPU_XLA_FLAGS_BY_MODEL:
+        why = f"jaxbp's flags for {CPU_ISA} and {model}: {choice.reason}"
     elif flags == choice.flags:
         why = f"jaxbp's flags for {CPU_ISA}: {choice.reason}"
     elif flags == "":

@@ -166,3 +166,33 @@ def test_the_fast_compile_options_change_how_xla_compiles_not_what_it_computes()
         # what fast math (or a wrong kernel) would change
         for a, b in zip(fast(x, w), plain(x, w)):
             np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13 * float(np.max(np.abs(b))))
+
+
+def test_a_model_measured_faster_under_other_flags_gets_them_and_others_the_isa_choice():
+    for (isa, model), choice in xla_flags.CPU_XLA_FLAGS_BY_MODEL.items():
+        assert xla_flags.flags_for(isa, model) == choice and choice.reason
+        assert xla_flags.flags_for(isa, "cnn") == xla_flags.CPU_XLA_FLAGS_BY_ISA[isa]  # the rest: the ISA's
+    assert xla_flags.flags_for("avx2", "convnext").flags == ""  # measured: XLA's defaults
+    assert xla_flags.flags_for("avx512", "convnext") == xla_flags.CPU_XLA_FLAGS_BY_ISA["avx512"]  # not measured
+    env = {}
+    own = xla_flags.flags_for(xla_flags.CPU_ISA, "convnext")
+    assert xla_flags.set_default_xla_flags(env, "0.10.2", model="convnext") == own.flags == env["XLA_FLAGS"]
+    assert xla_flags.describe(env, model="convnext")["why"].endswith(own.reason)
+    user = {"XLA_FLAGS": "--xla_cpu_use_thunk_runtime=true"}
+    assert xla_flags.set_default_xla_flags(user, "0.10.2", model="convnext") is None  # the user's own stay
+
+
+def test_the_command_sets_the_flags_of_the_model_it_trains(monkeypatch):
+    from jaxbp import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "set_default_xla_flags", lambda **kwargs: seen.append(kwargs))
+    monkeypatch.setattr(cli.allocator, "keep_blocks_in_heap", lambda: None)
+    for argv, model in (
+        (["train", "--model", "convnext", "--epochs", "0"], "convnext"),
+        (["plot", "/no/such/run", "--out", "/no/such/run.png"], None),
+    ):
+        monkeypatch.setattr("sys.argv", ["jaxbp", *argv])
+        with pytest.raises(SystemExit):
+            cli.run()
+        assert seen[-1]["model"] == model
