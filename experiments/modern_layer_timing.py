@@ -14,7 +14,8 @@ on NHWC tensors as ConvNeXt's PyTorch code does.
 
 Each XLA flag set needs its own process (XLA reads XLA_FLAGS once): without ``--flags`` the script
 runs itself once under jaxbp's flags for this CPU and once under XLA's defaults (``XLA_FLAGS=""``),
-and writes both to the JSON.
+and writes both to the JSON. Both set the allocator policy of the ``jaxbp`` command
+(:mod:`jaxbp.allocator`), which PyTorch's calls in the same process get too.
 
     python experiments/modern_layer_timing.py [--rounds 15] [--json experiments/results/modern_layer_timing.json]
     python experiments/modern_layer_timing.py --only norm --rounds 3      # the cases whose name has "norm"
@@ -289,10 +290,16 @@ def _with_ratios(layers: dict) -> dict:
 
 
 def _machine() -> dict:
-    from jaxbp import xla_flags
+    from jaxbp import allocator, xla_flags
 
     load = os.getloadavg()
-    return {"cpu": xla_flags.cpu_model(), "isa": xla_flags.cpu_isa(), "cores": os.cpu_count(), "load_avg": load}
+    return {
+        "cpu": xla_flags.cpu_model(),
+        "isa": xla_flags.cpu_isa(),
+        "cores": os.cpu_count(),
+        "load_avg": load,
+        "allocator": allocator.describe(),
+    }
 
 
 def main(argv=None) -> int:
@@ -303,6 +310,9 @@ def main(argv=None) -> int:
     parser.add_argument("--flags", choices=["jaxbp", "default"], help="measure under one flag set (internal)")
     args = parser.parse_args(argv)
     if args.flags:  # a child: XLA_FLAGS is already set; print the measurement as JSON
+        from jaxbp import allocator
+
+        allocator.keep_blocks_in_heap()  # the jaxbp command's policy, as throughput.py (PyTorch's calls get it too)
         before = _machine()
         layers = _with_ratios(measure(args.rounds, args.only))
         print(

@@ -490,7 +490,7 @@ def main() -> None:
 
     from jaxbp import bench, xla_flags
 
-    xla_flags.set_default_xla_flags()  # what `jaxbp bench` runs under, before JAX starts
+    xla_flags.set_default_xla_flags(model=args.model)  # what `jaxbp bench --model M` runs under, before JAX starts
     if args.sweep_only:
         args.xla_sweep, args.no_default_flags = True, True
     result = {} if args.sweep_only else measure(args)
