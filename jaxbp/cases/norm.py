@@ -1,4 +1,4 @@
-"""Registry cases of layer norm and group norm (batch norm's are in :mod:`jaxbp.registry`)."""
+"""Registry cases of batch norm, layer norm and group norm."""
 
 from __future__ import annotations
 
@@ -83,4 +83,58 @@ GROUP_NORM = LayerSpec(
     rtol_float32=1e-5,
 )
 
-SPECS = (LAYER_NORM, GROUP_NORM)
+_BATCH_NORM: tuple[LayerSpec, ...] = (
+    LayerSpec(
+        "batch_norm",
+        manual.batch_norm,
+        autodiff.batch_norm,
+        (
+            Case("nc", affine_args(6, 3), argnums=(0, 1, 2)),
+            Case("nhwc-eps-1e-3", affine_args(2, 3, 3, 4), {"eps": 1e-3}, argnums=(0, 1, 2)),
+            # One example still normalises over H and W (M = 6); eps far below var.
+            Case("single-example-small-eps", affine_args(1, 2, 3, 2), {"eps": 1e-9}, argnums=(0, 1, 2)),
+            # Not a case: a channel constant over the batch (var = 0, xhat = 0, inv_std = eps^-1/2) is degenerate.
+        ),
+        # Observed float32 errors <= 3e-7 (dx's sums over M elements are rounded in another order than
+        # autodiff's chain of mean/var backwards); the default holds once dy is not aligned with x (_norm_args).
+        rtol_float32=1e-5,
+        bad_inputs=(
+            BadInput("rank-1", args_of(normal(5), normal(5), normal(5)), {}, r"rank >= 2.*\(5,\)"),
+            BadInput(
+                "gamma-shape",
+                args_of(normal(4, 3), normal(2), normal(3)),
+                {},
+                r"gamma must have shape \(3,\).*\(4, 3\).*\(2,\)",
+            ),
+            BadInput(
+                "beta-shape", args_of(normal(2, 2, 2, 3), normal(3), normal(3, 1)), {}, r"beta must have shape \(3,\)"
+            ),
+            BadInput(
+                "eps-zero",
+                args_of(normal(4, 3), normal(3), normal(3)),
+                {"eps": 0.0},
+                "eps must be a finite number > 0, got 0.0",
+            ),
+            BadInput(
+                "eps-array",
+                args_of(normal(4, 3), normal(3), normal(3)),
+                {"eps": np.ones(3)},
+                "eps must be a Python float",
+            ),
+            BadInput(
+                "dtype-mismatch",
+                lambda rng: (rng.standard_normal((4, 3)), np.ones(3, np.float32), np.zeros(3, np.float16)),
+                {},
+                "gamma and beta must have the same dtype",
+            ),
+            BadInput(
+                "int-x",
+                args_of(lambda rng: np.ones((4, 3), np.int32), normal(3), normal(3)),
+                {},
+                "x must be a floating-point",
+            ),
+        ),
+    ),
+)
+
+SPECS = (*_BATCH_NORM, LAYER_NORM, GROUP_NORM)

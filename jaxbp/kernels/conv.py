@@ -41,8 +41,11 @@ conv2 is 128x14x14x32 -> 64, 3x3 SAME):
   kernel's taps (``jaxbp.layers.depthwise``), no convolution op. XLA:CPU runs a depthwise
   convolution and its two gradients (on its kernels and on YNNPACK's) 6-9x slower than these
   sums: 7x7 SAME, batch 64, 14x14x128, forward + backward 1.3-1.4 s against 0.15-0.23 s on a
-  loaded 2-core AMD EPYC (AVX2; ``experiments/depthwise_timing.py``,
-  ``experiments/results/depthwise_timing.json``). Fewer channels: not measured, the
+  loaded 2-core AMD EPYC (AVX2); quiet, 0.67-0.82 s against 0.09-0.15 s
+  (``experiments/modern_layer_timing.py``, ``experiments/results/modern_layer_timing.json``). Tried
+  and slower: one reduction over the stacked taps for dw, rows reduced first, an einsum per tap, and
+  channels as the batch of per-kernel-row matmuls (Toeplitz along W: dw 108 ms against the taps'
+  unblocked 156, forward 88-106 ms against 7.5). Fewer channels: not measured, the
   convolutions (the taps vectorise along the channels).
 
 The whole manual cnn train step, each route against the one before it, in one process
