@@ -39,6 +39,11 @@ parameter gradients, and reuses them in
 (four reductions otherwise, each over an [N, ..., C] product with a broadcast ``gamma``).
 Layer and group norm cannot take that shortcut: their statistics run across channels, where
 ``gamma`` varies, so their ``dx`` makes the two means of ``dxhat`` and ``dxhat xhat`` directly.
+Group norm takes every mean over S in two stages, channels kept last: over the spatial axes
+per channel, then over each group's C/G channels (the mean of equal-sized means is the mean).
+XLA:CPU vectorises the first along the channels; one reduction over a grouped [N, ..., G, C/G]
+view made the forward and backward 2x slower (64x14x14x128, 32 groups: 18 against 9 ms on a
+2-core AMD EPYC, AVX2).
 
 Running statistics for evaluation are the caller's business: :func:`batch_norm_stats`
 returns the batch mean and biased variance that the forward normalises with.
@@ -254,18 +259,21 @@ def _check_group_norm(x, gamma, beta, groups, eps) -> float:
     return eps
 
 
-def _grouped(x, groups):
-    """``x`` [N, ..., C] as [N, ..., G, C/G] and the axes a group's statistics run over."""
-    shape = jnp.shape(x)
-    axes = (*range(1, len(shape) - 1), len(shape))  # the spatial axes and the channels within a group
-    return jnp.reshape(x, (*shape[:-1], groups, shape[-1] // groups)), axes
+def _group_mean(v, groups):
+    """mean_S(v) for each example and group of ``v`` [N, ..., C], on every channel of the group:
+    [N, 1.., C]. First over the spatial axes, per channel; then over each group's C/G channels."""
+    n, c = v.shape[0], v.shape[-1]
+    per_channel = jnp.mean(v, axis=tuple(range(1, v.ndim - 1)))  # [N, C]
+    per_group = jnp.mean(jnp.reshape(per_channel, (n, groups, c // groups)), axis=-1)  # [N, G]
+    return jnp.reshape(jnp.repeat(per_group, c // groups, axis=-1), (n, *(1,) * (v.ndim - 2), c))
 
 
 def _group_norm_parts(x, gamma, beta, groups, eps):
-    """The output and the residuals: ``xhat`` (the shape of x) and ``inv_std`` [N, 1.., G, 1]."""
-    xg, axes = _grouped(x, groups)
-    xhat, inv_std = _standardize(xg, axes, eps)
-    xhat = jnp.reshape(xhat, jnp.shape(x))
+    """The output and the residuals: ``xhat`` (the shape of x) and ``inv_std`` [N, 1.., C] (each
+    channel holds its group's)."""
+    xc = x - _group_mean(x, groups)  # x - mu, mu = mean_S(x)
+    inv_std = lax.rsqrt(_group_mean(jnp.square(xc), groups) + eps)  # var = mean_S((x - mu)^2), biased
+    xhat = xc * inv_std
     return gamma * xhat + beta, xhat, inv_std
 
 
@@ -306,10 +314,10 @@ def _group_norm_bwd(groups, eps, res, dy):
     axes = _reduce_axes(xhat)
     dgamma = jnp.sum(dy * xhat, axis=axes)  # dgamma = sum(dy xhat)
     dbeta = jnp.sum(dy, axis=axes)  # dbeta = sum(dy)
-    dxhat, group_axes = _grouped(dy * gamma, groups)  # g = dy gamma, grouped like the forward
-    xhat_g, _ = _grouped(xhat, groups)
-    dx = _standardize_bwd(xhat_g, inv_std, dxhat, group_axes)  # dx = inv_std (g - mean g - xhat mean(g xhat))
-    return jnp.reshape(dx, xhat.shape).astype(xhat.dtype), dgamma.astype(gamma.dtype), dbeta.astype(gamma.dtype)
+    g = dy * gamma  # dxhat = dy gamma
+    # dx = inv_std (g - mean_S(g) - xhat mean_S(g xhat)): the direct path, through mu, through var
+    dx = inv_std * (g - _group_mean(g, groups) - xhat * _group_mean(g * xhat, groups))
+    return dx.astype(xhat.dtype), dgamma.astype(gamma.dtype), dbeta.astype(gamma.dtype)
 
 
 _group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
