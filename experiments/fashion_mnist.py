@@ -135,8 +135,8 @@ CANDIDATES = (
 )
 
 # ConvNeXt (the ``convnext`` model: depthwise 7x7, layer norm, GELU bottleneck) is its own study,
-# under the same rule but a smaller budget: it trains at ~400 examples/s on the 2-core AVX2 EPYC
-# (cnn-bn ~2,000), so 15 epochs would be 35 min a run. Its recipes start from the cnn-bn one and
+# under the same rule but a smaller budget: it trains at 680-890 examples/s on the 2-core AVX2
+# EPYC under its flags (cnn-bn ~2,000), so 15 epochs would be ~20 min a run. Its recipes start from the cnn-bn one and
 # try ConvNeXt's own AdamW weight decay.
 CONVNEXT_EPOCHS = 5
 CONVNEXT_CANDIDATES = (
@@ -174,8 +174,8 @@ STUDIES = {
         None,
         "runs/fashion_mnist_convnext",
         "fashion_mnist_convnext",
-        f"{CONVNEXT_EPOCHS} epochs per run, manual gradients in the final phase (the session's time: "
-        "one run ~13 min on 2 cores); the autodiff twin's agreement is shown by --grad compare, not retrained",
+        f"{CONVNEXT_EPOCHS} epochs per run, manual gradients in the final phase, autodiff for seed 0 only (the "
+        "session's time: a manual run 6-8 min on 2 cores under XLA's defaults, an autodiff run about 3x that)",
     ),
 }
 
