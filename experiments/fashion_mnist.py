@@ -35,6 +35,8 @@ under ``history_chosen_on_test``.
     python experiments/fashion_mnist.py --study convnext --grads manual
         # the convnext study: its 2 candidates, then the best one's final seeds, 5 epochs a run
         # (CONVNEXT_EPOCHS), into runs/fashion_mnist_convnext and results/fashion_mnist_convnext.{json,png}
+    python experiments/fashion_mnist.py --study convnext --phase final --grads autodiff --seeds 0
+        # its autodiff twin for seed 0 (the figure: manual against autodiff)
 
 How long, measured (2-core AMD EPYC, AVX-512; 15 epochs). One cnn-bn run alone trains
 about 1,950 examples/s (manual); two runs sharing the cores about 1,100 each (manual) and
@@ -136,8 +138,8 @@ CANDIDATES = (
 
 # ConvNeXt (the ``convnext`` model: depthwise 7x7, layer norm, GELU bottleneck) is its own study,
 # under the same rule but a smaller budget: it trains at 680-890 examples/s on the 2-core AVX2
-# EPYC under its flags (cnn-bn ~2,000), so 15 epochs would be ~20 min a run. Its recipes start from the cnn-bn one and
-# try ConvNeXt's own AdamW weight decay.
+# EPYC under its flags (cnn-bn ~2,000), so 15 epochs would be ~20 min a run. Its recipes start
+# from the cnn-bn one and try ConvNeXt's own AdamW weight decay.
 CONVNEXT_EPOCHS = 5
 CONVNEXT_CANDIDATES = (
     Recipe(

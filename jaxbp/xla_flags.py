@@ -55,7 +55,7 @@ CPU_XLA_FLAGS_BY_ISA: dict[str, FlagChoice] = {
         "measured on 2-core AVX2 AMD EPYCs: convolutions, matmuls, element-wise ops and reductions as "
         "YNNPACK fusions. Every set in one process (experiments/throughput.py --sweep-only, manual steps, "
         "30 rounds): cnn-bn 46.4 ms against 88.0 under XLA's defaults, cnn 37.1 against 39.0, resnet 56.0 "
-        "against 58.7, autoencoder 16.1 against 14.6 (within the 17-19 % IQR)",
+        "against 58.7, autoencoder 16.1 against 14.6 (all within the 8-21 % IQR but cnn-bn)",
     ),
     "avx512": FlagChoice(
         _YNN + "individual_dot,eltwise,reduce",
