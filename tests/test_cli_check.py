@@ -302,7 +302,10 @@ def test_a_closed_pipe_ends_quietly():
     import subprocess
     import sys
 
-    code = "import sys; from jaxbp.cli import main; sys.exit(main(['check', '--layer', 'relu', '--dtype', 'float64']))"
+    # Five layers: their later lines and the summary come seconds after the first line, so the child
+    # still writes after the pipe is closed (with relu alone its output fit the pipe first under load).
+    layers = ", ".join(f"'--layer', '{name}'" for name in ("relu", "leaky_relu", "sigmoid", "tanh", "softmax"))
+    code = f"import sys; from jaxbp.cli import main; sys.exit(main(['check', {layers}, '--dtype', 'float64']))"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = proc.stdout.readline()
     proc.stdout.close()  # like `| head -1`
