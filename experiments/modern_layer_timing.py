@@ -45,95 +45,11 @@ def forward_backward(fn, dy, *args):
     return y, pullback(dy)
 
 
-def _depthwise_variants(rng):
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from jaxbp import autodiff, manual
-    from jaxbp.kernels import conv as kernels
-
-    n, h, c, k = 64, 14, 128, 7
-    x = jnp.asarray(rng.standard_normal((n, h, h, c)), jnp.float32)
-    w = jnp.asarray(rng.standard_normal((k, k, 1, c)) / k, jnp.float32)
-    dy = jnp.asarray(rng.standard_normal((n, h, h, c)), jnp.float32)
-
-    def step(layer):  # forward + the pullback (dx, dw), as a train step pays them
-        return jax.jit(lambda x, w, dy: forward_backward(lambda x, w: layer(x, w, padding="SAME", groups=c), dy, x, w))
-
-    variants = {"jaxbp manual": step(manual.conv2d), "jaxbp autodiff": step(autodiff.conv2d)}
-    before = step(manual.conv2d)
-    saved = kernels.DEPTHWISE_TAPS_CHANNELS
-    kernels.DEPTHWISE_TAPS_CHANNELS = 10**9  # the route before the taps: convolutions (traced now, while patched)
-    try:
-        jax.block_until_ready(before(x, w, dy))
-    finally:
-        kernels.DEPTHWISE_TAPS_CHANNELS = saved
-    variants["jaxbp manual, convolutions (before)"] = before
-    args = (x, w, dy)
-    torch_step = _torch_step(np.asarray(x), np.asarray(w), np.asarray(dy), "conv2d", dict(padding=k // 2, groups=c))
-    return "depthwise 7x7 SAME, 64x14x14x128, groups=128", variants, args, torch_step
-
-
-def _torch_step(x, w, dy, op, kwargs):
-    """PyTorch eager forward + backward on the NCHW twins, or None without PyTorch: ``step(threads,
-    channels_last)`` (channels_last: the activations and weights in PyTorch's NHWC memory format)."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    # conv2d: OIHW from HWIO; conv_transpose2d: [Cin, Cout/G, KH, KW] from [KH, KW, Cin, Cout/G]
-    w_torch = w.transpose(3, 2, 0, 1) if op == "conv2d" else w.transpose(2, 3, 0, 1)
-    nchw = [torch.tensor(a.copy()) for a in (x.transpose(0, 3, 1, 2), w_torch, dy.transpose(0, 3, 1, 2))]
-    layouts = {
-        False: nchw,
-        True: [a.contiguous(memory_format=torch.channels_last) for a in nchw],
-    }
-    for xt, wt, _ in layouts.values():
-        xt.requires_grad_(True)
-        wt.requires_grad_(True)
-    fn = getattr(torch.nn.functional, op)
-    default_threads = torch.get_num_threads()
-
-    def step(threads=None, channels_last=False):
-        xt, wt, dyt = layouts[channels_last]
-        if threads:  # one thread: on a loaded 2-core machine PyTorch's two OpenMP threads wait on each other
-            torch.set_num_threads(threads)
-        try:
-            y = fn(xt, wt, **kwargs)
-            return torch.autograd.grad(y, (xt, wt), dyt)
-        finally:
-            torch.set_num_threads(default_threads)
-
-    return step
-
-
-def _transpose_variants(rng):
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from jaxbp import autodiff, manual
-
-    n, h, cin, cout, k = 64, 7, 64, 32, 4
-    x = jnp.asarray(rng.standard_normal((n, h, h, cin)), jnp.float32)
-    w = jnp.asarray(rng.standard_normal((k, k, cin, cout)) / k, jnp.float32)
-    dy = jnp.asarray(rng.standard_normal((n, 2 * h, 2 * h, cout)), jnp.float32)
-    kwargs = dict(stride=2, padding=1)
-
-    def step(layer):
-        return jax.jit(lambda x, w, dy: forward_backward(lambda x, w: layer(x, w, **kwargs), dy, x, w))
-
-    variants = {"jaxbp manual": step(manual.conv_transpose2d), "jaxbp autodiff": step(autodiff.conv_transpose2d)}
-    torch_step = _torch_step(np.asarray(x), np.asarray(w), np.asarray(dy), "conv_transpose2d", kwargs)
-    return "conv_transpose2d k4 s2 p1, 64x7x7x64 -> 64x14x14x32", variants, (x, w, dy), torch_step
-
-
 class Case(NamedTuple):
     """A layer at one shape: ``jax_fn(ops, *arrays)``; ``torch_fn(torch, *tensors)`` its PyTorch
-    twin on tensors laid out as ``layouts`` says per argument ("nchw": an NHWC array transposed;
-    "nhwc", "vec": as they are) and as ``out_layout`` for the output's cotangent ("nchw", "nhwc",
-    "scalar"); ``channels_last``: time PyTorch's channels_last memory format too."""
+    twin on tensors laid out as ``layouts`` says per argument (:data:`TORCH_LAYOUTS`) and as
+    ``out_layout`` for the output's cotangent; ``channels_last``: time PyTorch's channels_last
+    memory format too (activations and weights)."""
 
     name: str
     shapes: tuple
@@ -144,13 +60,49 @@ class Case(NamedTuple):
     channels_last: bool = False
 
 
+#: How each argument of a :class:`Case` reaches PyTorch: "nchw" an NHWC array transposed, "oihw" a
+#: conv2d kernel from HWIO, "iohw" a conv_transpose2d kernel ([Cin, Cout/G, KH, KW]) from
+#: [KH, KW, Cin, Cout/G]; "nhwc", "vec" and "scalar" as they are.
+TORCH_LAYOUTS = {
+    "nchw": lambda a: a.transpose(0, 3, 1, 2),
+    "oihw": lambda a: a.transpose(3, 2, 0, 1),
+    "iohw": lambda a: a.transpose(2, 3, 0, 1),
+    "nhwc": lambda a: a,
+    "vec": lambda a: a,
+    "scalar": lambda a: a,
+}
+
+#: The depthwise 7x7 convolution of a ConvNeXt block (also timed on its route before the taps).
+DEPTHWISE = Case(
+    "depthwise 7x7 SAME, 64x14x14x128, groups=128",
+    ((64, 14, 14, 128), (7, 7, 1, 128)),
+    lambda ops, x, w: ops.conv2d(x, w, padding="SAME", groups=128),
+    lambda torch, x, w: torch.nn.functional.conv2d(x, w, padding=3, groups=128),
+    ("nchw", "oihw"),
+    "nchw",
+    True,
+)
+TRANSPOSE = Case(
+    "conv_transpose2d k4 s2 p1, 64x7x7x64 -> 64x14x14x32",
+    ((64, 7, 7, 64), (4, 4, 64, 32)),
+    lambda ops, x, w: ops.conv_transpose2d(x, w, stride=2, padding=1),
+    lambda torch, x, w: torch.nn.functional.conv_transpose2d(x, w, stride=2, padding=1),
+    ("nchw", "iohw"),
+    "nchw",
+    True,
+)
+
+
 def _cases() -> list[Case]:
-    """The normalisations, activations, upsampling, concatenation and loss at the new models' shapes."""
+    """The two convolutions, then the normalisations, activations, upsampling, concatenation and
+    loss at the new models' shapes."""
     ln = lambda c: lambda torch, x, g, b: torch.nn.functional.layer_norm(x, (c,), g, b, eps=1e-6)  # noqa: E731
     gn = lambda torch, x, g, b: torch.nn.functional.group_norm(x, 32, g, b, eps=1e-5)  # noqa: E731
     up = lambda mode: lambda torch, x: torch.nn.functional.interpolate(x, scale_factor=2, mode=mode)  # noqa: E731
     nhwc_vec = ("nhwc", "vec", "vec")
     return [
+        DEPTHWISE,
+        TRANSPOSE,
         Case("layer_norm over C, 128x14x14x32 (convnext ln)", ((128, 14, 14, 32), (32,), (32,)),
              lambda ops, x, g, b: ops.layer_norm(x, g, b, eps=1e-6), ln(32), nhwc_vec, "nhwc"),
         Case("layer_norm over C, 64x14x14x128 (ConvNeXt stage)", ((64, 14, 14, 128), (128,), (128,)),
@@ -176,37 +128,51 @@ def _cases() -> list[Case]:
     ]  # fmt: skip
 
 
+def _case_step(case: Case, ops):
+    """The jitted forward plus the pullback of every argument, as a train step pays them: ``(dy, *arrays)``."""
+    import jax
+
+    return jax.jit(lambda dy, *a: forward_backward(lambda *a: case.jax_fn(ops, *a), dy, *a))
+
+
 def _case_variants(case: Case, rng):
-    """``(name, {variant: jitted step}, args, torch step or None)`` of a :class:`Case`: forward plus
-    the pullback of every argument, as a train step pays them."""
+    """``({variant: jitted step}, args, torch step or None)`` of a :class:`Case`: jaxbp manual and
+    autodiff (and, for :data:`DEPTHWISE`, the manual route before the taps)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     from jaxbp import autodiff, manual
+    from jaxbp.kernels import conv as kernels
 
     arrays = [rng.standard_normal(shape).astype(np.float32) for shape in case.shapes]
     out = jax.eval_shape(lambda *a: case.jax_fn(manual, *a), *arrays)
     dy = rng.standard_normal(out.shape).astype(np.float32)
-
-    def step(ops):
-        return jax.jit(lambda dy, *a: forward_backward(lambda *a: case.jax_fn(ops, *a), dy, *a))
-
     args = (jnp.asarray(dy), *map(jnp.asarray, arrays))
-    variants = {"jaxbp manual": step(manual), "jaxbp autodiff": step(autodiff)}
-    return case.name, variants, args, _torch_case_step(case, arrays, dy)
+    variants = {"jaxbp manual": _case_step(case, manual), "jaxbp autodiff": _case_step(case, autodiff)}
+    if case is DEPTHWISE:
+        before = _case_step(case, manual)
+        saved = kernels.DEPTHWISE_TAPS_CHANNELS
+        kernels.DEPTHWISE_TAPS_CHANNELS = 10**9  # the route before the taps: convolutions (traced now, while patched)
+        try:
+            jax.block_until_ready(before(*args))
+        finally:
+            kernels.DEPTHWISE_TAPS_CHANNELS = saved
+        variants["jaxbp manual, convolutions (before)"] = before
+    return variants, args, _torch_case_step(case, arrays, dy)
 
 
 def _torch_case_step(case: Case, arrays, dy):
     """PyTorch eager forward + backward of a :class:`Case`, or None without PyTorch: ``step(threads,
-    channels_last)`` as :func:`_torch_step`'s."""
+    channels_last)``, with PyTorch's default thread count unless ``threads`` says (one thread: on a
+    loaded 2-core machine its two OpenMP threads wait on each other), on NCHW tensors or in the
+    channels_last memory format."""
     try:
         import torch
     except ImportError:
         return None
-    to = {"nchw": lambda a: a.transpose(0, 3, 1, 2), "nhwc": lambda a: a, "vec": lambda a: a, "scalar": lambda a: a}
-    plain = [torch.tensor(to[lay](a).copy()) for lay, a in zip(case.layouts, arrays)]
-    dyt = torch.tensor(to[case.out_layout](dy).copy())
+    plain = [torch.tensor(TORCH_LAYOUTS[lay](a).copy()) for lay, a in zip(case.layouts, arrays)]
+    dyt = torch.tensor(TORCH_LAYOUTS[case.out_layout](dy).copy())
     last = lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t.clone()  # noqa: E731
     layouts = {False: (plain, dyt), True: ([last(t) for t in plain], last(dyt))}
     for tensors, _ in layouts.values():
@@ -246,20 +212,16 @@ def measure(rounds: int, only: str = "") -> dict:
     import numpy as np
 
     rng = np.random.default_rng(0)
-    makers = [(_depthwise_variants, True), (_transpose_variants, True)]
-    makers += [(lambda rng, case=case: _case_variants(case, rng), case.channels_last) for case in _cases()]
     layers = {}
-    for make, channels_last in makers:
-        name, variants, args, torch_step = make(rng)
-        if only not in name:
-            continue
+    for case in (case for case in _cases() if only in case.name):
+        variants, args, torch_step = _case_variants(case, rng)
         calls = {v: (lambda f=f, args=args: f(*args)) for v, f in variants.items()}
         if torch_step is not None:
             calls["pytorch eager"] = torch_step
             calls["pytorch eager, 1 thread"] = lambda step=torch_step: step(threads=1)
-            if channels_last:
+            if case.channels_last:
                 calls["pytorch eager, channels_last"] = lambda step=torch_step: step(channels_last=True)
-        layers[name] = calls
+        layers[case.name] = calls
     times = {name: {v: [] for v in calls} for name, calls in layers.items()}
     for name, calls in layers.items():  # compile and warm up
         for fn in calls.values():
