@@ -210,6 +210,12 @@ def import_torch():
     return torch
 
 
+def torch_loss(torch, objective: str):
+    """The PyTorch loss of a jaxbp model's objective (:attr:`jaxbp.models.Model.objective`):
+    cross-entropy of class scores against labels, or mean squared error against the input."""
+    return torch.nn.functional.mse_loss if objective == "reconstruct" else torch.nn.functional.cross_entropy
+
+
 def pytorch_step(model_name: str, batch_size: int, seed: int = 0):
     """(a zero-argument PyTorch eager train step of the model, its optimizer step alone), or None."""
     from jaxbp import bench, models
@@ -222,13 +228,12 @@ def pytorch_step(model_name: str, batch_size: int, seed: int = 0):
     model = torch_model(bench.layer_plan(jax_model, (28, 28, 1)), torch)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch_size, 1, 28, 28)
-    y = torch.randint(0, 10, (batch_size,))
-    reconstruct = jax_model.objective == "reconstruct"
-    loss_fn = (lambda out, y: torch.nn.functional.mse_loss(out, x)) if reconstruct else torch.nn.CrossEntropyLoss()
+    target = x if jax_model.objective == "reconstruct" else torch.randint(0, 10, (batch_size,))
+    loss_fn = torch_loss(torch, jax_model.objective)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
+        loss = loss_fn(model(x), target)
         loss.backward()
         opt.step()
         return loss.item()
@@ -262,7 +267,7 @@ def pytorch_layer_calls(model_name: str, batch_size: int, seed: int = 0):
     reconstruct = jax_model.objective == "reconstruct"
     logits = torch.randn(batch_size, *((1, 28, 28) if reconstruct else (10,)), requires_grad=True)
     labels = torch.randn(batch_size, 1, 28, 28) if reconstruct else torch.randint(0, 10, (batch_size,))
-    loss = torch.nn.functional.mse_loss if reconstruct else torch.nn.functional.cross_entropy
+    loss = torch_loss(torch, jax_model.objective)
 
     def loss_call():
         logits.grad = None
