@@ -94,8 +94,9 @@ def bilinear_phases(scale: int) -> tuple[tuple[int, float, float], ...]:
     return tuple(phases)
 
 
-def _pad_axis(a, axis, lo, hi, mode="constant"):
-    return jnp.pad(a, [(lo, hi) if i == axis else (0, 0) for i in range(a.ndim)], mode=mode)
+def _pad_axis(a, axis, lo, hi):
+    """``a`` with ``lo`` zeros before and ``hi`` after along ``axis``."""
+    return jnp.pad(a, [(lo, hi) if i == axis else (0, 0) for i in range(a.ndim)])
 
 
 def _bilinear_maps(x, scale):
