@@ -587,8 +587,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     models = {r.config.model for r in study.candidates}
     # the flags `jaxbp train --model M` runs under (M's own where it has some); before JAX starts its backend
     set_default_xla_flags(model=models.pop() if len(models) == 1 else None)
-    plan = Plan(Path(args.runs), args.epochs, args.max_steps, args.data_dir, args.seeds, args.grads, study.epochs)
-    plan = dataclasses.replace(plan, target=study.target)
+    plan = Plan(Path(args.runs), args.epochs, args.max_steps, args.data_dir, args.seeds, args.grads,
+                full_epochs=study.epochs, target=study.target)  # fmt: skip
     if plan.smoke:  # never mixed with the real runs, never written to results/
         plan = dataclasses.replace(plan, runs=Path(f"{args.runs}-smoke"))
     results_dir = plan.runs / "results" if plan.smoke else Path(args.results)
