@@ -22,17 +22,27 @@ AE = train.TrainConfig(
 
 
 def test_masked_mse_counts_only_the_valid_rows():
+    """In float64, against rounding bounds that hold in any summation order (AVX2 or AVX-512): the
+    losses are sums of at most M = 128 non-negative squares, each within (M - 1) u of exact
+    (u = eps / 2), plus a few roundings for the squares, the division and the N / n_valid rescale,
+    so (M + 4) eps covers both sides; each gradient entry is a few roundings of its own
+    (2 (z - t) / M, the rescale): 8 eps. Junk in the padded rows or a wrong rescale is off by 1/8
+    and more."""
     rng = np.random.default_rng(0)
-    out = jnp.asarray(rng.standard_normal((8, 4, 4, 1)), jnp.float32)
-    target = np.asarray(rng.standard_normal((8, 4, 4, 1)), np.float32)
-    target[5:] = 100.0  # junk in the padded rows must not matter
-    target = jnp.asarray(target)
-    want, want_grad = jax.value_and_grad(lambda z: jnp.mean((z[:5] - target[:5]) ** 2))(out)
-    for ops in (manual, autodiff):
-        got, grad = jax.value_and_grad(lambda z, ops=ops: steps.masked_mse(ops, z, target, jnp.int32(5)))(out)
-        np.testing.assert_allclose(got, want, rtol=1e-6)
-        np.testing.assert_allclose(grad[:5], want_grad[:5], rtol=1e-5, atol=1e-8)
-        assert not np.any(grad[5:])  # padded rows get exactly zero gradient
+    with jax.enable_x64(True):
+        out = jnp.asarray(rng.standard_normal((8, 4, 4, 1)))
+        target = rng.standard_normal((8, 4, 4, 1))
+        target[5:] = 100.0  # junk in the padded rows must not matter
+        target = jnp.asarray(target)
+        want, want_grad = jax.value_and_grad(lambda z: jnp.mean((z[:5] - target[:5]) ** 2))(out)
+        eps = np.finfo(np.float64).eps
+        for ops in (manual, autodiff):
+            loss = lambda z, ops=ops: steps.masked_mse(ops, z, target, jnp.int32(5))  # noqa: E731
+            got, grad = jax.value_and_grad(loss)(out)
+            assert got.dtype == jnp.float64
+            np.testing.assert_allclose(got, want, rtol=(out.size + 4) * eps)
+            np.testing.assert_allclose(grad[:5], want_grad[:5], rtol=8 * eps)
+            assert not np.any(grad[5:])  # padded rows get exactly zero gradient
 
 
 @pytest.fixture(scope="module")
