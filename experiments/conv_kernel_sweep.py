@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--json", type=Path)
     opts = parser.parse_args()
-    allocator.keep_blocks_in_heap()
+    allocator.set_policy()
     rng = np.random.default_rng(0)
     flags = os.environ.get("XLA_FLAGS", "")
     print(f"CPU: {xla_flags.cpu_model()} ({xla_flags.CPU_ISA}); XLA_FLAGS: {flags or '(none)'}; jax {jax.__version__}")

@@ -274,7 +274,7 @@ def main(argv=None) -> int:
     if args.flags:  # a child: XLA_FLAGS is already set; print the measurement as JSON
         from jaxbp import allocator
 
-        allocator.keep_blocks_in_heap()  # the jaxbp command's policy, as throughput.py (PyTorch's calls get it too)
+        allocator.set_policy()  # the jaxbp command's policy, as throughput.py (PyTorch's calls get it too)
         before = _machine()
         layers = _with_ratios(measure(args.rounds, args.only))
         print(

@@ -156,7 +156,7 @@ def main() -> None:
 
     from jaxbp import allocator, xla_flags
 
-    allocator.keep_blocks_in_heap()  # what `jaxbp bench` runs under (PyTorch's steps get it too)
+    allocator.set_policy()  # what `jaxbp bench` runs under (PyTorch's steps get it too)
     xla_flags.set_default_xla_flags()  # before JAX starts
     batches = [int(b) for b in args.batches.split(",")]
     result = measure(args.model, batches, args.repeats, args.warmup, torch=not args.no_torch)

@@ -23,10 +23,11 @@ under XLA's defaults; each set applied to its own compilations as compile option
 times them all interleaved: the measurement the flags per instruction set in
 :mod:`jaxbp.xla_flags` are chosen by. Every ratio is taken within one process, never across.
 
-Every process also sets the allocator policy of the ``jaxbp`` command (:mod:`jaxbp.allocator`:
-large blocks kept in glibc's heap), which PyTorch's steps in the same process get too;
-``--glibc-defaults`` leaves glibc's defaults instead, under which both pay page faults
-for their large buffers on every step.
+Every process also sets the allocator policy of the ``jaxbp`` command (:func:`jaxbp.allocator.set_policy`:
+large blocks kept in glibc's heap, which PyTorch's steps in the same process get too, and
+jaxbp's steps run on the calling thread); ``--glibc-defaults`` leaves glibc's and JAX's
+defaults instead (a Python user who sets nothing), under which both pay page faults for
+their large buffers on every step.
 
     python experiments/throughput.py                      # writes experiments/results/throughput.json
     python experiments/throughput.py --model cnn-bn --json experiments/results/throughput_cnn_bn.json
@@ -472,8 +473,8 @@ def main() -> None:
     parser.add_argument(
         "--glibc-defaults",
         action="store_true",
-        help="leave glibc's allocator at its defaults in every process (a Python user who sets nothing), "
-        "not the policy the jaxbp command sets (jaxbp.allocator)",
+        help="leave glibc's allocator and JAX's dispatch at their defaults in every process (a Python user who "
+        "sets nothing), not the policy the jaxbp command sets (jaxbp.allocator.set_policy)",
     )
     parser.add_argument("--json", type=Path, default=RESULTS / "throughput.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -482,7 +483,7 @@ def main() -> None:
     if not args.glibc_defaults:  # as the jaxbp command, in this and every child process: PyTorch's steps too
         from jaxbp import allocator
 
-        allocator.keep_blocks_in_heap()
+        allocator.set_policy()
 
     if args.sweep_child:  # every flag set in this one process: JSON on stdout's last line
         print(json.dumps(sweep(args)))

@@ -761,15 +761,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> None:
-    """The ``jaxbp`` console script: the allocator policy and the default XLA flags, then :func:`main`.
+    """The ``jaxbp`` console script: the default XLA flags and the allocator policy, then :func:`main`.
 
     :func:`main` itself leaves the process alone, so calling it from Python (or a test)
-    runs under whatever allocator and flags that process started with.
+    runs under whatever allocator, dispatch and flags that process started with.
     """
-    allocator.keep_blocks_in_heap()
     args = build_parser().parse_args()  # JAX-free: the flags must be set before JAX starts
     # train and bench name their model: a built-in one may have flags of its own (xla_flags.flags_for)
     set_default_xla_flags(fast_compile=args.command in FAST_COMPILE_COMMANDS, model=getattr(args, "model", None))
+    allocator.set_policy()  # before the first computation: the dispatch is fixed when JAX's CPU client starts
     sys.exit(int(args.run(args) or 0))
 
 

@@ -1,5 +1,6 @@
 """The jaxbp command's allocator policy: large freed blocks stay in glibc's heap, so the next
-step reuses their pages instead of faulting fresh ones in; the user's own tunables win."""
+step reuses their pages instead of faulting fresh ones in, and CPU steps run on the calling
+thread, whose arena holds blocks of any size; the user's own settings win."""
 
 import platform
 import subprocess
@@ -30,7 +31,7 @@ def test_the_users_own_tunables_win():
     for environ in ({"MALLOC_ARENA_MAX": "4"}, {"MALLOC_TRIM_THRESHOLD_": "131072"}, {"GLIBC_TUNABLES": "x"}):
         libc = FakeLibc()
         assert allocator.keep_blocks_in_heap(environ, libc=libc) is False and libc.calls == [], environ
-    assert allocator.describe({"MALLOC_ARENA_MAX": "4"}) == "the user's own glibc tunables: MALLOC_ARENA_MAX"
+    assert allocator.describe({"MALLOC_ARENA_MAX": "4"}).startswith("the user's own glibc tunables: MALLOC_ARENA_MAX;")
 
 
 def test_a_refused_setting_is_reported_as_not_in_effect():
@@ -63,3 +64,60 @@ def test_freed_large_blocks_are_reused_without_page_faults():
     huge_pages = (48 << 20) // (2 << 20)  # with transparent huge pages, one fault may map 2 MiB
     assert faults["glibc-defaults"] >= huge_pages, faults  # a fresh mapping every round
     assert faults["jaxbp"] <= faults["glibc-defaults"] / 10, faults  # the heap's pages, reused
+
+
+class FakeConfig:
+    def __init__(self):
+        self.values = {}
+
+    def update(self, name, value):
+        self.values[name] = value
+
+
+def test_steps_run_on_the_calling_thread_unless_the_user_chose():
+    config = FakeConfig()
+    assert allocator.run_on_calling_thread({}, config=config) is True
+    assert config.values == {"jax_cpu_enable_async_dispatch": False}
+    for value in ("1", "true", "0"):  # the user's JAX option, whatever it says, is theirs
+        config = FakeConfig()
+        environ = {"JAX_CPU_ENABLE_ASYNC_DISPATCH": value}
+        assert allocator.run_on_calling_thread(environ, config=config) is False and config.values == {}
+        assert allocator.describe(environ).endswith(f"the user's JAX_CPU_ENABLE_ASYNC_DISPATCH={value}")
+
+
+# A jitted program with a 72 MiB temporary buffer (exp(x), the operand of a matmul), larger than the
+# 64 MiB heaps of glibc's thread arenas, run eight times under the command's policy (PROGRAM's argv[1]:
+# "command"), or with its heap thresholds only (on JAX's worker thread by default); it prints the
+# median of the page faults per call (one of the first calls may still grow the heap).
+PROGRAM = """
+import resource, statistics, sys
+import jax, jax.numpy as jnp
+from jaxbp import allocator
+if sys.argv[1] == "command":
+    allocator.set_policy()
+else:
+    assert allocator.keep_blocks_in_heap()
+f = jax.jit(lambda x, v: jnp.exp(x) @ v)
+x, v = jnp.full((4096, 4608), 0.01, jnp.float32), jnp.ones((4608,), jnp.float32)
+assert f.lower(x, v).compile().memory_analysis().temp_size_in_bytes > 64 << 20
+jax.block_until_ready(f(x, v))
+faults = []
+for _ in range(8):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    jax.block_until_ready(f(x, v))
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(statistics.median(faults))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the policy concerns glibc only")
+def test_a_step_larger_than_a_thread_arena_reuses_its_pages_under_the_command_policy():
+    env = {"PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}  # none of the caller's settings
+    faults = {
+        policy: float(subprocess.run([sys.executable, "-c", PROGRAM, policy], env=env, capture_output=True,
+                                     text=True, check=True).stdout)
+        for policy in ("heap-thresholds-only", "command")
+    }  # fmt: skip
+    huge_pages = (72 << 20) // (2 << 20)
+    assert faults["heap-thresholds-only"] >= huge_pages, faults  # a fresh mapping on the worker thread every call
+    assert faults["command"] <= faults["heap-thresholds-only"] / 10, faults  # the main arena's pages, reused

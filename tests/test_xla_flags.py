@@ -187,7 +187,7 @@ def test_the_command_sets_the_flags_of_the_model_it_trains(monkeypatch):
 
     seen = []
     monkeypatch.setattr(cli, "set_default_xla_flags", lambda **kwargs: seen.append(kwargs))
-    monkeypatch.setattr(cli.allocator, "keep_blocks_in_heap", lambda: None)
+    monkeypatch.setattr(cli.allocator, "set_policy", lambda: seen.append("allocator policy"))
     for argv, model in (
         (["train", "--model", "convnext", "--epochs", "0"], "convnext"),
         (["plot", "/no/such/run", "--out", "/no/such/run.png"], None),
@@ -195,4 +195,4 @@ def test_the_command_sets_the_flags_of_the_model_it_trains(monkeypatch):
         monkeypatch.setattr("sys.argv", ["jaxbp", *argv])
         with pytest.raises(SystemExit):
             cli.run()
-        assert seen[-1]["model"] == model
+        assert seen[-2]["model"] == model and seen[-1] == "allocator policy"  # both, before the command runs
