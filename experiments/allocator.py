@@ -15,10 +15,15 @@ alone (glibc's defaults otherwise: one line of a library user's script).
 ``--flags command`` runs under the XLA flags the ``jaxbp`` command sets for the model,
 ``--flags xla-defaults`` under XLA's own (``XLA_FLAGS=""``).
 
-    python experiments/allocator.py                      # writes experiments/results/allocator.json (~4 min)
+    python experiments/allocator.py                      # writes experiments/results/allocator.json (~7 min)
     python experiments/allocator.py --batches 128 --rounds 3
-    python experiments/allocator.py --models cnn,cnn-bn,resnet --batches 128 --flags command,xla-defaults \
-        --json experiments/results/allocator_dispatch.json
+    # experiments/results/allocator_dispatch_avx2*.json (~35 min in all):
+    python experiments/allocator.py --models cnn-bn,resnet,cnn,autoencoder --batches 128 \
+        --flags xla-defaults,command --rounds 3 --steps 30 --json experiments/results/allocator_dispatch_avx2.json
+    python experiments/allocator.py --models convnext --batches 128 --flags xla-defaults --rounds 3 --steps 20 \
+        --json experiments/results/allocator_dispatch_avx2_convnext.json
+    python experiments/allocator.py --models resnet,cnn-bn --batches 128 --flags command \
+        --policies jaxbp,jaxbp-sync --rounds 7 --steps 30 --json experiments/results/allocator_dispatch_avx2_command_flags.json
 """
 
 from __future__ import annotations
