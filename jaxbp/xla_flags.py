@@ -51,11 +51,14 @@ class FlagChoice(NamedTuple):
 #: float32, one process per flag set). They only concern the CPU backend.
 CPU_XLA_FLAGS_BY_ISA: dict[str, FlagChoice] = {
     "avx2": FlagChoice(
-        _YNN + "individual_convolution,individual_dot,eltwise,reduce",
-        "measured on 2-core AVX2 AMD EPYCs: convolutions, matmuls, element-wise ops and reductions as "
-        "YNNPACK fusions. Every set in one process (experiments/throughput.py --sweep-only, manual steps, "
-        "30 rounds): cnn-bn 46.4 ms against 88.0 under XLA's defaults, cnn 37.1 against 39.0, resnet 56.0 "
-        "against 58.7, autoencoder 16.1 against 14.6 (all within the 8-21 % IQR but cnn-bn)",
+        _YNN + "individual_dot,eltwise,reduce",
+        "measured on 2-core AVX2 AMD EPYCs: matmuls, element-wise ops and reductions as YNNPACK fusions, "
+        "convolutions on XLA's own kernels. Every set in one process (experiments/throughput.py --sweep-only, "
+        "manual steps, 30 rounds): cnn 47.5 ms against 53.5 under XLA's defaults and 50.4 with the convolutions "
+        "on YNNPACK too, cnn-bn 57.3 against 68.7 and 59.7, resnet 79.6 against 91.9 and 81.5, autoencoder 21.5 "
+        "against 21.7 and 22.7; the autodiff steps 1.4-1.5x faster than with the convolutions on YNNPACK "
+        "(--sweep-grads manual,autodiff, 20 rounds: cnn 98.4 against 152.7 ms, cnn-bn 119.3 against 170.9, "
+        "resnet 83.9 against 126.2)",
     ),
     "avx512": FlagChoice(
         _YNN + "individual_dot,eltwise,reduce",
@@ -74,7 +77,7 @@ CPU_XLA_FLAGS_BY_MODEL: dict[tuple[str, str], FlagChoice] = {
     ("avx2", "convnext"): FlagChoice(
         "",
         "XLA's defaults, measured on a 2-core AVX2 AMD EPYC (experiments/throughput.py --model convnext "
-        "--sweep-only): the manual convnext step 161.4 ms against 213.8 ms under the AVX2 set, whose "
+        "--sweep-only): the manual convnext step 113.7 ms against 183.8 ms under the AVX2 set, whose "
         "YNNPACK element-wise fusions run GELU 2x and the depthwise taps 1.6x slower "
         "(experiments/modern_layer_timing.py)",
     ),

@@ -8,7 +8,7 @@ choice is made for speed, on what this process will compile for: the backend, an
 whether ``XLA_FLAGS`` send convolutions to YNNPACK (:func:`convolutions_on_ynnpack`).
 
 XLA:CPU sends most convolutions to YNNPACK by default (jaxlib 0.10), to its own kernels when
-``XLA_FLAGS`` leave them out of the YNNPACK fusions (as jaxbp's flags for AVX-512 do) and on
+``XLA_FLAGS`` leave them out of the YNNPACK fusions (as jaxbp's flags for AVX2 and AVX-512 do) and on
 other backends. YNNPACK refuses a convolution (``xla/backends/cpu/ynn_support.cc``) with a
 dilated input (lhs dilation), or an output larger than its input, and XLA then runs it on its
 own kernel. Measured on a 2-core Intel Xeon (Sapphire Rapids, AVX-512), bare kernels in one
