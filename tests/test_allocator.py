@@ -121,3 +121,23 @@ def test_a_step_larger_than_a_thread_arena_reuses_its_pages_under_the_command_po
     huge_pages = (72 << 20) // (2 << 20)
     assert faults["heap-thresholds-only"] >= huge_pages, faults  # a fresh mapping on the worker thread every call
     assert faults["command"] <= faults["heap-thresholds-only"] / 10, faults  # the main arena's pages, reused
+
+
+def test_the_speed_page_s_library_snippet_sets_the_command_s_policy():
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).parents[1] / "docs" / "results" / "speed.md").read_text()
+    section = page[page.index("### From your own script") :]
+    snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    check = (
+        "from jaxbp import allocator as a\n"
+        "assert jax.config.values['jax_cpu_enable_async_dispatch'] is False\n"
+        "print(a.describe())\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"}  # none of the caller's settings
+    out = subprocess.run([sys.executable, "-c", snippet + check], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "CPU steps on the calling thread (jaxbp's)" in out.stdout
+    if platform.libc_ver()[0] == "glibc":
+        assert out.stdout.startswith("glibc: jaxbp's"), out.stdout
