@@ -760,6 +760,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(args.run(args) or 0)
 
 
+def flags_model(args: argparse.Namespace) -> str | None:
+    """The model whose XLA flags the command sets (:func:`jaxbp.xla_flags.flags_for`): ``--model``,
+    or for ``train --resume`` without it, the model the run's ``config.json`` names. Read before JAX
+    starts, for the flags alone: the resume itself checks the checkpoint, and anything unreadable
+    here leaves the choice to the instruction set."""
+    from pathlib import Path
+
+    from jaxbp import files  # JAX-free
+
+    model, resume = getattr(args, "model", None), getattr(args, "resume", None)
+    if model is None and resume:
+        folder = Path(resume).parent if str(resume).endswith(".npz") else Path(resume)
+        try:
+            config = files.read_json(folder / "config.json")
+        except files.InputError:
+            return None
+        model = config.get("model") if isinstance(config, dict) else None
+    return model if isinstance(model, str) else None
+
+
 def run() -> None:
     """The ``jaxbp`` console script: the default XLA flags and the allocator policy, then :func:`main`.
 
@@ -768,7 +788,7 @@ def run() -> None:
     """
     args = build_parser().parse_args()  # JAX-free: the flags must be set before JAX starts
     # train and bench name their model: a built-in one may have flags of its own (xla_flags.flags_for)
-    set_default_xla_flags(fast_compile=args.command in FAST_COMPILE_COMMANDS, model=getattr(args, "model", None))
+    set_default_xla_flags(fast_compile=args.command in FAST_COMPILE_COMMANDS, model=flags_model(args))
     allocator.set_policy()  # before the first computation: the dispatch is fixed when JAX's CPU client starts
     sys.exit(int(args.run(args) or 0))
 

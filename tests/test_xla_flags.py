@@ -182,14 +182,23 @@ def test_a_model_measured_faster_under_other_flags_gets_them_and_others_the_isa_
     assert xla_flags.set_default_xla_flags(user, "0.10.2", model="convnext") is None  # the user's own stay
 
 
-def test_the_command_sets_the_flags_of_the_model_it_trains(monkeypatch):
+def test_the_command_sets_the_flags_of_the_model_it_trains(monkeypatch, tmp_path):
     from jaxbp import cli
 
     seen = []
     monkeypatch.setattr(cli, "set_default_xla_flags", lambda **kwargs: seen.append(kwargs))
     monkeypatch.setattr(cli.allocator, "set_policy", lambda: seen.append("allocator policy"))
+    run, broken = tmp_path / "run", tmp_path / "broken"
+    run.mkdir(), broken.mkdir()
+    (run / "config.json").write_text('{"model": "convnext", "epochs": 3}')
+    (broken / "config.json").write_text('{"model": ')
     for argv, model in (
         (["train", "--model", "convnext", "--epochs", "0"], "convnext"),
+        (["train", "--resume", str(run)], "convnext"),  # the run's model (its checkpoint is missing: exit 2)
+        (["train", "--resume", str(run / "checkpoint.npz")], "convnext"),
+        (["train", "--resume", str(run), "--model", "cnn"], "cnn"),  # named: the user's (resume then refuses it)
+        (["train", "--resume", str(broken)], None),  # unreadable: the instruction set's flags
+        (["train", "--resume", str(tmp_path / "none")], None),
         (["plot", "/no/such/run", "--out", "/no/such/run.png"], None),
     ):
         monkeypatch.setattr("sys.argv", ["jaxbp", *argv])
