@@ -24,8 +24,8 @@ processes of each policy, alternating (``experiments/allocator.py``, results in
 ``experiments/results/allocator_dispatch_avx2*.json``): under XLA's defaults ``cnn-bn`` (65.9 MiB of
 temp buffers) 110.6 -> 70.0 ms, 16,885 -> 2 page faults a step; ``convnext`` (119.3 MiB) 206.8 ->
 122.1 ms; ``resnet`` (54.4 MiB) 90.9 -> 80.6 ms; ``cnn`` and the autoencoder level. Under the
-command's AVX2 flags, where every manual step's buffers fit in 64 MiB, level over seven processes
-each (``resnet`` 70.7 and 71.4 ms, ``cnn-bn`` 60.2 and 62.9; ranges 60-85 ms). The jaxbp
+``ynn-all`` flags (then the AVX2 set), where every manual step's buffers fit in 64 MiB, level over
+seven processes each (``resnet`` 70.7 and 71.4 ms, ``cnn-bn`` 60.2 and 62.9; ranges 60-85 ms). The jaxbp
 command waits for every step's metrics anyway, so it gives up no overlap. One arena for all
 threads (``M_ARENA_MAX=1``) also keeps the blocks in the heap, but its lock costs the threads
 more (``cnn-bn`` 80.1 ms, ``convnext`` 168.7, and slower than jaxbp's policy for ``cnn`` and the
