@@ -54,8 +54,9 @@ class TrainResult:
     ``test_loss`` are those of the last evaluation (at the stop of a ``max_steps`` run too),
     ``val_accuracy`` and ``val_loss`` too where the run holds out a validation split (else None).
     A model that reconstructs its input has no accuracy: ``test_accuracy`` is NaN and
-    ``val_accuracy`` None, its losses are mean squared errors. ``status``: ``"completed"``, ``"stopped"`` (``max_steps``), or ``"already_completed"``: a
-    resumed run that had completed its epochs (nothing trained, nothing written)."""
+    ``val_accuracy`` None, its losses are mean squared errors. ``status``: ``"completed"``,
+    ``"stopped"`` (``max_steps``), or ``"already_completed"``: a resumed run that had completed
+    its epochs (nothing trained, nothing written)."""
 
     config: TrainConfig
     test_accuracy: float
