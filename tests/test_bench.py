@@ -74,3 +74,22 @@ def test_bench_takes_a_users_model_as_train_does_and_a_bad_one_is_one_line(tmp_p
         code, _, err = run_cli(["bench", "--model", spec, *tiny], capsys)
         assert code == 2
         assert_one_line_error(err, "jaxbp bench: error: ", message)
+
+
+@pytest.mark.parametrize("names", [["a", "b"], ["a", "b", "c"], ["manual", "autodiff", "pytorch", "x", "y"]])
+def test_timed_rounds_never_run_a_call_twice_in_a_row_and_vary_who_goes_first(names):
+    orders = bench.round_orders(names, 200)
+    assert all(sorted(o) == sorted(names) for o in orders)  # every call once a round
+    sequence = [name for order in orders for name in order]
+    assert all(a != b for a, b in zip(sequence, sequence[1:])), "a call ran right after itself"
+    predecessors = {(a, b) for a, b in zip(sequence, sequence[1:])}
+    assert predecessors == {(a, b) for a in names for b in names if a != b}  # each follows every other
+    assert bench.round_orders(names, 200) == orders  # seeded: a rerun times the same sequence
+
+
+def test_time_interleaved_times_every_call_in_the_rounds_order(monkeypatch):
+    ran = []
+    monkeypatch.setattr(bench, "round_orders", lambda names, rounds: [["b", "a"], ["a", "b"]][:rounds])
+    timings = bench.time_interleaved({"a": lambda: ran.append("a"), "b": lambda: ran.append("b")}, repeats=2, warmup=1)
+    assert ran == ["a", "b", "b", "a", "a", "b"]  # the warm-up round, then the rounds as ordered
+    assert set(timings) == {"a", "b"} and all(t.median >= 0 for t in timings.values())
