@@ -11,14 +11,18 @@ manual train step of ``--model`` in ONE process under XLA's defaults at each sta
   group, whatever the kernels, the input gradient and the output as tall as x;
 * ``+ taller dx``: im2col only where convolutions run on YNNPACK, dx one row taller there;
 * ``+ taller forward``: the forward one row taller too;
-* ``kernel-aware``: as the layer builds it now (the weight gradient over dilated x);
+* ``kernel-aware``: the weight gradient over dilated x;
+* ``+ one-channel taps``: as the layer builds it now (a first layer of one input channel takes its
+  forward as sums over the taps, channel-major, where :func:`jaxbp.kernels.conv.conv_route` says);
 
-and under jaxbp's AVX-512 flags (convolutions on XLA's kernels) ``before`` and
-``kernel-aware``, then times all of them and PyTorch's step interleaved (glibc's allocator
-defaults for all).
+and under jaxbp's flags for AVX2 and AVX-512 (the same set: convolutions on XLA's kernels, element-wise
+ops on YNNPACK) ``before``, ``kernel-aware`` and ``+ one-channel taps``, then times all of them and
+PyTorch's step interleaved (glibc's allocator defaults for all, or with ``--policy command`` the
+``jaxbp`` command's: :func:`jaxbp.allocator.set_policy`). ``--stages`` picks some of the stages.
 
     python experiments/conv_routes.py                  # ~1 min on 2 cores
     python experiments/conv_routes.py --model cnn-bn --repeats 60
+    python experiments/conv_routes.py --model resnet --policy command --stages "kernel-aware,+ one-channel taps"
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ os.environ.setdefault("XLA_FLAGS", "")  # each flag set goes to its own compilat
 
 @contextlib.contextmanager
 def routes_at(stage: int):
-    """Trace conv2d with the routes of ``stage`` (0: before, 1: + taller dx, 2: + taller forward, 3: now)."""
+    """Trace conv2d with the routes of ``stage`` (0: before, 1: + taller dx, 2: + taller forward, 3: kernel-aware,
+    4: now)."""
     import numpy as np
 
     from jaxbp.kernels import conv as kernels
@@ -47,8 +52,10 @@ def routes_at(stage: int):
 
     def patched(x_shape, w_shape, dtype, stride, pads, dilation, groups, out_hw):
         route = choose(x_shape, w_shape, dtype, stride, pads, dilation, groups, out_hw)
-        if stage >= 3:
+        if stage >= 4:
             return route
+        if stage == 3:
+            return route._replace(one_channel_taps=False)
         kh, kw, cin_g, _ = w_shape
         on_ynnpack = kernels.convolutions_on_ynnpack()
         block = 0
@@ -59,29 +66,39 @@ def routes_at(stage: int):
             dw_lhs_dilation=1,
             dx_extra_row=route.dx_extra_row and stage >= 1,
             y_extra_row=route.y_extra_row and stage >= 2,
+            one_channel_taps=False,
         )
 
     with mock.patch.object(kernels, "conv_route", patched):
         yield
 
 
-STAGES = {"before": 0, "+ taller dx": 1, "+ taller forward": 2, "kernel-aware": 3}
+STAGES = {"before": 0, "+ taller dx": 1, "+ taller forward": 2, "kernel-aware": 3, "+ one-channel taps": 4}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="cnn")
     parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--policy", choices=("glibc-defaults", "command"), default="glibc-defaults")
+    parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated, of: " + ", ".join(STAGES))
     args = parser.parse_args()
+    stages = [s.strip() for s in args.stages.split(",")]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        parser.error(f"--stages: unknown stage {unknown[0]!r} (choose from: {', '.join(STAGES)})")
     from throughput import pytorch_step, traced_under
 
-    from jaxbp import bench, xla_flags
+    from jaxbp import allocator, bench, xla_flags
 
-    flag_sets = {"XLA's defaults": "", "jaxbp's AVX-512 flags": xla_flags.CPU_XLA_FLAGS_BY_ISA["avx512"].flags}
+    if args.policy == "command":
+        allocator.set_policy()
+    flag_sets = {"XLA's defaults": "", "jaxbp's AVX2/AVX-512 flags": xla_flags.CPU_XLA_FLAGS_BY_ISA["avx512"].flags}
     calls = {}
     for set_name, flags in flag_sets.items():
-        for variant, stage in STAGES.items():
-            if flags and stage not in (0, 3):  # the same program as the current one off YNNPACK
+        for variant in stages:
+            stage = STAGES[variant]
+            if flags and stage not in (0, 3, 4):  # the same program as the current one off YNNPACK
                 continue
             with traced_under(flags), routes_at(stage):
                 steps, step_args = bench.compile_train_steps(
@@ -93,7 +110,7 @@ def main() -> None:
         calls["PyTorch eager"] = twin[0]
     timings = bench.time_interleaved(calls, repeats=args.repeats, warmup=3)
     print(f"manual {args.model} train step, batch 128, float32, {args.repeats} interleaved rounds, one process")
-    print(f"CPU: {xla_flags.cpu_model()} ({xla_flags.CPU_ISA})")
+    print(f"CPU: {xla_flags.cpu_model()} ({xla_flags.CPU_ISA}); allocator: {allocator.describe()}")
     for name, t in timings.items():
         print(f"  {name:<40} {1e3 * t.median:7.2f} ms  IQR {100 * t.spread:5.1f} %")
 

@@ -34,6 +34,8 @@ __all__ = [
     "measured_jaxlib",
     "set_default_xla_flags",
     "ynnpack_convolutions",
+    "ynnpack_elementwise",
+    "ynnpack_fusion_types",
 ]
 
 _YNN = "--xla_cpu_experimental_ynn_fusion_type="
@@ -194,6 +196,21 @@ def set_default_xla_flags(
 #: Whether XLA:CPU runs convolutions as YNNPACK fusions when ``XLA_FLAGS`` does not say:
 #: so in jaxlib 0.10 (``tests/test_xla_flags.py`` compiles a convolution to check it).
 YNN_CONVOLUTIONS_BY_DEFAULT = True
+#: Whether XLA:CPU runs element-wise ops as YNNPACK fusions when ``XLA_FLAGS`` does not say: not
+#: in jaxlib 0.10 (its own loop fusions; ``tests/test_xla_flags.py`` compiles one to check it).
+YNN_ELEMENTWISE_BY_DEFAULT = False
+
+
+def ynnpack_fusion_types(environ: Mapping[str, str] | None = None) -> tuple[str, ...] | None:
+    """The kinds of YNNPACK fusion the ``XLA_FLAGS`` of ``environ`` (default: this process's) ask
+    for: the list of the last ``--xla_cpu_experimental_ynn_fusion_type=``, or None without one
+    (XLA's defaults)."""
+    environ = os.environ if environ is None else environ
+    types = None
+    for flag in environ.get("XLA_FLAGS", "").split():
+        if flag.startswith(_YNN):
+            types = tuple(t for t in flag.removeprefix(_YNN).split(",") if t)
+    return types
 
 
 def ynnpack_convolutions(environ: Mapping[str, str] | None = None) -> bool:
@@ -204,12 +221,16 @@ def ynnpack_convolutions(environ: Mapping[str, str] | None = None) -> bool:
     ``jaxbp.kernels.conv`` reads it while tracing to pick the formulation that suits the
     kernels the compiler will choose; it says nothing of other backends.
     """
-    environ = os.environ if environ is None else environ
-    types = None
-    for flag in environ.get("XLA_FLAGS", "").split():
-        if flag.startswith(_YNN):
-            types = flag.removeprefix(_YNN).split(",")
+    types = ynnpack_fusion_types(environ)
     return YNN_CONVOLUTIONS_BY_DEFAULT if types is None else "individual_convolution" in types
+
+
+def ynnpack_elementwise(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether XLA:CPU runs element-wise ops as YNNPACK fusions under the ``XLA_FLAGS`` of
+    ``environ`` (default: this process's): when the last ``--xla_cpu_experimental_ynn_fusion_type=``
+    lists ``eltwise``, XLA's default without one. Read as :func:`ynnpack_convolutions` is."""
+    types = ynnpack_fusion_types(environ)
+    return YNN_ELEMENTWISE_BY_DEFAULT if types is None else "eltwise" in types
 
 
 def describe(environ: Mapping[str, str] | None = None, model: str | None = None) -> dict[str, str]:

@@ -4,7 +4,7 @@ Each route (a :class:`ConvRoute`: how the manual layer formulates y, dx and dw f
 XLA will run) is forced through the layers' one call into the package, ``kernels.conv_route``,
 and the manual conv2d and conv_transpose2d then checked in float64 against the reference
 (``lax.conv_general_dilated``, differentiated by ``jax.vjp``): y, dx, dw and db each to 1e-12,
-norm-wise, at small shapes (one group, grouped, depthwise; stride 1 and 2). Then the choice:
+norm-wise, at small shapes (one group, grouped, depthwise, one input channel; stride 1 and 2). Then the choice:
 which route the measured rules give for a shape, the flags and the backend. And ``layers/``
 reads no process environment: no XLA flags, no backend.
 """
@@ -22,7 +22,7 @@ import pytest
 
 from jaxbp import autodiff, manual
 from jaxbp.kernels import conv as kernels
-from jaxbp.layers import conv as conv_module
+from jaxbp.layers import conv as conv_module, depthwise
 
 ConvRoute = kernels.ConvRoute
 TOLERANCE = 1e-12  # float64: the routes add the same products as the reference, in another order
@@ -45,35 +45,46 @@ SHAPES = {
     "grouped-s2": ("conv2d", (N, 6, 5, 6), (2, 3, 2, 3), dict(stride=(2, 1), groups=3)),
     "depthwise-s1": ("conv2d", (N, 5, 5, 3), (3, 3, 1, 6), dict(padding="SAME", groups=3)),
     "depthwise-s2": ("conv2d", (N, 6, 7, 3), (3, 3, 1, 3), dict(stride=2, padding=1, dilation=2, groups=3)),
+    "one-channel-s1": ("conv2d", (N, 5, 6, 1), (3, 3, 1, 4), dict(padding="SAME")),
+    "one-channel-s2-dilated": ("conv2d", (N, 7, 6, 1), (3, 2, 1, 3), dict(stride=(2, 1), padding=1, dilation=(1, 2))),
     "transpose-s1-grouped": ("conv_transpose2d", (N, 4, 5, 4), (3, 3, 4, 2), dict(padding=1, groups=2)),
     "transpose-s2": ("conv_transpose2d", (N, 4, 4, 2), (3, 3, 2, 3), dict(stride=2, padding=1, output_padding=1)),
     "transpose-depthwise-s1": ("conv_transpose2d", (N, 5, 4, 3), (3, 3, 3, 1), dict(padding=1, groups=3)),
+    "transpose-to-one-channel-s2": ("conv_transpose2d", (N, 3, 4, 2), (4, 4, 2, 1), dict(stride=2, padding=1)),
 }
 
-# name: (the route, whether it applies to a shape: (stride of the convolution, depthwise))
+# name: (the route, whether it applies to a shape: (stride of the convolution, its kind))
 ROUTES = {
-    "plain": (ConvRoute(), lambda s, depthwise: True),
-    "dw-over-x-dilated": (ConvRoute(dw_lhs_dilation=kernels.DW_LHS_DILATION), lambda s, depthwise: True),
-    "dw-im2col": (ConvRoute(im2col_block=N), lambda s, depthwise: True),
-    "dw-im2col-blocks-of-2": (ConvRoute(im2col_block=2), lambda s, depthwise: True),
-    "dx-one-row-taller": (ConvRoute(dx_extra_row=True), lambda s, depthwise: True),
-    "y-one-row-taller": (ConvRoute(y_extra_row=True), lambda s, depthwise: s[0] == 1),  # one more row at stride 1
+    "plain": (ConvRoute(), lambda s, kind: True),
+    "dw-over-x-dilated": (ConvRoute(dw_lhs_dilation=kernels.DW_LHS_DILATION), lambda s, kind: True),
+    "dw-im2col": (ConvRoute(im2col_block=N), lambda s, kind: True),
+    "dw-im2col-blocks-of-2": (ConvRoute(im2col_block=2), lambda s, kind: True),
+    "dx-one-row-taller": (ConvRoute(dx_extra_row=True), lambda s, kind: True),
+    "y-one-row-taller": (ConvRoute(y_extra_row=True), lambda s, kind: s[0] == 1),  # one more row at stride 1
     "off-ynnpack": (  # the three together, as on YNNPACK at stride 1
         ConvRoute(dw_lhs_dilation=kernels.DW_LHS_DILATION, dx_extra_row=True, y_extra_row=True),
-        lambda s, depthwise: s[0] == 1,
+        lambda s, kind: s[0] == 1,
     ),
-    "taps": (ConvRoute(taps_block=N), lambda s, depthwise: depthwise),
-    "taps-blocks-of-1": (ConvRoute(taps_block=1), lambda s, depthwise: depthwise),
+    "taps": (ConvRoute(taps_block=N), lambda s, kind: kind == "depthwise"),
+    "taps-blocks-of-1": (ConvRoute(taps_block=1), lambda s, kind: kind == "depthwise"),
+    "one-channel-taps": (ConvRoute(one_channel_taps=True), lambda s, kind: kind == "one-channel"),
+    "one-channel-taps-off-ynnpack": (  # the forward's taps, the backward's convolutions kept off YNNPACK
+        ConvRoute(one_channel_taps=True, dw_lhs_dilation=kernels.DW_LHS_DILATION, dx_extra_row=True),
+        lambda s, kind: kind == "one-channel",
+    ),
 }
 
 
 def _adjoint(layer, x_shape, w_shape, kwargs):
-    """The stride and whether the convolution the route is for (conv2d's own, or the transpose's A) is depthwise."""
+    """The stride and the kind of the convolution the route is for (conv2d's own, or the transpose's A):
+    "depthwise" (grouped, one input channel per group), "one-channel" (one input channel) or "other"."""
     stride = kwargs.get("stride", 1)
     stride = (stride, stride) if isinstance(stride, int) else stride
     groups = kwargs.get("groups", 1)
     per_group = w_shape[2] if layer == "conv2d" else w_shape[3]  # A's kernel is w^T [KH, KW, Cout/G, Cin]
-    return stride, groups > 1 and per_group == 1
+    if per_group == 1 and groups > 1:
+        return stride, "depthwise"
+    return stride, "one-channel" if per_group == 1 else "other"
 
 
 CASES = [
@@ -131,8 +142,8 @@ def test_every_field_of_the_route_is_tested_away_from_its_default():
     plain = ConvRoute()
     tested = {f for route, _ in ROUTES.values() for f in ConvRoute._fields if getattr(route, f) != getattr(plain, f)}
     assert tested == set(ConvRoute._fields), "a new field of ConvRoute needs a route in ROUTES"
-    layers, depthwise = {SHAPES[s][0] for s in SHAPES}, [s for s in SHAPES if _adjoint(*SHAPES[s])[1]]
-    assert layers == {"conv2d", "conv_transpose2d"} and depthwise
+    layers, kinds = {SHAPES[s][0] for s in SHAPES}, {_adjoint(*SHAPES[s])[1] for s in SHAPES}
+    assert layers == {"conv2d", "conv_transpose2d"} and kinds == {"depthwise", "one-channel", "other"}
 
 
 def test_a_wrong_formulation_fails_the_route_check(monkeypatch):
@@ -141,6 +152,22 @@ def test_a_wrong_formulation_fails_the_route_check(monkeypatch):
     monkeypatch.setattr(conv_module, "conv2d_dw_im2col", lambda *a: right(*a) * (1 + 1e-9))
     errors = route_errors(ConvRoute(im2col_block=2), "grouped-s1")
     assert errors["dw"] > TOLERANCE and max(errors["y"], errors["dx"], errors["db"]) <= TOLERANCE, errors
+
+
+def test_a_missing_tap_fails_the_route_check(monkeypatch):
+    """The one-channel forward without its last tap (a loop one short): y is wrong, the rest is not."""
+    monkeypatch.setattr(depthwise, "one_channel_forward", _one_channel_forward_without_last_tap)
+    errors = route_errors(ConvRoute(one_channel_taps=True), "one-channel-s1")
+    assert errors["y"] > TOLERANCE and max(errors["dx"], errors["dw"], errors["db"]) <= TOLERANCE, errors
+
+
+def _one_channel_forward_without_last_tap(x, w, b, padding, stride, dilation, out_hw):
+    kh, kw = w.shape[:2]
+    w = w.at[kh - 1, kw - 1].set(0)  # as if the sum stopped one tap short
+    return RIGHT_ONE_CHANNEL_FORWARD(x, w, b, padding, stride, dilation, out_hw)
+
+
+RIGHT_ONE_CHANNEL_FORWARD = depthwise.one_channel_forward
 
 
 # ---------------------------------------------------------------- the choice
@@ -195,7 +222,7 @@ def test_dx_and_the_forward_take_the_measured_route(monkeypatch, flags, cin, str
         (16, 16, 48, True),  # depthwise with a channel multiplier of 3
         (8, 8, 8, False),  # too few channels: not measured, the convolutions
         (32, 16, 32, False),  # grouped, two channels per group: im2col
-        (1, 1, 32, False),  # one input channel but not grouped (the cnn's conv1): the convolution
+        (1, 1, 32, False),  # one input channel but not grouped (the cnn's conv1): its own taps, below
     ],
 )
 def test_depthwise_convolutions_take_the_taps_route_on_the_cpu(cin, groups, cout, taps):
@@ -205,8 +232,27 @@ def test_depthwise_convolutions_take_the_taps_route_on_the_cpu(cin, groups, cout
         assert (route.dw_lhs_dilation, route.dx_extra_row, route.y_extra_row) == (1, False, False)
 
 
+@pytest.mark.parametrize(
+    ("flags", "cin", "cout", "stride", "taps"),
+    [
+        (ON_YNNPACK, 1, 32, 1, True),  # on XLA's loop fusions: the taps (the cnn's conv1)
+        (ON_YNNPACK, 1, 8, 2, True),
+        ("--xla_cpu_experimental_ynn_fusion_type=individual_dot,reduce", 1, 8, 1, True),  # no eltwise: the same
+        (OFF_YNNPACK, 1, 8, 1, True),  # on YNNPACK's element-wise fusions: the taps for few outputs (resnet's conv1)
+        (OFF_YNNPACK, 1, kernels.ONE_CHANNEL_TAPS_MAX_OUT_ON_YNNPACK + 1, 1, False),  # more: the convolution
+        (OFF_YNNPACK, 1, 32, 1, False),
+        (ON_YNNPACK, 2, 32, 1, False),  # two input channels: the convolution
+    ],
+)
+def test_one_input_channel_takes_the_measured_forward(monkeypatch, flags, cin, cout, stride, taps):
+    monkeypatch.setenv("XLA_FLAGS", flags)
+    route = chosen((4, 14, 14, cin), (3, 3, cin, cout), 1, stride)
+    assert route.one_channel_taps is taps
+    assert route.taps_block == 0 and not route.y_extra_row  # the backward keeps its convolutions' routes
+
+
 @pytest.mark.parametrize("flags", [ON_YNNPACK, OFF_YNNPACK])
-@pytest.mark.parametrize(("cin", "groups"), [(32, 1), (32, 2), (128, 128)])
+@pytest.mark.parametrize(("cin", "groups"), [(32, 1), (32, 2), (128, 128), (1, 1)])
 def test_other_backends_take_the_plain_route(monkeypatch, flags, cin, groups):
     monkeypatch.setenv("XLA_FLAGS", flags)
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")

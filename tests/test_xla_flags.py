@@ -55,6 +55,14 @@ def test_the_last_ynn_fusion_flag_says_whether_convolutions_go_to_ynnpack():
     assert xla_flags.ynnpack_convolutions({"XLA_FLAGS": "--xla_cpu_use_thunk_runtime=true"}) is default
 
 
+def test_the_last_ynn_fusion_flag_says_whether_elementwise_ops_go_to_ynnpack():
+    assert xla_flags.ynnpack_elementwise({"XLA_FLAGS": ALL}) is True
+    assert xla_flags.ynnpack_elementwise({"XLA_FLAGS": NO_CONV}) is True
+    assert xla_flags.ynnpack_elementwise({"XLA_FLAGS": YNN + "individual_dot,reduce"}) is False
+    assert xla_flags.ynnpack_elementwise({"XLA_FLAGS": f"{NO_CONV} {YNN}"}) is False  # the last one wins
+    assert xla_flags.ynnpack_elementwise({}) is xla_flags.YNN_ELEMENTWISE_BY_DEFAULT
+
+
 def _entry(hlo: str) -> list[str]:
     """The lines of the compiled module's entry computation."""
     return hlo[hlo.index("\nENTRY ") :].split("\n}")[0].splitlines()
@@ -88,9 +96,18 @@ def test_the_prediction_matches_the_compiler():
     x, w = jnp.ones((2, 6, 6, 32)), jnp.ones((3, 3, 32, 64))
     conv = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))  # noqa: E731
     process = {"XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}  # what a compilation without options runs under
-    for flags, environ in ((None, process), (ALL, {"XLA_FLAGS": ALL}), (NO_CONV, {"XLA_FLAGS": NO_CONV})):
+    elementwise, big = lambda x: x * 2.0 + 1.0, jnp.ones((64, 1024))  # noqa: E731 (YNNPACK skips small arrays)
+    only_dots = YNN + "individual_dot"
+    for flags, environ in (
+        (None, process),
+        (ALL, {"XLA_FLAGS": ALL}),
+        (NO_CONV, {"XLA_FLAGS": NO_CONV}),
+        (only_dots, {"XLA_FLAGS": only_dots}),
+    ):
         on_ynnpack = any("__ynn_fusion" in line for line in _entry(_conv_hlo(conv, x, w, flags=flags)))
         assert on_ynnpack is xla_flags.ynnpack_convolutions(environ), flags
+        on_ynnpack = any("__ynn_fusion" in line for line in _entry(_conv_hlo(elementwise, big, flags=flags)))
+        assert on_ynnpack is xla_flags.ynnpack_elementwise(environ), flags
 
 
 @KNOWN_JAXLIB

@@ -47,6 +47,21 @@ conv2 is 128x14x14x32 -> 64, 3x3 SAME):
   channels as the batch of per-kernel-row matmuls (Toeplitz along W: dw 108 ms against the taps'
   unblocked 156, forward 88-106 ms against 7.5). Fewer channels: not measured, the
   convolutions (the taps vectorise along the channels).
+- one input channel (groups 1, the first layer of an image model) on the CPU: the forward as
+  sums over the taps, channel-major (``jaxbp.layers.depthwise.one_channel_forward``); dx and dw
+  stay convolutions (dx is not owed for a first layer; dw's convolution took 1.3-1.5 ms against
+  3.1-5.6 for im2col or the taps). XLA:CPU's kernels run a single input channel slowly; on a
+  2-core AMD EPYC (AVX2), the forward alone (``jax.jit``, 30 interleaved rounds, batch 128,
+  28x28): resnet's conv1 (3x3 SAME, 8 outputs) 5.2-5.7 ms against 0.5 for the taps on XLA's
+  loop fusions (XLA's defaults) and 2.8 on YNNPACK's element-wise fusions (jaxbp's flags); the
+  cnn's conv1 (32 outputs) 6.5 against 1.2 under XLA's defaults, but 2.3 against 12.3 under
+  jaxbp's flags (16 outputs, stride 2: 1.7 against 2.0). The whole manual train step, one
+  process (``experiments/conv_routes.py --policy command --stages "kernel-aware,+ one-channel
+  taps"``, 80-120 rounds), under XLA's defaults: resnet 87.1 -> 82.6 ms, cnn 58.1 -> 53.1,
+  cnn-bn 71.4 -> 65.3, autoencoder 22.5 -> 19.2 (its last transposed convolution's dx); under
+  jaxbp's flags: resnet 84.8 -> 82.0, the cnn 52.1 -> 64.3 had it taken the taps; hence at most
+  :data:`ONE_CHANNEL_TAPS_MAX_OUT_ON_YNNPACK` output channels where element-wise ops run on
+  YNNPACK (:func:`elementwise_on_ynnpack`).
 
 The whole manual cnn train step, each route against the one before it, in one process
 (``experiments/conv_routes.py``): see the README's Speed section. im2col and the taps work
@@ -76,6 +91,9 @@ FORWARD_OFF_YNNPACK_CHANNELS = 16
 DEPTHWISE_TAPS_CHANNELS = 16
 #: The taps' blocks of images: as many as fit this many bytes of padded input (a divisor of N).
 TAPS_BLOCK_BYTES = 2**19
+#: Where element-wise ops run as YNNPACK fusions, a convolution of one input channel takes its forward
+#: as sums over the taps for at most this many output channels (for any number on XLA's loop fusions).
+ONE_CHANNEL_TAPS_MAX_OUT_ON_YNNPACK = 8
 
 
 class ConvRoute(NamedTuple):
@@ -89,12 +107,20 @@ class ConvRoute(NamedTuple):
     dx_extra_row: bool = False  # dx computed one row taller than x, then cropped: keeps it off YNNPACK
     y_extra_row: bool = False  # the forward one row taller than y, then cropped (stride 1 only): the same
     taps_block: int = 0  # depthwise as sums over the taps, this many images a block; 0: convolutions
+    one_channel_taps: bool = False  # one input channel, not grouped: the forward as sums over the taps, channel-major
 
 
 def convolutions_on_ynnpack() -> bool:
     """Whether the convolutions being traced will run on YNNPACK's kernels: the CPU backend
     with ``XLA_FLAGS`` that send them there (:func:`jaxbp.xla_flags.ynnpack_convolutions`)."""
     return jax.default_backend() == "cpu" and xla_flags.ynnpack_convolutions()
+
+
+def elementwise_on_ynnpack() -> bool:
+    """Whether the element-wise ops being traced will run as YNNPACK fusions rather than XLA's
+    loop fusions: the CPU backend with ``XLA_FLAGS`` that send them there
+    (:func:`jaxbp.xla_flags.ynnpack_elementwise`)."""
+    return jax.default_backend() == "cpu" and xla_flags.ynnpack_elementwise()
 
 
 def im2col_images_per_block(n, out_hw, patch_size, itemsize) -> int:
@@ -130,6 +156,10 @@ def conv_route(x_shape, w_shape, dtype, stride, pads, dilation, groups, out_hw) 
     taps = 0
     if on_cpu and groups > 1 and cin_g == 1 and cin >= DEPTHWISE_TAPS_CHANNELS:  # depthwise: the taps
         taps = taps_images_per_block(n, (h + sum(pads[0])) * (wd + sum(pads[1])) * cin * itemsize)
+    # one input channel (the first layer of an image model): the forward's taps, on XLA's loop fusions
+    # for any width, on YNNPACK's element-wise fusions for few output channels
+    one_channel = on_cpu and groups == 1 and cin == 1
+    one_channel = one_channel and (not elementwise_on_ynnpack() or w_shape[3] <= ONE_CHANNEL_TAPS_MAX_OUT_ON_YNNPACK)
     on_ynnpack = on_ynnpack and not taps  # the taps run no convolution
     at_stride_1 = tuple(stride) == (1, 1)  # no lhs dilation in dx's convolution
     return ConvRoute(
@@ -141,4 +171,5 @@ def conv_route(x_shape, w_shape, dtype, stride, pads, dilation, groups, out_hw) 
         # and the forward's, for wide enough inputs: at stride 1, one more output row than x has rows
         y_extra_row=on_ynnpack and at_stride_1 and out_hw[0] >= h and cin_g >= FORWARD_OFF_YNNPACK_CHANNELS,
         taps_block=taps,
+        one_channel_taps=one_channel,
     )

@@ -23,8 +23,8 @@ Each term has exact formulations that add the same products in another order or 
 route (``cfg.route``, chosen by :func:`jaxbp.kernels.conv.conv_route` for the kernels XLA will
 run it on) says which one the manual layer runs:
 
-    y:   one convolution; one row taller and cropped (stride 1); or, depthwise, sums over the
-         kernel's taps (jaxbp.layers.depthwise)
+    y:   one convolution; one row taller and cropped (stride 1); or, depthwise or of one input
+         channel, sums over the kernel's taps (jaxbp.layers.depthwise)
     dx:  the convolution above; one row taller than x and cropped; or sums over the taps
     dw:  one convolution (channels as the batch, N as the contracted feature axis), over x as
          it is or dilated by zeros with the taps scaled to match; im2col patches^T dy, one
@@ -125,10 +125,13 @@ _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
 def manual_forward(x, w, b, cfg):
-    """The manual layer's forward: the convolution (one row taller where cfg says), or the taps (depthwise)."""
-    if not cfg.route.taps_block:
+    """The manual layer's forward: the convolution (one row taller where cfg says), or the taps
+    (depthwise, or one input channel)."""
+    if not (cfg.route.taps_block or cfg.route.one_channel_taps):
         return convolution(x, w, b, cfg, cfg.route.y_extra_row)
     out_hw = output_hw(x.shape[1:3], w.shape[:2], cfg.padding, cfg.stride, cfg.dilation)
+    if cfg.route.one_channel_taps:
+        return depthwise.one_channel_forward(x, w, b, cfg.padding, cfg.stride, cfg.dilation, out_hw)
     y = depthwise.depthwise_forward(x, w, cfg.padding, cfg.stride, cfg.dilation, out_hw, cfg.route.taps_block)
     return y if b is None else y + b
 

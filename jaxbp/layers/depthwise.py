@@ -18,6 +18,14 @@ materialised once (XLA fusing the pad into every tap's slice costs a bounds chec
 element). The sums are those of the convolution in another order: equal up to rounding.
 When conv2d takes this route, and the block size, is :func:`jaxbp.kernels.conv.conv_route`'s
 choice (with the measurements behind it).
+
+A convolution of one input channel (``groups == Cin == 1``, the first layer of an image model)
+is the case ``Cin = 1``, ``m = Cout``. Its forward runs channel-major (:func:`one_channel_forward`):
+
+    y^T[c, n, o, p] = b[c] + sum_{i,j} w[i, j, 0, c] tap_ij(xp)[n, o, p, 0],   y = y^T moved to NHWC
+
+each tap a scalar weight times an image plane, rather than the one-channel tap repeated along
+the channels; its backward is the convolution's (dx rarely owed, dw one convolution).
 """
 
 from __future__ import annotations
@@ -68,6 +76,24 @@ def depthwise_forward(x, w, padding, stride, dilation, out_hw, block):
     """The forward, x padded once and correlated with w block by block (no bias)."""
     xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
     return map_blocks(lambda xb: correlate(xb, w, out_hw, stride, dilation), block, xp)
+
+
+def one_channel_forward(x, w, b, padding, stride, dilation, out_hw):
+    """The forward of a convolution of one input channel (x [N, H, W, 1], w [KH, KW, 1, Cout]), plus
+    the bias: ``y^T[c] = b[c] + sum_{i,j} w[i, j, 0, c] tap_ij(xp)[..., 0]``, then NHWC.
+
+    y is materialised (an optimization barrier): XLA would otherwise fuse the taps into each of y's
+    consumers and compute them again in each (cnn-bn's manual step under XLA's defaults 62.0 ms with
+    the convolution, 77.4 with the taps fused into batch norm's three reads of y, 54.5 with the
+    barrier; one process, ``experiments/conv_routes.py``, AMD EPYC AVX2)."""
+    kh, kw, _, cout = w.shape
+    xp = jnp.pad(x[..., 0], ((0, 0), *padding))[..., None]
+    y = None if b is None else b[:, None, None, None]
+    for i in range(kh):
+        for j in range(kw):
+            term = w[i, j, 0][:, None, None, None] * tap(xp, i, j, out_hw, stride, dilation)[None, ..., 0]
+            y = term if y is None else y + term
+    return lax.optimization_barrier(jnp.transpose(y, (1, 2, 3, 0)))  # [Cout, N, Ho, Wo] -> [N, Ho, Wo, Cout]
 
 
 def depthwise_dx(dy, w, x_shape, dx_pads, stride, dilation, block):
