@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from jaxbp import autodiff, manual
-from jaxbp.kernels import conv as kernels
-from jaxbp.layers import conv as conv_module, depthwise
+from jaxbp.kernels import conv as kernels, norm as norm_kernels
+from jaxbp.layers import conv as conv_module, depthwise, norm
 
 ConvRoute = kernels.ConvRoute
 TOLERANCE = 1e-12  # float64: the routes add the same products as the reference, in another order
@@ -279,6 +279,65 @@ def test_im2col_blocks_fit_the_budget_and_spread_evenly(monkeypatch, n, per_imag
 )
 def test_taps_blocks_divide_the_batch_within_the_budget(n, per_image, block):
     assert kernels.taps_images_per_block(n, per_image) == block
+
+
+# ---------------------------------------------------------------- batch norm's view of few channels
+
+BN_SHAPES = [(3, 4, 4, 8), (32, 4), (2, 8, 4, 2)]  # C = 8, 4, 2; N ... C a multiple of the 64 lanes
+
+
+def batch_norm_errors(monkeypatch, shape, lanes=norm_kernels.BATCH_NORM_LANES) -> dict[str, float]:
+    """Norm-wise relative error of the manual batch norm's y, dx, dgamma, dbeta and of batch_norm_stats
+    read through the view of ``lanes``, against the reference's, float64."""
+    monkeypatch.setattr(norm_kernels, "batch_norm_lanes", lambda x_shape: lanes)
+    rng = np.random.default_rng(1)
+    x, ct = rng.standard_normal(shape) * 3 + 1, rng.standard_normal(shape)
+    gamma, beta = rng.standard_normal(shape[-1]), rng.standard_normal(shape[-1])
+    with jax.enable_x64(True):
+        args = [jnp.asarray(a) for a in (x, gamma, beta)]
+        got = vjp_terms(lambda x, g, b: manual.batch_norm(x, g, b), args, jnp.asarray(ct))
+        want = vjp_terms(lambda x, g, b: autodiff.batch_norm(x, g, b), args, jnp.asarray(ct))
+        got += [np.asarray(s) for s in norm.batch_norm_stats(args[0])]
+    axes = tuple(range(len(shape) - 1))
+    want += [x.mean(axis=axes), x.var(axis=axes)]
+    names = ("y", "dx", "dgamma", "dbeta", "mean", "var")
+    return {n: float(np.linalg.norm(g - w) / np.linalg.norm(w)) for n, g, w in zip(names, got, want)}
+
+
+@pytest.mark.parametrize("shape", BN_SHAPES, ids=str)
+def test_batch_norm_through_the_view_computes_the_reference(monkeypatch, shape):
+    errors = batch_norm_errors(monkeypatch, shape)
+    assert max(errors.values()) <= TOLERANCE, errors
+
+
+def test_a_view_summing_the_wrong_copies_fails_the_batch_norm_check(monkeypatch):
+    """Each row holds lanes / C positions of C channels: summing it as C groups of lanes / C mixes channels."""
+
+    def wrong(v, c, lanes):
+        return jnp.sum(jnp.sum(v, axis=0).reshape(c, lanes // c), axis=1) if lanes else right(v, c, lanes)
+
+    right = norm._channel_sum
+    monkeypatch.setattr(norm, "_channel_sum", wrong)
+    errors = batch_norm_errors(monkeypatch, (3, 4, 4, 8))
+    assert errors["dgamma"] > 1e-3 and errors["dbeta"] > 1e-3 and errors["y"] <= TOLERANCE, errors
+
+
+@pytest.mark.parametrize(
+    ("flags", "shape", "lanes"),
+    [
+        (OFF_YNNPACK, (128, 28, 28, 8), 64),  # YNNPACK's element-wise fusions, 8 channels (resnet's bn1)
+        (OFF_YNNPACK, (32, 4), 64),
+        (OFF_YNNPACK, (128, 28, 28, 16), 0),  # 16 channels: the view is no faster
+        (OFF_YNNPACK, (128, 28, 28, 3), 0),  # 3 does not divide the row
+        (OFF_YNNPACK, (3, 5, 8), 0),  # 120 values: not whole rows
+        (ON_YNNPACK, (128, 28, 28, 8), 0),  # XLA's loop fusions: the channels as they are
+    ],
+)
+def test_batch_norm_takes_the_measured_view(monkeypatch, flags, shape, lanes):
+    monkeypatch.setenv("XLA_FLAGS", flags)
+    assert norm_kernels.batch_norm_lanes(shape) == lanes
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert norm_kernels.batch_norm_lanes(shape) == 0  # other backends: not measured, the channels as they are
 
 
 # ---------------------------------------------------------------- layers/ reads no environment

@@ -1,4 +1,4 @@
-"""How each layer's convolutions are formulated for the kernels XLA will run them on, and why, measured.
+"""How the convolutions and batch norm are formulated for the kernels XLA will run them on, and why, measured.
 
 The layers (``jaxbp.layers``) hold the math: every term of a forward or a backward has one or
 more exact formulations (the same sums in another order or shape: one convolution, one row
@@ -12,6 +12,8 @@ small function per layer family and never read the environment themselves.
 - :mod:`jaxbp.kernels.conv`: the routes of ``conv2d`` (and of ``conv_transpose2d``, whose
   backward runs on conv2d's formulations): :func:`jaxbp.kernels.conv.conv_route` returns a
   :class:`jaxbp.kernels.conv.ConvRoute`.
+- :mod:`jaxbp.kernels.norm`: the view batch norm reads few channels through,
+  :func:`jaxbp.kernels.norm.batch_norm_lanes`.
 
 Every route is exact: ``tests/test_kernels.py`` runs each one against the plain reference.
 """

@@ -47,6 +47,12 @@ view made the forward and backward 2x slower (64x14x14x128, 32 groups: 18 agains
 
 Running statistics for evaluation are the caller's business: :func:`batch_norm_stats`
 returns the batch mean and biased variance that the forward normalises with.
+
+For few channels batch norm may read x as rows of ``lanes`` values (``lanes / C`` positions a
+row, the per-channel vectors tiled to match, each sum over the rows then over a row's copies of
+a channel): the same sums in another order, chosen for speed by
+:func:`jaxbp.kernels.norm.batch_norm_lanes` (``lanes = 0``: the channels as they are, the
+reference's own ops).
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxbp.kernels import norm as kernels
 from jaxbp.layers import _checks
 
 
@@ -80,9 +87,38 @@ def batch_norm_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     when the statistics must not carry gradients.
     """
     _check_input("batch_norm_stats", x)
-    axes = _reduce_axes(x)
-    mean = jnp.mean(x, axis=axes)
-    var = jnp.mean(jnp.square(x - mean), axis=axes)  # two passes: no cancellation of E[x^2] - E[x]^2
+    lanes = kernels.batch_norm_lanes(jnp.shape(x))
+    return _view_stats(_lane_view(x, lanes), jnp.shape(x)[-1], lanes)
+
+
+def _lane_view(v, lanes: int):
+    """``v`` [N, ..., C] as rows of ``lanes`` values; itself when ``lanes`` is 0."""
+    return v.reshape(-1, lanes) if lanes else v
+
+
+def _along(vec, lanes: int):
+    """A per-channel vector [C] laid along the view's rows: tiled to ``lanes``, or itself."""
+    return jnp.tile(vec, lanes // vec.shape[0]) if lanes else vec
+
+
+def _channel_sum(v, c: int, lanes: int):
+    """Each channel's sum over every axis but the channels, of ``v`` in the view of ``lanes``: [C]."""
+    if lanes:
+        return jnp.sum(jnp.sum(v, axis=0).reshape(lanes // c, c), axis=0)  # rows, then a row's copies
+    return jnp.sum(v, axis=_reduce_axes(v))
+
+
+def _channel_mean(v, c: int, lanes: int):
+    """Each channel's mean (``jnp.mean``'s accumulation) of ``v`` in the view of ``lanes``: [C]."""
+    if lanes:
+        return jnp.mean(jnp.mean(v, axis=0).reshape(lanes // c, c), axis=0)  # equal-sized groups: mean of means
+    return jnp.mean(v, axis=_reduce_axes(v))
+
+
+def _view_stats(v, c: int, lanes: int):
+    """Mean and biased variance per channel of ``v`` in the view of ``lanes``."""
+    mean = _channel_mean(v, c, lanes)
+    var = _channel_mean(jnp.square(v - _along(mean, lanes)), c, lanes)  # two passes: no E[x^2] - E[x]^2
     return mean, var
 
 
@@ -117,12 +153,14 @@ def _check_batch_norm(x, gamma, beta, eps) -> float:
     return _check_affine("batch_norm", x, gamma, beta, eps)
 
 
-def _batch_norm_parts(x, gamma, beta, eps):
-    """The output and the residuals of the backward: ``xhat`` and ``inv_std``."""
-    mean, var = batch_norm_stats(x)
+def _batch_norm_parts(x, gamma, beta, eps, lanes: int = 0):
+    """The output and the residuals of the backward: ``xhat`` (in the view of ``lanes``) and ``inv_std``."""
+    v = _lane_view(x, lanes)
+    mean, var = _view_stats(v, x.shape[-1], lanes)
     inv_std = lax.rsqrt(var + eps)
-    xhat = (x - mean) * inv_std
-    return gamma * xhat + beta, xhat, inv_std
+    xhat = (v - _along(mean, lanes)) * _along(inv_std, lanes)
+    y = _along(gamma, lanes) * xhat + _along(beta, lanes)
+    return y.reshape(x.shape), xhat, inv_std
 
 
 def batch_norm_reference(x: jax.Array, gamma: jax.Array, beta: jax.Array, *, eps: float = 1e-5) -> jax.Array:
@@ -142,30 +180,32 @@ def batch_norm(x: jax.Array, gamma: jax.Array, beta: jax.Array, *, eps: float = 
     ``dx = inv_std/M (M dxhat - sum(dxhat) - xhat sum(dxhat xhat))`` with ``dxhat = dy gamma``,
     ``dgamma = sum(dy xhat)``, ``dbeta = sum(dy)``.
     """
-    return _batch_norm(x, gamma, beta, _check_batch_norm(x, gamma, beta, eps))
+    eps = _check_batch_norm(x, gamma, beta, eps)
+    return _batch_norm(x, gamma, beta, eps, kernels.batch_norm_lanes(jnp.shape(x)))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _batch_norm(x, gamma, beta, eps):
-    return batch_norm_reference(x, gamma, beta, eps=eps)
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _batch_norm(x, gamma, beta, eps, lanes):
+    return _batch_norm_parts(x, gamma, beta, eps, lanes)[0]
 
 
-def _batch_norm_fwd(x, gamma, beta, eps):
-    y, xhat, inv_std = _batch_norm_parts(x, gamma, beta, eps)  # the reference's own computation
+def _batch_norm_fwd(x, gamma, beta, eps, lanes):
+    y, xhat, inv_std = _batch_norm_parts(x, gamma, beta, eps, lanes)  # the reference's ops when lanes is 0
     return y, (xhat, inv_std, gamma)
 
 
-def _batch_norm_bwd(eps, res, dy):
-    xhat, inv_std, gamma = res
-    axes = _reduce_axes(xhat)
-    m = math.prod(xhat.shape[:-1])
-    dgamma = jnp.sum(dy * xhat, axis=axes)  # dgamma = sum(dy xhat)
-    dbeta = jnp.sum(dy, axis=axes)  # dbeta = sum(dy)
+def _batch_norm_bwd(eps, lanes, res, dy):
+    xhat, inv_std, gamma = res  # xhat in the view of lanes
+    c = gamma.shape[0]
+    m = xhat.size // c
+    g = _lane_view(dy, lanes)
+    dgamma = _channel_sum(g * xhat, c, lanes)  # dgamma = sum(dy xhat)
+    dbeta = _channel_sum(g, c, lanes)  # dbeta = sum(dy)
     # dx = inv_std/M (M dxhat - sum(dxhat) - xhat sum(dxhat xhat)) with dxhat = dy gamma,
     # sum(dxhat) = gamma dbeta (path through the mean), sum(dxhat xhat) = gamma dgamma (the variance)
-    dx = (gamma * inv_std / m) * (m * dy - dbeta - xhat * dgamma)
+    dx = _along(gamma * inv_std / m, lanes) * (m * g - _along(dbeta, lanes) - xhat * _along(dgamma, lanes))
     # dy has the promoted dtype of x, gamma and beta; each gradient takes its input's (beta's is gamma's).
-    return dx.astype(xhat.dtype), dgamma.astype(gamma.dtype), dbeta.astype(gamma.dtype)
+    return dx.reshape(dy.shape).astype(xhat.dtype), dgamma.astype(gamma.dtype), dbeta.astype(gamma.dtype)
 
 
 _batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
