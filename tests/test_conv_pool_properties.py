@@ -22,7 +22,7 @@ from jax import lax
 
 from jaxbp import autodiff, manual
 from jaxbp.kernels import conv as kernels
-from jaxbp.layers import conv as conv_module
+from jaxbp.layers import conv as conv_module, depthwise
 
 SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -170,11 +170,15 @@ def test_conv2d_vjp_matches_autodiff(route, data):
         at_stride_1 = route != "xla-kernels" and stride in (1, (1, 1))
         extra_row = at_stride_1 and x_shape[1] <= y_shape[1] and x_shape[2] <= y_shape[2]
         y_extra_row = at_stride_1 and y_shape[1] >= x_shape[1]
+        one_channel = x_shape[3] == 1 and kwargs["groups"] == 1  # at most 3 outputs: the taps under either flags
         with jax.enable_x64(True):
             cfg = conv_module.conv_config(*map(jnp.asarray, args[:2]), None, **kwargs)
             r = cfg.route
-            routes = (r.im2col_block, r.dw_lhs_dilation, r.dx_extra_row, r.y_extra_row)
-            assert routes == (*expected_dw, extra_row, y_extra_row), config
+            routes = (r.im2col_block, r.dw_lhs_dilation, r.dx_extra_row, r.y_extra_row, r.one_channel_taps)
+            assert routes == (*expected_dw, extra_row, y_extra_row, one_channel), config
+
+            def taps(x, w, b):  # the manual forward's formulation for one input channel
+                return depthwise.one_channel_forward(x, w, b, cfg.padding, cfg.stride, cfg.dilation, y_shape[1:3])
 
             def one_row_taller(x, w, b):  # the manual forward's formulation where it keeps off YNNPACK
                 (top, bottom), cols = cfg.padding
@@ -189,17 +193,19 @@ def test_conv2d_vjp_matches_autodiff(route, data):
                 )[:, :-1]
                 return y if b is None else y + b
 
-            if y_extra_row:  # the reference's sums, added in XLA's order: within their rounding bound
+            forward = taps if one_channel else one_row_taller if y_extra_row else None
+            if forward is not None:  # the reference's sums in another order: within their rounding bound
                 x, w, b = (None if a is None else jnp.asarray(a) for a in args)
-                terms = np.prod(w_shape[:3])
-                bound = 2 * terms * np.finfo(np.float64).eps * autodiff.conv2d(jnp.abs(x), jnp.abs(w), **kwargs)
-                assert np.all(np.abs(one_row_taller(x, w, b) - autodiff.conv2d(x, w, b, **kwargs)) <= bound)
+                terms = np.prod(w_shape[:3]) + 1  # and the bias
+                scale = autodiff.conv2d(jnp.abs(x), jnp.abs(w), None if b is None else jnp.abs(b), **kwargs)
+                bound = 2 * terms * np.finfo(np.float64).eps * scale
+                assert np.all(np.abs(forward(x, w, b) - autodiff.conv2d(x, w, b, **kwargs)) <= bound)
         assert_vjp_matches(
             lambda x, w, b: manual.conv2d(x, w, b, **kwargs),
             lambda x, w, b: autodiff.conv2d(x, w, b, **kwargs),
             args,
             seed,
-            forward_fn=one_row_taller if y_extra_row else None,
+            forward_fn=forward,
         )
 
 
