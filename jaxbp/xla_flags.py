@@ -83,6 +83,13 @@ CPU_XLA_FLAGS_BY_MODEL: dict[tuple[str, str], FlagChoice] = {
         "YNNPACK element-wise fusions run GELU 2x and the depthwise taps 1.6x slower "
         "(experiments/modern_layer_timing.py)",
     ),
+    ("avx2", "autoencoder"): FlagChoice(
+        "",
+        "XLA's defaults, measured on a 2-core AVX2 AMD EPYC (experiments/throughput.py --model autoencoder "
+        "--sweep-only --sweep-sets default,ynn-no-conv, 60 rounds): the manual autoencoder step 19.4 ms against "
+        "24.3 under the AVX2 set, its transposed convolution to one channel running its input gradient as sums "
+        "over the taps on XLA's loop fusions (jaxbp.kernels.conv); autodiff level (46.6 against 46.1)",
+    ),
 }
 #: For work that compiles thousands of small programs and runs each once (``jaxbp check``,
 #: ``jaxbp devices``, the checker's own programs): LLVM without its optimisation passes and

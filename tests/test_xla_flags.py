@@ -190,6 +190,7 @@ def test_a_model_measured_faster_under_other_flags_gets_them_and_others_the_isa_
         assert xla_flags.flags_for(isa, model) == choice and choice.reason
         assert xla_flags.flags_for(isa, "cnn") == xla_flags.CPU_XLA_FLAGS_BY_ISA[isa]  # the rest: the ISA's
     assert xla_flags.flags_for("avx2", "convnext").flags == ""  # measured: XLA's defaults
+    assert xla_flags.flags_for("avx2", "autoencoder").flags == ""  # measured: XLA's defaults
     assert xla_flags.flags_for("avx512", "convnext") == xla_flags.CPU_XLA_FLAGS_BY_ISA["avx512"]  # not measured
     env = {}
     own = xla_flags.flags_for(xla_flags.CPU_ISA, "convnext")
