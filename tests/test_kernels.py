@@ -161,6 +161,21 @@ def test_a_missing_tap_fails_the_route_check(monkeypatch):
     assert errors["y"] > TOLERANCE and max(errors["dx"], errors["dw"], errors["db"]) <= TOLERANCE, errors
 
 
+def test_the_one_channel_taps_round_bfloat16_once_as_a_float32_sum():
+    """bfloat16 inputs: the taps sum in float32 and round once, within one rounding of the exact sum
+    of the rounded inputs (summed in bfloat16, nine taps and the bias round ten times: it fails)."""
+    rng = np.random.default_rng(2)
+    pads = ((1, 1), (1, 1))
+    x, w, b = (jnp.asarray(rng.standard_normal(s), jnp.bfloat16) for s in ((4, 9, 9, 1), (3, 3, 1, 8), (8,)))
+    y = depthwise.one_channel_forward(x, w, b, pads, (1, 1), (1, 1), (9, 9))
+    assert y.dtype == jnp.bfloat16 and y.shape == (4, 9, 9, 8)
+    x64, w64, b64 = (np.asarray(a, np.float64) for a in (x, w, b))
+    with jax.enable_x64(True):
+        exact = np.asarray(autodiff.conv2d(jnp.asarray(x64), jnp.asarray(w64), jnp.asarray(b64), padding=1))
+    bound = 2.0**-8 * np.abs(exact) * (1 + 2.0**-10)  # the unit roundoff of 8 significant bits; float32's sum aside
+    assert np.all(np.abs(np.asarray(y, np.float64) - exact) <= bound)
+
+
 def _one_channel_forward_without_last_tap(x, w, b, padding, stride, dilation, out_hw):
     kh, kw = w.shape[:2]
     w = w.at[kh - 1, kw - 1].set(0)  # as if the sum stopped one tap short

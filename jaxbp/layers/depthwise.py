@@ -86,14 +86,18 @@ def one_channel_forward(x, w, b, padding, stride, dilation, out_hw):
     consumers and compute them again in each (cnn-bn's manual step under XLA's defaults 62.0 ms with
     the convolution, 77.4 with the taps fused into batch norm's three reads of y, 54.5 with the
     barrier; one process, ``experiments/conv_routes.py``, AMD EPYC AVX2)."""
+    dtype = jnp.result_type(x, w) if b is None else jnp.result_type(x, w, b)
+    acc = jnp.promote_types(dtype, jnp.float32)  # the sum in float32 at least, as the convolution's
     kh, kw, _, cout = w.shape
-    xp = jnp.pad(x[..., 0], ((0, 0), *padding))[..., None]
-    y = None if b is None else b[:, None, None, None]
+    xp = jnp.pad(x[..., 0].astype(acc), ((0, 0), *padding))[..., None]
+    w = w.astype(acc)
+    y = None if b is None else b.astype(acc)[:, None, None, None]
     for i in range(kh):
         for j in range(kw):
             term = w[i, j, 0][:, None, None, None] * tap(xp, i, j, out_hw, stride, dilation)[None, ..., 0]
             y = term if y is None else y + term
-    return lax.optimization_barrier(jnp.transpose(y, (1, 2, 3, 0)))  # [Cout, N, Ho, Wo] -> [N, Ho, Wo, Cout]
+    y = jnp.transpose(y, (1, 2, 3, 0)).astype(dtype)  # [Cout, N, Ho, Wo] -> [N, Ho, Wo, Cout]
+    return lax.optimization_barrier(y)
 
 
 def depthwise_dx(dy, w, x_shape, dx_pads, stride, dilation, block):
