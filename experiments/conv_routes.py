@@ -1,4 +1,4 @@
-"""The convolution's kernel-aware routes in the whole train step, each against the routes before it.
+"""The kernel-aware routes (convolution, batch norm) in the whole train step, each against the routes before it.
 
 ``jaxbp.kernels.conv`` reads, while tracing, whether XLA:CPU will run convolutions on
 YNNPACK's kernels (:func:`jaxbp.kernels.conv.convolutions_on_ynnpack`) and, where it will,
@@ -12,17 +12,20 @@ manual train step of ``--model`` in ONE process under XLA's defaults at each sta
 * ``+ taller dx``: im2col only where convolutions run on YNNPACK, dx one row taller there;
 * ``+ taller forward``: the forward one row taller too;
 * ``kernel-aware``: the weight gradient over dilated x;
-* ``+ one-channel taps``: as the layer builds it now (a first layer of one input channel takes its
-  forward as sums over the taps, channel-major, where :func:`jaxbp.kernels.conv.conv_route` says);
+* ``+ one-channel taps``: a first layer of one input channel takes its forward as sums over the
+  taps, channel-major, where :func:`jaxbp.kernels.conv.conv_route` says;
+* ``+ batch-norm view``: as the layers build it now (batch norm over few channels reads x as rows of
+  64 values where :func:`jaxbp.kernels.norm.batch_norm_lanes` says);
 
 and under jaxbp's flags for AVX2 and AVX-512 (the same set: convolutions on XLA's kernels, element-wise
-ops on YNNPACK) ``before``, ``kernel-aware`` and ``+ one-channel taps``, then times all of them and
+ops on YNNPACK) ``before`` and the last three stages, then times all of them and
 PyTorch's step interleaved (glibc's allocator defaults for all, or with ``--policy command`` the
 ``jaxbp`` command's: :func:`jaxbp.allocator.set_policy`). ``--stages`` picks some of the stages.
 
     python experiments/conv_routes.py                  # ~1 min on 2 cores
     python experiments/conv_routes.py --model cnn-bn --repeats 60
     python experiments/conv_routes.py --model resnet --policy command --stages "kernel-aware,+ one-channel taps"
+    python experiments/conv_routes.py --model resnet --policy command --stages "+ one-channel taps,+ batch-norm view"
 """
 
 from __future__ import annotations
@@ -42,11 +45,11 @@ os.environ.setdefault("XLA_FLAGS", "")  # each flag set goes to its own compilat
 
 @contextlib.contextmanager
 def routes_at(stage: int):
-    """Trace conv2d with the routes of ``stage`` (0: before, 1: + taller dx, 2: + taller forward, 3: kernel-aware,
-    4: now)."""
+    """Trace conv2d and batch norm with the routes of ``stage`` (0: before, 1: + taller dx, 2: + taller
+    forward, 3: kernel-aware, 4: + one-channel taps, 5: now)."""
     import numpy as np
 
-    from jaxbp.kernels import conv as kernels
+    from jaxbp.kernels import conv as kernels, norm as norm_kernels
 
     choose = kernels.conv_route
 
@@ -69,11 +72,19 @@ def routes_at(stage: int):
             one_channel_taps=False,
         )
 
-    with mock.patch.object(kernels, "conv_route", patched):
+    lanes = norm_kernels.batch_norm_lanes if stage >= 5 else (lambda x_shape: 0)
+    with mock.patch.object(kernels, "conv_route", patched), mock.patch.object(norm_kernels, "batch_norm_lanes", lanes):
         yield
 
 
-STAGES = {"before": 0, "+ taller dx": 1, "+ taller forward": 2, "kernel-aware": 3, "+ one-channel taps": 4}
+STAGES = {
+    "before": 0,
+    "+ taller dx": 1,
+    "+ taller forward": 2,
+    "kernel-aware": 3,
+    "+ one-channel taps": 4,
+    "+ batch-norm view": 5,
+}
 
 
 def main() -> None:
@@ -98,7 +109,7 @@ def main() -> None:
     for set_name, flags in flag_sets.items():
         for variant in stages:
             stage = STAGES[variant]
-            if flags and stage not in (0, 3, 4):  # the same program as the current one off YNNPACK
+            if flags and stage not in (0, 3, 4, 5):  # the same program as the current one off YNNPACK
                 continue
             with traced_under(flags), routes_at(stage):
                 steps, step_args = bench.compile_train_steps(
