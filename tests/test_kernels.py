@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import functools
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -161,19 +162,37 @@ def test_a_missing_tap_fails_the_route_check(monkeypatch):
     assert errors["y"] > TOLERANCE and max(errors["dx"], errors["dw"], errors["db"]) <= TOLERANCE, errors
 
 
-def test_the_one_channel_taps_round_bfloat16_once_as_a_float32_sum():
-    """bfloat16 inputs: the taps sum in float32 and round once, within one rounding of the exact sum
-    of the rounded inputs (summed in bfloat16, nine taps and the bias round ten times: it fails)."""
+@pytest.mark.parametrize(
+    ("route", "x_shape", "w_shape", "groups"),
+    [
+        (ConvRoute(taps_block=2), (4, 7, 7, 3), (3, 3, 1, 6), 3),
+        (ConvRoute(one_channel_taps=True), (4, 9, 9, 1), (3, 3, 1, 8), 1),
+    ],
+    ids=["depthwise-taps", "one-channel-taps"],
+)
+def test_the_taps_round_bfloat16_once_as_float32_sums(monkeypatch, route, x_shape, w_shape, groups):
+    """bfloat16 inputs: the taps sum in float32 and round once, within one rounding of the exact sums
+    of the rounded inputs (plus float32's own error, a 2^-20 part of the sum of the terms' sizes).
+    Summed in bfloat16, once per tap, they fail. (The one-channel route's dx and dw are XLA's.)"""
+    monkeypatch.setattr(kernels, "conv_route", lambda *a: route)
     rng = np.random.default_rng(2)
-    pads = ((1, 1), (1, 1))
-    x, w, b = (jnp.asarray(rng.standard_normal(s), jnp.bfloat16) for s in ((4, 9, 9, 1), (3, 3, 1, 8), (8,)))
-    y = depthwise.one_channel_forward(x, w, b, pads, (1, 1), (1, 1), (9, 9))
-    assert y.dtype == jnp.bfloat16 and y.shape == (4, 9, 9, 8)
-    x64, w64, b64 = (np.asarray(a, np.float64) for a in (x, w, b))
+    shapes = (x_shape, w_shape, (w_shape[3],), (*x_shape[:3], w_shape[3]))
+    x, w, b, ct = (jnp.asarray(rng.standard_normal(s), jnp.bfloat16) for s in shapes)
+
+    def conv(ops, x, w, b):
+        return ops.conv2d(x, w, b, padding=1, groups=groups)
+
+    got = vjp_terms(partial(conv, manual), (x, w, b), ct)[:3]
+    assert all(t.dtype == jnp.bfloat16 for t in got)
     with jax.enable_x64(True):
-        exact = np.asarray(autodiff.conv2d(jnp.asarray(x64), jnp.asarray(w64), jnp.asarray(b64), padding=1))
-    bound = 2.0**-8 * np.abs(exact) * (1 + 2.0**-10)  # the unit roundoff of 8 significant bits; float32's sum aside
-    assert np.all(np.abs(np.asarray(y, np.float64) - exact) <= bound)
+        x64, w64, b64, ct64 = (jnp.asarray(np.asarray(a, np.float64)) for a in (x, w, b, ct))
+        exact = vjp_terms(partial(conv, autodiff), (x64, w64, b64), ct64)[:3]
+        sizes = vjp_terms(partial(conv, autodiff), (abs(x64), abs(w64), abs(b64)), abs(ct64))[:3]
+    checked = ("y", "dx", "dw") if route.taps_block else ("y",)
+    for name, g, e, m in zip(("y", "dx", "dw"), got, exact, sizes):
+        if name in checked:
+            bound = 2.0**-8 * np.abs(e) + 2.0**-20 * m  # the unit roundoff of 8 significant bits
+            assert np.all(np.abs(np.asarray(g, np.float64) - e) <= bound), name
 
 
 def _one_channel_forward_without_last_tap(x, w, b, padding, stride, dilation, out_hw):

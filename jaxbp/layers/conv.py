@@ -132,8 +132,7 @@ def manual_forward(x, w, b, cfg):
     out_hw = output_hw(x.shape[1:3], w.shape[:2], cfg.padding, cfg.stride, cfg.dilation)
     if cfg.route.one_channel_taps:
         return depthwise.one_channel_forward(x, w, b, cfg.padding, cfg.stride, cfg.dilation, out_hw)
-    y = depthwise.depthwise_forward(x, w, cfg.padding, cfg.stride, cfg.dilation, out_hw, cfg.route.taps_block)
-    return y if b is None else y + b
+    return depthwise.depthwise_forward(x, w, b, cfg.padding, cfg.stride, cfg.dilation, out_hw, cfg.route.taps_block)
 
 
 def manual_dx(dy, w, x_shape, cfg):

@@ -15,7 +15,8 @@ No convolution op: KH KW fused multiply-adds per output element, vectorised alon
 channels, and KH KW reductions for ``dw``. The batch goes through ``lax.map`` / ``lax.scan``
 in blocks of ``block`` images, so each block's taps are read from cache; the padded input is
 materialised once (XLA fusing the pad into every tap's slice costs a bounds check per tap and
-element). The sums are those of the convolution in another order: equal up to rounding.
+element). The sums are those of the convolution in another order, in float32 at least (a
+bfloat16 result rounds once, as the convolution's): equal up to rounding.
 When conv2d takes this route, and the block size, is :func:`jaxbp.kernels.conv.conv_route`'s
 choice (with the measurements behind it).
 
@@ -32,6 +33,12 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 from jax import lax
+
+
+def sum_dtype(dtype):
+    """The dtype the taps sum in: float32 at least, as XLA's convolutions accumulate (a bfloat16
+    result is then rounded once, not once per tap)."""
+    return jnp.promote_types(dtype, jnp.float32)
 
 
 def tap(a, i, j, out_hw, stride, dilation):
@@ -72,10 +79,13 @@ def correlate(xp, w, out_hw, stride, dilation):
     return y
 
 
-def depthwise_forward(x, w, padding, stride, dilation, out_hw, block):
-    """The forward, x padded once and correlated with w block by block (no bias)."""
-    xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-    return map_blocks(lambda xb: correlate(xb, w, out_hw, stride, dilation), block, xp)
+def depthwise_forward(x, w, b, padding, stride, dilation, out_hw, block):
+    """The forward, x padded once and correlated with w block by block, plus the bias (None: none)."""
+    dtype = jnp.result_type(x, w) if b is None else jnp.result_type(x, w, b)
+    acc = sum_dtype(dtype)
+    xp, w = jnp.pad(x.astype(acc), ((0, 0), *padding, (0, 0))), w.astype(acc)
+    y = map_blocks(lambda xb: correlate(xb, w, out_hw, stride, dilation), block, xp)
+    return (y if b is None else y + b.astype(acc)).astype(dtype)
 
 
 def one_channel_forward(x, w, b, padding, stride, dilation, out_hw):
@@ -87,7 +97,7 @@ def one_channel_forward(x, w, b, padding, stride, dilation, out_hw):
     the convolution, 77.4 with the taps fused into batch norm's three reads of y, 54.5 with the
     barrier; one process, ``experiments/conv_routes.py``, AMD EPYC AVX2)."""
     dtype = jnp.result_type(x, w) if b is None else jnp.result_type(x, w, b)
-    acc = jnp.promote_types(dtype, jnp.float32)  # the sum in float32 at least, as the convolution's
+    acc = sum_dtype(dtype)
     kh, kw, _, cout = w.shape
     xp = jnp.pad(x[..., 0].astype(acc), ((0, 0), *padding))[..., None]
     w = w.astype(acc)
@@ -105,9 +115,13 @@ def depthwise_dx(dy, w, x_shape, dx_pads, stride, dilation, block):
     (conv2d's dx padding, negative entries crop), correlated at stride 1."""
     kh, kw, _, cm = w.shape
     c = x_shape[3]
-    zero = jnp.zeros((), dy.dtype)
-    dyp = lax.pad(dy, zero, ((0, 0, 0), (*dx_pads[0], stride[0] - 1), (*dx_pads[1], stride[1] - 1), (0, 0, 0)))
-    w_rot = w[::-1, ::-1]
+    dtype = jnp.result_type(dy, w)
+    acc = sum_dtype(dtype)
+    zero = jnp.zeros((), acc)
+    dyp = lax.pad(
+        dy.astype(acc), zero, ((0, 0, 0), (*dx_pads[0], stride[0] - 1), (*dx_pads[1], stride[1] - 1), (0, 0, 0))
+    )
+    w_rot = w.astype(acc)[::-1, ::-1]
 
     def block_dx(dyb):
         total = None
@@ -119,7 +133,7 @@ def depthwise_dx(dy, w, x_shape, dx_pads, stride, dilation, block):
             return total
         return jnp.sum(total.reshape(*total.shape[:3], c, cm // c), axis=-1)  # over the multiplier l
 
-    return map_blocks(block_dx, block, dyp)
+    return map_blocks(block_dx, block, dyp).astype(dtype)
 
 
 def depthwise_dw(x, dy, w_shape, padding, stride, dilation, block):
@@ -127,7 +141,9 @@ def depthwise_dw(x, dy, w_shape, padding, stride, dilation, block):
     kh, kw, _, cm = w_shape
     n, ho, wo, _ = dy.shape
     c = x.shape[3]
-    xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    dtype = jnp.result_type(x, dy)
+    acc = sum_dtype(dtype)
+    xp, dy = jnp.pad(x.astype(acc), ((0, 0), *padding, (0, 0))), dy.astype(acc)
 
     def block_dw(dw, args):
         xb, dyb = args
@@ -138,8 +154,8 @@ def depthwise_dw(x, dy, w_shape, padding, stride, dilation, block):
         ]
         return dw + jnp.stack(taps).reshape(kh, kw, 1, cm), None
 
-    zero = jnp.zeros((kh, kw, 1, cm), jnp.result_type(x, dy))
+    zero = jnp.zeros((kh, kw, 1, cm), acc)
     if block >= n:
-        return block_dw(zero, (xp, dy))[0]
+        return block_dw(zero, (xp, dy))[0].astype(dtype)
     blocked = (xp.reshape(n // block, block, *xp.shape[1:]), dy.reshape(n // block, block, ho, wo, cm))
-    return lax.scan(block_dw, zero, blocked)[0]
+    return lax.scan(block_dw, zero, blocked)[0].astype(dtype)
