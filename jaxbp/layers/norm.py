@@ -88,27 +88,27 @@ def batch_norm_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """
     _check_input("batch_norm_stats", x)
     lanes = kernels.batch_norm_lanes(jnp.shape(x))
-    return _view_stats(_lane_view(x, lanes), jnp.shape(x)[-1], lanes)
+    return _view_stats(lane_view(x, lanes), jnp.shape(x)[-1], lanes)
 
 
-def _lane_view(v, lanes: int):
+def lane_view(v, lanes: int):
     """``v`` [N, ..., C] as rows of ``lanes`` values; itself when ``lanes`` is 0."""
     return v.reshape(-1, lanes) if lanes else v
 
 
-def _along(vec, lanes: int):
+def along(vec, lanes: int):
     """A per-channel vector [C] laid along the view's rows: tiled to ``lanes``, or itself."""
     return jnp.tile(vec, lanes // vec.shape[0]) if lanes else vec
 
 
-def _channel_sum(v, c: int, lanes: int):
+def channel_sum(v, c: int, lanes: int):
     """Each channel's sum over every axis but the channels, of ``v`` in the view of ``lanes``: [C]."""
     if lanes:
         return jnp.sum(jnp.sum(v, axis=0).reshape(lanes // c, c), axis=0)  # rows, then a row's copies
     return jnp.sum(v, axis=_reduce_axes(v))
 
 
-def _channel_mean(v, c: int, lanes: int):
+def channel_mean(v, c: int, lanes: int):
     """Each channel's mean (``jnp.mean``'s accumulation) of ``v`` in the view of ``lanes``: [C]."""
     if lanes:
         return jnp.mean(jnp.mean(v, axis=0).reshape(lanes // c, c), axis=0)  # equal-sized groups: mean of means
@@ -117,8 +117,8 @@ def _channel_mean(v, c: int, lanes: int):
 
 def _view_stats(v, c: int, lanes: int):
     """Mean and biased variance per channel of ``v`` in the view of ``lanes``."""
-    mean = _channel_mean(v, c, lanes)
-    var = _channel_mean(jnp.square(v - _along(mean, lanes)), c, lanes)  # two passes: no E[x^2] - E[x]^2
+    mean = channel_mean(v, c, lanes)
+    var = channel_mean(jnp.square(v - along(mean, lanes)), c, lanes)  # two passes: no E[x^2] - E[x]^2
     return mean, var
 
 
@@ -155,11 +155,11 @@ def _check_batch_norm(x, gamma, beta, eps) -> float:
 
 def _batch_norm_parts(x, gamma, beta, eps, lanes: int = 0):
     """The output and the residuals of the backward: ``xhat`` (in the view of ``lanes``) and ``inv_std``."""
-    v = _lane_view(x, lanes)
+    v = lane_view(x, lanes)
     mean, var = _view_stats(v, x.shape[-1], lanes)
     inv_std = lax.rsqrt(var + eps)
-    xhat = (v - _along(mean, lanes)) * _along(inv_std, lanes)
-    y = _along(gamma, lanes) * xhat + _along(beta, lanes)
+    xhat = (v - along(mean, lanes)) * along(inv_std, lanes)
+    y = along(gamma, lanes) * xhat + along(beta, lanes)
     return y.reshape(x.shape), xhat, inv_std
 
 
@@ -198,12 +198,12 @@ def _batch_norm_bwd(eps, lanes, res, dy):
     xhat, inv_std, gamma = res  # xhat in the view of lanes
     c = gamma.shape[0]
     m = xhat.size // c
-    g = _lane_view(dy, lanes)
-    dgamma = _channel_sum(g * xhat, c, lanes)  # dgamma = sum(dy xhat)
-    dbeta = _channel_sum(g, c, lanes)  # dbeta = sum(dy)
+    g = lane_view(dy, lanes)
+    dgamma = channel_sum(g * xhat, c, lanes)  # dgamma = sum(dy xhat)
+    dbeta = channel_sum(g, c, lanes)  # dbeta = sum(dy)
     # dx = inv_std/M (M dxhat - sum(dxhat) - xhat sum(dxhat xhat)) with dxhat = dy gamma,
     # sum(dxhat) = gamma dbeta (path through the mean), sum(dxhat xhat) = gamma dgamma (the variance)
-    dx = _along(gamma * inv_std / m, lanes) * (m * g - _along(dbeta, lanes) - xhat * _along(dgamma, lanes))
+    dx = along(gamma * inv_std / m, lanes) * (m * g - along(dbeta, lanes) - xhat * along(dgamma, lanes))
     # dy has the promoted dtype of x, gamma and beta; each gradient takes its input's (beta's is gamma's).
     return dx.reshape(dy.shape).astype(xhat.dtype), dgamma.astype(gamma.dtype), dbeta.astype(gamma.dtype)
 
