@@ -97,9 +97,14 @@ CASES = [
 
 
 def vjp_terms(fn, args, ct):
-    """(y, dx, dw, db) of ``fn`` along the cotangent ``ct``, as float64 NumPy arrays."""
-    y, pullback = jax.vjp(fn, *args)
-    return [np.asarray(t) for t in (y, *pullback(ct))]
+    """(y, dx, dw, db) of ``fn`` along the cotangent ``ct``, as NumPy arrays: one compiled program
+    (traced afresh each call, so a patched route or formulation is what runs), not op by op."""
+
+    def terms(args, ct):
+        y, pullback = jax.vjp(fn, *args)
+        return (y, *pullback(ct))
+
+    return [np.asarray(t) for t in jax.jit(terms)(list(args), ct)]
 
 
 def layer_fn(namespace, shape):
@@ -327,11 +332,15 @@ def batch_norm_errors(monkeypatch, shape, lanes=norm_kernels.BATCH_NORM_LANES) -
     rng = np.random.default_rng(1)
     x, ct = rng.standard_normal(shape) * 3 + 1, rng.standard_normal(shape)
     gamma, beta = rng.standard_normal(shape[-1]), rng.standard_normal(shape[-1])
+
+    def terms(ops, x, g, b, ct):  # y, dx, dgamma, dbeta (and the statistics): one program
+        y, pullback = jax.vjp(lambda x, g, b: ops.batch_norm(x, g, b), x, g, b)
+        return (y, *pullback(ct), *(norm.batch_norm_stats(x) if ops is manual else ()))
+
     with jax.enable_x64(True):
-        args = [jnp.asarray(a) for a in (x, gamma, beta)]
-        got = vjp_terms(lambda x, g, b: manual.batch_norm(x, g, b), args, jnp.asarray(ct))
-        want = vjp_terms(lambda x, g, b: autodiff.batch_norm(x, g, b), args, jnp.asarray(ct))
-        got += [np.asarray(s) for s in norm.batch_norm_stats(args[0])]
+        args = [jnp.asarray(a) for a in (x, gamma, beta, ct)]
+        got = [np.asarray(t) for t in jax.jit(partial(terms, manual))(*args)]
+        want = [np.asarray(t) for t in jax.jit(partial(terms, autodiff))(*args)]
     axes = tuple(range(len(shape) - 1))
     want += [x.mean(axis=axes), x.var(axis=axes)]
     names = ("y", "dx", "dgamma", "dbeta", "mean", "var")
