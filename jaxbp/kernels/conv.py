@@ -53,7 +53,7 @@ conv2 is 128x14x14x32 -> 64, 3x3 SAME):
   3.1-5.6 for im2col or the taps). XLA:CPU's kernels run a single input channel slowly; on a
   2-core AMD EPYC (AVX2), the forward alone (``jax.jit``, 30 interleaved rounds, batch 128,
   28x28): resnet's conv1 (3x3 SAME, 8 outputs) 5.2-5.7 ms against 0.5 for the taps on XLA's
-  loop fusions (XLA's defaults) and 2.8 on YNNPACK's element-wise fusions (jaxbp's flags); the
+  loop fusions (XLA's defaults) and 2.8-3.6 on YNNPACK's element-wise fusions (jaxbp's flags); the
   cnn's conv1 (32 outputs) 6.5 against 1.2 under XLA's defaults, but 2.3 against 12.3 under
   jaxbp's flags (16 outputs, stride 2: 1.7 against 2.0). The whole manual train step, one
   process (``experiments/conv_routes.py --policy command --stages "kernel-aware,+ one-channel
