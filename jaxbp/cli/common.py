@@ -10,8 +10,8 @@ import os
 import sys
 
 
-def error(err: object, prog: str = "jaxbp train") -> int:
-    """One line on stderr, exit status 2: a bad flag, input or output."""
+def error(err: object, prog: str) -> int:
+    """One line on stderr, ``prog: error: err``, exit status 2: a bad flag, input or output."""
     print(f"{prog}: error: {err}", file=sys.stderr)
     return 2
 

@@ -10,6 +10,8 @@ import sys
 
 from jaxbp.cli.common import error, nonnegative_int, positive_int
 
+PROG = "jaxbp train"
+
 # flag -> TrainConfig field, type, help: the one table between flags and fields (errors of a
 # field are reported under its flag). Every flag defaults to None so that --resume can tell
 # the flags given (they override the checkpoint's config) from the rest.
@@ -141,9 +143,9 @@ def _run_train(args: argparse.Namespace) -> int:
                   f"at {dist.coordinator} (--coordinator-timeout)", file=sys.stderr)  # fmt: skip
         parallel.initialize(dist, auto=args.cluster)
     except (ValueError, parallel.CoordinatorUnreachable) as err:
-        return error(err)
+        return error(err, PROG)
     except RuntimeError as err:  # XLA's client gave up, or JAX was initialised already
-        return error(f"could not join the distributed run ({dist}): {err}")
+        return error(f"could not join the distributed run ({dist}): {err}", PROG)
     primary = parallel.is_primary()
     # A --model's host callback that raises: the error is reported once, in one line, not also logged by JAX.
     logging.getLogger("jax._src.callback").setLevel(logging.CRITICAL)
@@ -161,9 +163,9 @@ def _run_train(args: argparse.Namespace) -> int:
         show = False if args.quiet or not primary else None
         result = train.fit(config, progress=show, overwrite=args.overwrite, after_stop="ignore")
     except train.ConfigError as err:
-        return error(f"{_FLAG_OF_FIELD.get(err.field, err.field)} {err.problem}")
+        return error(f"{_FLAG_OF_FIELD.get(err.field, err.field)} {err.problem}", PROG)
     except (data.DataError, checkpoint.CheckpointError, ValueError) as err:
-        return error(err)
+        return error(err, PROG)
     except (train.GradientMismatchError, train.NonFiniteLossError, train.UserCodeError) as err:
         print(f"jaxbp train: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
