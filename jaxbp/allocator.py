@@ -64,6 +64,7 @@ _SETTINGS = ((_M_MMAP_THRESHOLD, HEAP_BYTES), (_M_TRIM_THRESHOLD, HEAP_BYTES))
 #: JAX's option for running CPU computations on a worker thread; upper-cased, the environment
 #: variable through which the user chooses for themselves.
 ASYNC_DISPATCH_OPTION = "jax_cpu_enable_async_dispatch"
+_ASYNC_DISPATCH_ENV = ASYNC_DISPATCH_OPTION.upper()
 
 _state = {"set_by_jaxbp": False, "dispatch_by_jaxbp": False}
 
@@ -104,7 +105,7 @@ def run_on_calling_thread(environ: Mapping[str, str] | None = None, config=None)
     before JAX creates its CPU client (the first computation). Returns whether jaxbp set it.
     """
     environ = os.environ if environ is None else environ
-    if ASYNC_DISPATCH_OPTION.upper() in environ:
+    if _ASYNC_DISPATCH_ENV in environ:
         return False
     this_process = config is None
     if this_process:
@@ -126,18 +127,19 @@ def set_policy(environ: Mapping[str, str] | None = None) -> None:
 def _dispatch(environ: Mapping[str, str]) -> str:
     if _state["dispatch_by_jaxbp"]:
         return "CPU steps on the calling thread (jaxbp's)"
-    if ASYNC_DISPATCH_OPTION.upper() in environ:
-        return f"the user's {ASYNC_DISPATCH_OPTION.upper()}={environ[ASYNC_DISPATCH_OPTION.upper()]}"
+    if _ASYNC_DISPATCH_ENV in environ:
+        return f"the user's {_ASYNC_DISPATCH_ENV}={environ[_ASYNC_DISPATCH_ENV]}"
     return "CPU steps on a worker thread (JAX's default)"
 
 
 def describe(environ: Mapping[str, str] | None = None) -> str:
     """Which allocator policy and dispatch this process runs under, in one line (``jaxbp bench`` records it)."""
     environ = os.environ if environ is None else environ
+    own = users_tunables(environ)
     if _state["set_by_jaxbp"]:
         heap = f"glibc: jaxbp's (mmap and trim thresholds {HEAP_BYTES >> 20} MiB)"
-    elif users_tunables(environ):
-        heap = "the user's own glibc tunables: " + ", ".join(users_tunables(environ))
+    elif own:
+        heap = "the user's own glibc tunables: " + ", ".join(own)
     else:
         heap = "the C library's defaults"
     return f"{heap}; {_dispatch(environ)}"
