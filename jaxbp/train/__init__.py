@@ -31,6 +31,10 @@ The package, one job per module:
   :class:`~jaxbp.train.state.Progress`, the metrics :class:`~jaxbp.train.state.Accumulator`;
 * :mod:`~jaxbp.train.loop`: :func:`~jaxbp.train.loop.fit`, :func:`~jaxbp.train.loop.train_epoch`,
   :func:`~jaxbp.train.loop.evaluate`;
+* :mod:`~jaxbp.train.run`: :class:`~jaxbp.train.run.Run`, what stays fixed while a run trains;
+* :mod:`~jaxbp.train.start`: where a run starts (fresh, resumed, extended) and its folder;
+* :mod:`~jaxbp.train.resume`: reading a stored run to resume;
+* :mod:`~jaxbp.train.summary`: the run's ``summary.json``;
 * :mod:`~jaxbp.train.runfolder`: :class:`~jaxbp.train.runfolder.RunFolder`, the one writer of a run's files;
 * :mod:`~jaxbp.train.display`, :mod:`~jaxbp.train.errors`: the progress display and signals;
   how a run ends.

@@ -14,27 +14,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp import checkpoint, data, models, parallel
+from jaxbp import data, models, parallel
 from jaxbp.choices import MODELS
 from jaxbp.loading import first_line
 from jaxbp.train import audit, resume, steps
-from jaxbp.train.config import (
-    TRAJECTORY_FIELDS,
-    ConfigError,
-    TrainConfig,
-    check_resume_epochs,
-    config_differences,
-)
+from jaxbp.train.config import ConfigError, TrainConfig
 from jaxbp.train.display import Display
 from jaxbp.train.errors import (
     GradientMismatchError,
@@ -43,63 +35,14 @@ from jaxbp.train.errors import (
     TrainResult,
     UserCodeError,
 )
-from jaxbp.train.runfolder import RunFolder, RunFolderError, next_free_folder
+from jaxbp.train.run import Run, Timing, kept_checkpoint, last_step
+from jaxbp.train.runfolder import RunFolderError
+from jaxbp.train.start import already_completed, begin, default_folder, open_folder
 from jaxbp.train.state import Accumulator, Progress, TrainState
 from jaxbp.train.stopping import StopSignals
+from jaxbp.train.summary import finish, or_nan, summary_record
 
-__all__ = ["Run", "end_epoch", "evaluate", "fit", "save", "train_epoch"]
-
-
-@dataclass
-class Timing:
-    """This process's step timings (not checkpointed): the first step compiles."""
-
-    compile_s: float = 0.0
-    train_s: float = 0.0
-    examples: int = 0
-
-
-@dataclass(frozen=True)
-class Run:
-    """What stays fixed while a run trains: the config, data, compiled steps and outputs."""
-
-    config: TrainConfig
-    ds: data.Dataset
-    mesh: Any
-    model: models.Model
-    train_step: Any
-    eval_step: Any
-    dtype: Any
-    steps_per_epoch: int
-    folder: RunFolder
-    display: Display
-    augment: Any
-    timing: Timing
-    t_start: float
-    auditor: audit.Auditor | None = None  # compare mode: the float64 audits
-
-    @property
-    def last_step(self) -> int:
-        return last_step(self.config, self.steps_per_epoch)
-
-    def scored(self, rec: dict[str, Any]) -> dict[str, Any]:
-        """``rec`` without its accuracy fields where the model has none (it reconstructs its input)."""
-        if self.model.objective == "classify":
-            return rec
-        return {k: v for k, v in rec.items() if not k.endswith("accuracy")}
-
-    def log(self, rec: dict[str, Any]) -> None:
-        self.folder.record(rec)
-        self.display.record(rec)
-
-    def wall_time(self, progress: Progress) -> float:
-        return progress.wall_time_s + time.perf_counter() - self.t_start
-
-
-def last_step(config: TrainConfig, steps_per_epoch: int) -> int:
-    """The step a run stops after: the end of the last epoch, or ``max_steps``."""
-    total = steps_per_epoch * config.epochs
-    return min(total, config.max_steps) if config.max_steps else total
+__all__ = ["end_epoch", "evaluate", "fit", "save", "train_epoch"]
 
 
 # ------------------------------------------------------------------ the loop
@@ -165,7 +108,7 @@ def _step(run: Run, state: TrainState, progress: Progress, xb, yb, n_valid: int)
         if run.timing.compile_s:  # a later step: the user's code failed while running (a host callback)
             raise UserCodeError(
                 f"{run.config.model!r}: step {progress.step + 1} (epoch {progress.epoch + 1}) raised "
-                f"{type(err).__name__}: {first_line(err)}; training stopped. {_kept(run)}"
+                f"{type(err).__name__}: {first_line(err)}; training stopped. {kept_checkpoint(run)}"
             ) from err
         # The first step traces the user's layers and their backward: say whose code failed.
         raise models.ModelError(
@@ -184,7 +127,7 @@ def _step(run: Run, state: TrainState, progress: Progress, xb, yb, n_valid: int)
         problem = f"the autodiff gradients are not finite (loss {loss:.4g}); the manual ones are"
     if problem:
         raise NonFiniteLossError(
-            f"{problem} {where}; training stopped. {_kept(run)} Try a smaller learning rate (--lr)."
+            f"{problem} {where}; training stopped. {kept_checkpoint(run)} Try a smaller learning rate (--lr)."
         )
     if run.timing.compile_s == 0.0:  # the first step of a process compiles
         run.timing.compile_s = seconds
@@ -192,11 +135,6 @@ def _step(run: Run, state: TrainState, progress: Progress, xb, yb, n_valid: int)
     run.timing.train_s += seconds
     run.timing.examples += n_valid
     return TrainState(params, opt_state, model_state, state.rng), m, seconds
-
-
-def _kept(run: Run) -> str:
-    path = run.folder.paths["checkpoint"]
-    return f"The last good checkpoint is kept: {path}." if path.exists() else "No checkpoint was written yet."
 
 
 def evaluate(run: Run, state: TrainState, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -227,7 +165,7 @@ def evaluate_splits(run: Run, state: TrainState, progress: Progress) -> dict[str
             raise NonFiniteLossError(
                 f"{'validation' if split == 'val' else split} loss is {loss} at step {progress.step} "
                 f"(epoch {progress.epoch + 1}) though the train loss is finite: the parameters have grown too "
-                f"large; training stopped. {_kept(run)} Try a smaller learning rate (--lr)."
+                f"large; training stopped. {kept_checkpoint(run)} Try a smaller learning rate (--lr)."
             )
         out[f"{split}_loss"], out[f"{split}_accuracy"] = loss, accuracy
     return run.scored(out)
@@ -341,7 +279,7 @@ def _fit(
     steps_per_epoch = data.num_batches(len(ds.x_train), config.batch_size, config.drop_last)
     compiled = steps.compiled(steps.step_key(config), ds.num_classes, steps_per_epoch * config.epochs, ops)
     model, train_step, eval_step, optimizer, audit_step = compiled
-    start = _start(config, model, optimizer, ds)
+    start = begin(config, model, optimizer, ds)
     state, progress = start.state, start.progress
     if config.max_steps and config.max_steps <= progress.step:
         raise ConfigError(
@@ -349,10 +287,10 @@ def _fit(
             "give a larger one, or 0 to run to the end"
         )  # fmt: skip
     if start.resumed_from is not None and progress.epoch >= config.epochs:
-        return _already_completed(config, state, progress, start.resumed_from)
-    out = Path(config.out) if config.out else start.resumed_from or _default_folder(config, ds.name, overwrite)
+        return already_completed(config, state, progress, start.resumed_from)
+    out = Path(config.out) if config.out else start.resumed_from or default_folder(config, ds.name, overwrite)
     stop.start_run()
-    with _open_folder(out, overwrite, start.resumed_from, progress.step, primary) as folder:
+    with open_folder(out, overwrite, start.resumed_from, progress.step, primary) as folder:
         display = Display(
             progress_arg if primary else False, last_step(config, steps_per_epoch), progress.step,
             f"{config.model}/{config.grad}",
@@ -370,7 +308,7 @@ def _fit(
             if start.extends_from is not None:  # before config.json: the checkpoint is what a resume reads
                 _extend(run, state, progress, start.extends_from)
             folder.write_json("config", config.to_dict())
-            folder.write_json("summary", _summary(run, progress, "running", None, None))
+            folder.write_json("summary", summary_record(run, progress, "running", None, None))
             if run.auditor:  # before any float32 step traces (see Auditor.prepare)
                 display.compiling()
                 run.auditor.prepare(state, (config.batch_size, *ds.input_shape), config.model)
@@ -381,92 +319,18 @@ def _fit(
             status = {GradientMismatchError: "gradient_mismatch", NonFiniteLossError: "diverged"}.get(
                 type(err), "failed"
             )
-            _finish(run, progress, status, str(err), None, best_effort=True)
+            finish(run, progress, status, str(err), None, best_effort=True)
             raise
         finally:
             display.close()
-        summary = _finish(run, progress, status, None, stop_eval)
+        summary = finish(run, progress, status, None, stop_eval)
     return TrainResult(
-        config=config, test_accuracy=_or_nan(summary["test_accuracy"]), test_loss=_or_nan(summary["test_loss"]),
+        config=config, test_accuracy=or_nan(summary["test_accuracy"]), test_loss=or_nan(summary["test_loss"]),
         history=progress.history,
         steps=progress.step, epochs_completed=progress.epoch, wall_time_s=summary["wall_time_s"],
         compile_time_s=run.timing.compile_s, examples_per_s=summary["examples_per_s"], out_dir=out,
         paths=folder.paths, worst_agreement=progress.worst, status=status,
         val_accuracy=summary["val_accuracy"], val_loss=summary["val_loss"], params=state.params, model_state=state.model_state,
-    )  # fmt: skip
-
-
-def _open_folder(out: Path, overwrite: bool, resume: Path | None, step: int, primary: bool) -> RunFolder:
-    """Process 0 takes the run folder; every process learns whether it could."""
-    error = None
-    try:
-        folder = RunFolder.open(out, overwrite=overwrite, resume=resume, resume_step=step, primary=primary)
-    except RunFolderError as err:
-        folder, error = None, err
-    if not parallel.agree(error is None):
-        if error is not None:
-            raise error
-        raise RunFolderError(f"{out}: process 0 cannot take the run folder (see its error); stopping too")
-    return folder  # the other processes never check, so they never fail here
-
-
-def _or_nan(value: float | None) -> float:
-    return float("nan") if value is None else value
-
-
-class Start(NamedTuple):
-    """Where :func:`fit` starts: the state and progress (fresh, or a checkpoint's), the folder
-    resumed from (None: a new run) and, where ``config.epochs`` extends the resumed run, the
-    epochs it had (else None)."""
-
-    state: TrainState
-    progress: Progress
-    resumed_from: Path | None = None
-    extends_from: int | None = None
-
-
-def _start(config: TrainConfig, model, optimizer, ds: data.Dataset) -> Start:
-    """The initial state and progress, or the checkpoint's (:class:`Start`)."""
-    try:
-        fresh = TrainState(**steps.init_state(model, optimizer, ds.input_shape, config.dtype, config.seed))
-    except models.ModelError as err:  # a user's model that cannot be built: name the spec
-        raise models.ModelError(f"{config.model!r}: {err}") from None
-    except (ZeroDivisionError, ValueError) as err:  # e.g. a cnn's pooling leaves nothing of 1x1 images
-        shape = "x".join(map(str, ds.input_shape))
-        raise ConfigError("model", f"is {config.model!r}, which cannot take the {shape} images of {ds.name}: {err}")
-    if not config.resume:
-        return Start(fresh, Progress())
-    stored = resume.read_stored_run(config.resume, model=config.model, fields=TRAJECTORY_FIELDS)
-    path = stored.checkpoint  # every process reads the checkpoint on the host
-    # Every field that decides the trajectory, but epochs: more of them extend the run (below).
-    diffs = config_differences(stored.meta["config"], config, [f for f in TRAJECTORY_FIELDS if f != "epochs"])
-    if diffs:
-        raise checkpoint.CheckpointError(
-            f"{path}: cannot resume, the checkpoint was written by a different run configuration ("
-            + "; ".join(f"{f}: checkpoint {old!r}, this run {new!r}" for f, (old, new) in diffs.items())
-            + ")"
-        )
-    run_epochs = stored.meta["config"].get("epochs", TrainConfig().epochs)
-    if isinstance(run_epochs, bool) or not isinstance(run_epochs, int) or run_epochs < 1:
-        raise checkpoint.CheckpointError(
-            f"{path}: its config's epochs is {run_epochs!r}, not an integer >= 1; refusing to resume from it"
-        )
-    steps_per_epoch = data.num_batches(len(ds.x_train), config.batch_size, config.drop_last)
-    state, progress = resume.restore(stored, fresh, steps_per_epoch=steps_per_epoch, epochs=run_epochs)
-    check_resume_epochs(config.epochs, run_epochs, progress.epoch)
-    return Start(state, progress, path.parent, run_epochs if config.epochs > run_epochs else None)
-
-
-def _already_completed(config: TrainConfig, state: TrainState, progress: Progress, folder: Path) -> TrainResult:
-    """The result of resuming a run that has completed its epochs: nothing trains, nothing is written."""
-    last = progress.history[-1] if progress.history else {}
-    return TrainResult(
-        config=config, test_accuracy=_or_nan(last.get("test_accuracy")), test_loss=_or_nan(last.get("test_loss")),
-        history=progress.history, steps=progress.step, epochs_completed=progress.epoch,
-        wall_time_s=progress.wall_time_s, compile_time_s=0.0, examples_per_s=0.0, out_dir=folder,
-        paths=RunFolder(folder).paths, worst_agreement=progress.worst, status="already_completed",
-        val_accuracy=last.get("val_accuracy"), val_loss=last.get("val_loss"),
-        params=state.params, model_state=state.model_state,
     )  # fmt: skip
 
 
@@ -500,13 +364,6 @@ def _extend(run: Run, state: TrainState, progress: Progress, from_epochs: int) -
         run.display.note(f"{run.folder.path}: extending the run from {from_epochs} to {config.epochs} epochs; {how}")
 
 
-def _default_folder(config: TrainConfig, dataset: str, overwrite: bool) -> Path:
-    """The default run folder, or the next free one beside it (one process: several processes
-    must agree on the folder, so there the default is refused as before if it holds a run)."""
-    base = Path(config.default_out(dataset))
-    return base if overwrite or jax.process_count() > 1 else next_free_folder(base)
-
-
 def _train(
     run: Run, state: TrainState, progress: Progress, stop: StopSignals
 ) -> tuple[TrainState, str, dict[str, float] | None]:
@@ -531,7 +388,7 @@ def _train(
 
 def _interrupt(run: Run, progress: Progress, stop: StopSignals) -> None:
     """After a stop signal (the checkpoint is written): the summary, then :class:`TrainingInterrupted`."""
-    _finish(run, progress, "interrupted", None, None, best_effort=True)
+    finish(run, progress, "interrupted", None, None, best_effort=True)
     where = f"stopped after step {progress.step} (epoch {progress.epoch + 1}, batch {progress.batch_index})"
     if not run.folder.primary:
         raise TrainingInterrupted(
@@ -543,59 +400,3 @@ def _interrupt(run: Run, progress: Progress, stop: StopSignals) -> None:
         f"Resume with: {resume.resume_command(run.folder.path, run.config.model)}",
         path,
     )
-
-
-def _finish(run: Run, progress: Progress, status: str, error, stop_eval, best_effort: bool = False) -> dict:
-    """Write ``summary.json`` (and the plot when the run ended normally); ``best_effort``
-    (the run is failing already): a write error is shown, not raised over the first."""
-    summary = _summary(run, progress, status, error, stop_eval)
-    try:
-        run.folder.write_json("summary", summary)
-        if status in ("completed", "stopped") and run.folder.primary:
-            run.folder.write_plot(run.config)
-    except RunFolderError as err:
-        if not best_effort:
-            raise
-        run.display.note(f"the summary could not be written either: {err}")
-    return summary
-
-
-def _summary(run: Run, progress: Progress, status: str, error, stop_eval) -> dict[str, Any]:
-    config, ds, timing = run.config, run.ds, run.timing
-    last = progress.history[-1] if progress.history else {}
-    scores = stop_eval or last
-    return {
-        "status": status,
-        "error": error,
-        "test_accuracy": scores.get("test_accuracy"),
-        "test_loss": scores.get("test_loss"),
-        "val_accuracy": scores.get("val_accuracy"),
-        "val_loss": scores.get("val_loss"),
-        "evaluated_at_step": (progress.step if stop_eval else last.get("step")),
-        "epochs_completed": progress.epoch,
-        "steps": progress.step,
-        "wall_time_s": run.wall_time(progress),
-        "compile_time_s": timing.compile_s,
-        "examples_per_s": timing.examples / timing.train_s if timing.train_s > 0 else 0.0,
-        "worst_agreement": progress.worst,
-        "extensions": progress.extensions,
-        "compare_rtol": config.compare_rtol if config.grad == "compare" else None,
-        **audit.summary_fields(config, run.auditor, progress),
-        "dataset": {
-            "name": ds.name,
-            "train": len(ds.x_train),
-            "val": 0 if ds.x_val is None else len(ds.x_val),
-            "test": len(ds.x_test),
-            "input_shape": list(ds.input_shape),
-        },
-        "flops_per_example": models.flops(run.model, ds.input_shape),
-        "backend": jax.default_backend(),
-        "device": str(jax.devices()[0].device_kind),
-        "num_devices": int(run.mesh.devices.size),
-        "num_processes": jax.process_count(),
-        "jax_version": jax.__version__,
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),  # float32 rounding depends on them
-        "history": progress.history,
-        "config": config.to_dict(),
-        "paths": {k: str(v) for k, v in run.folder.paths.items()},
-    }
