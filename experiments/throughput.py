@@ -61,6 +61,7 @@ XLA_FLAG_SETS = {
     "ynn-no-reduce": _YNN + "individual_convolution,individual_dot,eltwise",
     "ynn-no-conv": _YNN + "individual_dot,eltwise,reduce",
     "ynn-eltwise-reduce": _YNN + "eltwise,reduce",
+    "ynn-dot-reduce": _YNN + "individual_dot,reduce",
     "xnn-conv-dot": "--xla_cpu_experimental_xnn_fusion_type=individual_convolution,individual_dot",
     "onednn-dot": "--xla_cpu_experimental_onednn_fusion_type=dot",
     "default-vec512": "--xla_cpu_prefer_vector_width=512",
