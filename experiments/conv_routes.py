@@ -17,8 +17,8 @@ manual train step of ``--model`` in ONE process under XLA's defaults at each sta
 * ``+ batch-norm view``: as the layers build it now (batch norm over few channels reads x as rows of
   64 values where :func:`jaxbp.kernels.norm.batch_norm_lanes` says);
 
-and under jaxbp's flags for AVX2 and AVX-512 (the same set: convolutions on XLA's kernels, element-wise
-ops on YNNPACK) ``before`` and the last three stages, then times all of them and
+and under jaxbp's AVX-512 flags (convolutions on XLA's kernels, element-wise ops on YNNPACK; the AVX2
+flags too until they left element-wise ops to XLA) ``before`` and the last three stages, then times all of them and
 PyTorch's step interleaved (glibc's allocator defaults for all, or with ``--policy command`` the
 ``jaxbp`` command's: :func:`jaxbp.allocator.set_policy`). ``--stages`` picks some of the stages.
 
@@ -104,7 +104,7 @@ def main() -> None:
 
     if args.policy == "command":
         allocator.set_policy()
-    flag_sets = {"XLA's defaults": "", "jaxbp's AVX2/AVX-512 flags": xla_flags.CPU_XLA_FLAGS_BY_ISA["avx512"].flags}
+    flag_sets = {"XLA's defaults": "", "jaxbp's AVX-512 flags": xla_flags.CPU_XLA_FLAGS_BY_ISA["avx512"].flags}
     calls = {}
     for set_name, flags in flag_sets.items():
         for variant in stages:

@@ -53,14 +53,15 @@ class FlagChoice(NamedTuple):
 #: float32, one process per flag set). They only concern the CPU backend.
 CPU_XLA_FLAGS_BY_ISA: dict[str, FlagChoice] = {
     "avx2": FlagChoice(
-        _YNN + "individual_dot,eltwise,reduce",
-        "measured on 2-core AVX2 AMD EPYCs: matmuls, element-wise ops and reductions as YNNPACK fusions, "
-        "convolutions on XLA's own kernels. Every set in one process (experiments/throughput.py --sweep-only, "
-        "manual steps, 30 rounds): cnn 47.5 ms against 53.5 under XLA's defaults and 50.4 with the convolutions "
-        "on YNNPACK too, cnn-bn 57.3 against 68.7 and 59.7, resnet 79.6 against 91.9 and 81.5, autoencoder 21.5 "
-        "against 21.7 and 22.7; the autodiff steps 1.4-1.5x faster than with the convolutions on YNNPACK "
-        "(--sweep-grads manual,autodiff, 20 rounds: cnn 98.4 against 152.7 ms, cnn-bn 119.3 against 170.9, "
-        "resnet 83.9 against 126.2)",
+        _YNN + "individual_dot,reduce",
+        "measured on 2-core AVX2 AMD EPYCs: matmuls and reductions as YNNPACK fusions, element-wise ops on "
+        "XLA's loop fusions, convolutions on XLA's own kernels. Every set in one process (experiments/"
+        "throughput.py --sweep-only --sweep-sets default,ynn-no-conv,ynn-dot-reduce, manual steps, 40-100 "
+        "rounds), against XLA's defaults and the element-wise ops on YNNPACK too (the AVX2 choice until then): "
+        "resnet 84.6 ms against 96.3 and 95.5, cnn 57.4 against 60.1 and 61.1, cnn-bn 72.6 against 76.5 and "
+        "72.5, autoencoder 20.0 against 24.7 and 30.2; the autodiff steps level with the latter (resnet 99.9 "
+        "against 98.3, cnn 112.8 against 111.6, cnn-bn 134.4 against 133.6) and 1.6-1.9x faster than under "
+        "XLA's defaults, whose YNNPACK convolutions run autodiff's transposed ones slowly",
     ),
     "avx512": FlagChoice(
         _YNN + "individual_dot,eltwise,reduce",
@@ -79,16 +80,10 @@ CPU_XLA_FLAGS_BY_MODEL: dict[tuple[str, str], FlagChoice] = {
     ("avx2", "convnext"): FlagChoice(
         "",
         "XLA's defaults, measured on a 2-core AVX2 AMD EPYC (experiments/throughput.py --model convnext "
-        "--sweep-only): the manual convnext step 113.7 ms against 183.8 ms under the AVX2 set, whose "
-        "YNNPACK element-wise fusions run GELU 2x and the depthwise taps 1.6x slower "
-        "(experiments/modern_layer_timing.py)",
-    ),
-    ("avx2", "autoencoder"): FlagChoice(
-        "",
-        "XLA's defaults, measured on a 2-core AVX2 AMD EPYC (experiments/throughput.py --model autoencoder "
-        "--sweep-only --sweep-sets default,ynn-no-conv, 60 rounds): the manual autoencoder step 19.4 ms against "
-        "24.3 under the AVX2 set, its transposed convolution to one channel running its input gradient as sums "
-        "over the taps on XLA's loop fusions (jaxbp.kernels.conv); autodiff level (46.6 against 46.1)",
+        "--sweep-only --sweep-sets default,ynn-no-conv,ynn-dot-reduce, 30 rounds): the manual convnext step "
+        "level with the AVX2 set (145.5 ms against 145.9), its autodiff step faster (628.7 against 700.8); "
+        "with the element-wise ops on YNNPACK too, the manual step 245.0 ms (YNNPACK's element-wise fusions "
+        "run GELU 2x and the depthwise taps 1.6x slower, experiments/modern_layer_timing.py)",
     ),
 }
 #: For work that compiles thousands of small programs and runs each once (``jaxbp check``,

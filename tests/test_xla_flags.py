@@ -42,7 +42,7 @@ def test_describe_says_whose_flags_are_in_effect():
 
 YNN = "--xla_cpu_experimental_ynn_fusion_type="
 NO_CONV = YNN + "individual_dot,eltwise,reduce"  # jaxbp's AVX-512 choice
-ALL = YNN + "individual_convolution,individual_dot,eltwise,reduce"  # jaxbp's AVX2 choice
+ALL = YNN + "individual_convolution,individual_dot,eltwise,reduce"  # every fusion type
 
 
 def test_the_last_ynn_fusion_flag_says_whether_convolutions_go_to_ynnpack():
@@ -58,7 +58,7 @@ def test_the_last_ynn_fusion_flag_says_whether_convolutions_go_to_ynnpack():
 def test_the_last_ynn_fusion_flag_says_whether_elementwise_ops_go_to_ynnpack():
     assert xla_flags.ynnpack_elementwise({"XLA_FLAGS": ALL}) is True
     assert xla_flags.ynnpack_elementwise({"XLA_FLAGS": NO_CONV}) is True
-    assert xla_flags.ynnpack_elementwise({"XLA_FLAGS": YNN + "individual_dot,reduce"}) is False
+    assert xla_flags.ynnpack_elementwise({"XLA_FLAGS": YNN + "individual_dot,reduce"}) is False  # AVX2's
     assert xla_flags.ynnpack_elementwise({"XLA_FLAGS": f"{NO_CONV} {YNN}"}) is False  # the last one wins
     assert xla_flags.ynnpack_elementwise({}) is xla_flags.YNN_ELEMENTWISE_BY_DEFAULT
 
@@ -190,7 +190,7 @@ def test_a_model_measured_faster_under_other_flags_gets_them_and_others_the_isa_
         assert xla_flags.flags_for(isa, model) == choice and choice.reason
         assert xla_flags.flags_for(isa, "cnn") == xla_flags.CPU_XLA_FLAGS_BY_ISA[isa]  # the rest: the ISA's
     assert xla_flags.flags_for("avx2", "convnext").flags == ""  # measured: XLA's defaults
-    assert xla_flags.flags_for("avx2", "autoencoder").flags == ""  # measured: XLA's defaults
+    assert xla_flags.flags_for("avx2", "autoencoder") == xla_flags.CPU_XLA_FLAGS_BY_ISA["avx2"]  # measured
     assert xla_flags.flags_for("avx512", "convnext") == xla_flags.CPU_XLA_FLAGS_BY_ISA["avx512"]  # not measured
     env = {}
     own = xla_flags.flags_for(xla_flags.CPU_ISA, "convnext")

@@ -53,14 +53,15 @@ conv2 is 128x14x14x32 -> 64, 3x3 SAME):
   3.1-5.6 for im2col or the taps). XLA:CPU's kernels run a single input channel slowly; on a
   2-core AMD EPYC (AVX2), the forward alone (``jax.jit``, 30 interleaved rounds, batch 128,
   28x28): resnet's conv1 (3x3 SAME, 8 outputs) 5.2-5.7 ms against 0.5 for the taps on XLA's
-  loop fusions (XLA's defaults) and 2.8-3.6 on YNNPACK's element-wise fusions (jaxbp's flags); the
-  cnn's conv1 (32 outputs) 6.5 against 1.2 under XLA's defaults, but 2.3 against 12.3 under
-  jaxbp's flags (16 outputs, stride 2: 1.7 against 2.0). The whole manual train step, one
+  loop fusions (XLA's defaults, jaxbp's AVX2 flags) and 2.8-3.6 on YNNPACK's element-wise fusions
+  (jaxbp's AVX-512 flags, and its AVX2 flags until they left element-wise ops to XLA); the
+  cnn's conv1 (32 outputs) 6.5 against 1.2 under XLA's defaults, but 2.3 against 12.3 with
+  element-wise ops on YNNPACK (16 outputs, stride 2: 1.7 against 2.0). The whole manual train step, one
   process (``experiments/conv_routes.py --policy command --stages "kernel-aware,+ one-channel
   taps"``, 80-120 rounds), under XLA's defaults: resnet 87.1 -> 82.6 ms, cnn 58.1 -> 53.1,
-  cnn-bn 71.4 -> 65.3, autoencoder 22.5 -> 19.2 (its last transposed convolution's dx); under
-  jaxbp's flags: resnet 84.8 -> 82.0, the cnn 52.1 -> 64.3 had it taken the taps; hence at most
-  :data:`ONE_CHANNEL_TAPS_MAX_OUT_ON_YNNPACK` output channels where element-wise ops run on
+  cnn-bn 71.4 -> 65.3, autoencoder 22.5 -> 19.2 (its last transposed convolution's dx); with
+  element-wise ops on YNNPACK (``individual_dot,eltwise,reduce``): resnet 84.8 -> 82.0, the cnn
+  52.1 -> 64.3 had it taken the taps; hence at most :data:`ONE_CHANNEL_TAPS_MAX_OUT_ON_YNNPACK` output channels where element-wise ops run on
   YNNPACK (:func:`elementwise_on_ynnpack`).
 
 The whole manual cnn train step, each route against the one before it, in one process

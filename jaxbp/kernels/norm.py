@@ -8,7 +8,7 @@ each sum taken over the rows and then over a row's ``lanes / C`` copies of each 
 sums in another order: equal up to rounding (``tests/test_kernels.py`` checks it in float64).
 
 Measured on a 2-core AMD EPYC (AVX2), the manual batch norm's forward and backward, ``jax.jit``,
-batch 128, 30 interleaved rounds, one process: YNNPACK's element-wise fusions (jaxbp's flags) run
+batch 128, 30 interleaved rounds, one process: YNNPACK's element-wise fusions (jaxbp's AVX-512 flags) run
 rows of 8 channels slowly, 128x28x28x8 (resnet's bn1) 4.0 ms against 2.1 over rows of 64
 (:data:`BATCH_NORM_LANES`); at 16 channels the view is no faster (4.3 against 4.1 ms), at 32 or 64
 slower (28x28x32: 9.0 against 8.0; 7x7x64 over 128 lanes: 1.2 against 1.1). Under XLA's loop
