@@ -431,3 +431,10 @@ def test_the_environment_check_sees_each_way_of_reading_it():
         assert environment_reads(source), source
     assert environment_reads((Path(kernels.__file__)).read_text(encoding="utf-8"))  # where they belong
     assert not environment_reads("from jaxbp.kernels import conv as kernels\nimport jax.numpy as jnp")
+
+
+def test_a_route_forwards_as_taps_exactly_when_depthwise_taps_or_one_channel_taps():
+    assert not kernels.ConvRoute().forward_as_taps
+    assert not kernels.ConvRoute(im2col_block=4, y_extra_row=True, dx_extra_row=True).forward_as_taps
+    assert kernels.ConvRoute(taps_block=2).forward_as_taps
+    assert kernels.ConvRoute(one_channel_taps=True).forward_as_taps

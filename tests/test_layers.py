@@ -60,7 +60,7 @@ def forward_reordered(spec, case) -> bool:
     x, w, b = case.args()
     kw = {"stride": 1, "padding": "VALID", "dilation": 1, "groups": 1, **case.kwargs}
     cfg = conv_module.conv_config(x, w, b, kw["stride"], kw["padding"], kw["dilation"], kw["groups"])
-    return bool(cfg.route.taps_block or cfg.route.one_channel_taps)
+    return cfg.route.forward_as_taps
 
 
 @pytest.mark.parametrize(("spec", "bad"), BAD, ids=[f"{s.name}-{b.name}" for s, b in BAD])

@@ -110,6 +110,12 @@ class ConvRoute(NamedTuple):
     taps_block: int = 0  # depthwise as sums over the taps, this many images a block; 0: convolutions
     one_channel_taps: bool = False  # one input channel, not grouped: the forward as sums over the taps, channel-major
 
+    @property
+    def forward_as_taps(self) -> bool:
+        """Whether the forward is sums over the taps (depthwise, or one input channel), not a convolution:
+        the reference's sums in another order."""
+        return bool(self.taps_block) or self.one_channel_taps
+
 
 def convolutions_on_ynnpack() -> bool:
     """Whether the convolutions being traced will run on YNNPACK's kernels: the CPU backend

@@ -127,7 +127,7 @@ _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 def manual_forward(x, w, b, cfg):
     """The manual layer's forward: the convolution (one row taller where cfg says), or the taps
     (depthwise, or one input channel)."""
-    if not (cfg.route.taps_block or cfg.route.one_channel_taps):
+    if not cfg.route.forward_as_taps:
         return convolution(x, w, b, cfg, cfg.route.y_extra_row)
     out_hw = output_hw(x.shape[1:3], w.shape[:2], cfg.padding, cfg.stride, cfg.dilation)
     if cfg.route.one_channel_taps:
