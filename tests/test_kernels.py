@@ -42,6 +42,8 @@ SHAPES = {
         (3, 2, 2, 3),
         dict(stride=2, padding=((1, 0), (2, 1)), dilation=(1, 2)),
     ),
+    "conv-s3x2": ("conv2d", (N, 11, 9, 2), (4, 3, 2, 3), dict(stride=(3, 2), padding=((1, 2), (0, 1)))),
+    "conv-1x1-s2": ("conv2d", (N, 6, 5, 2), (1, 1, 2, 3), dict(stride=2)),  # phases no tap reads
     "grouped-s1": ("conv2d", (N, 5, 5, 4), (3, 3, 2, 6), dict(padding="SAME", groups=2)),
     "grouped-s2": ("conv2d", (N, 6, 5, 6), (2, 3, 2, 3), dict(stride=(2, 1), groups=3)),
     "depthwise-s1": ("conv2d", (N, 5, 5, 3), (3, 3, 1, 6), dict(padding="SAME", groups=3)),
@@ -54,38 +56,47 @@ SHAPES = {
     "transpose-to-one-channel-s2": ("conv_transpose2d", (N, 3, 4, 2), (4, 4, 2, 1), dict(stride=2, padding=1)),
 }
 
-# name: (the route, whether it applies to a shape: (stride of the convolution, its kind))
+# name: (the route, whether it applies to a shape: (stride of the convolution, its kind, its dilation))
 ROUTES = {
-    "plain": (ConvRoute(), lambda s, kind: True),
-    "dw-over-x-dilated": (ConvRoute(dw_lhs_dilation=kernels.DW_LHS_DILATION), lambda s, kind: True),
-    "dw-im2col": (ConvRoute(im2col_block=N), lambda s, kind: True),
-    "dw-im2col-blocks-of-2": (ConvRoute(im2col_block=2), lambda s, kind: True),
-    "dx-one-row-taller": (ConvRoute(dx_extra_row=True), lambda s, kind: True),
-    "y-one-row-taller": (ConvRoute(y_extra_row=True), lambda s, kind: s[0] == 1),  # one more row at stride 1
+    "plain": (ConvRoute(), lambda s, kind, d: True),
+    "dw-over-x-dilated": (ConvRoute(dw_lhs_dilation=kernels.DW_LHS_DILATION), lambda s, kind, d: True),
+    "dw-im2col": (ConvRoute(im2col_block=N), lambda s, kind, d: True),
+    "dw-im2col-blocks-of-2": (ConvRoute(im2col_block=2), lambda s, kind, d: True),
+    "dx-one-row-taller": (ConvRoute(dx_extra_row=True), lambda s, kind, d: True),
+    "y-one-row-taller": (ConvRoute(y_extra_row=True), lambda s, kind, d: s[0] == 1),  # one more row at stride 1
     "off-ynnpack": (  # the three together, as on YNNPACK at stride 1
         ConvRoute(dw_lhs_dilation=kernels.DW_LHS_DILATION, dx_extra_row=True, y_extra_row=True),
-        lambda s, kind: s[0] == 1,
+        lambda s, kind, d: s[0] == 1,
     ),
-    "taps": (ConvRoute(taps_block=N), lambda s, kind: kind == "depthwise"),
-    "taps-blocks-of-1": (ConvRoute(taps_block=1), lambda s, kind: kind == "depthwise"),
-    "one-channel-taps": (ConvRoute(one_channel_taps=True), lambda s, kind: kind == "one-channel"),
+    "taps": (ConvRoute(taps_block=N), lambda s, kind, d: kind == "depthwise"),
+    "taps-blocks-of-1": (ConvRoute(taps_block=1), lambda s, kind, d: kind == "depthwise"),
+    "one-channel-taps": (ConvRoute(one_channel_taps=True), lambda s, kind, d: kind == "one-channel"),
+    "dx-phases": (ConvRoute(dx_phases=True), lambda s, kind, d: s != (1, 1) and d == (1, 1)),
+    "dx-phases-dw-over-x-dilated": (  # with dw's formulation for YNNPACK, as under XLA's defaults
+        ConvRoute(dx_phases=True, dw_lhs_dilation=kernels.DW_LHS_DILATION),
+        lambda s, kind, d: s != (1, 1) and d == (1, 1),
+    ),
     "one-channel-taps-off-ynnpack": (  # the forward's taps, the backward's convolutions kept off YNNPACK
         ConvRoute(one_channel_taps=True, dw_lhs_dilation=kernels.DW_LHS_DILATION, dx_extra_row=True),
-        lambda s, kind: kind == "one-channel",
+        lambda s, kind, d: kind == "one-channel",
     ),
 }
 
 
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
 def _adjoint(layer, x_shape, w_shape, kwargs):
-    """The stride and the kind of the convolution the route is for (conv2d's own, or the transpose's A):
-    "depthwise" (grouped, one input channel per group), "one-channel" (one input channel) or "other"."""
-    stride = kwargs.get("stride", 1)
-    stride = (stride, stride) if isinstance(stride, int) else stride
+    """The stride, the kind and the dilation of the convolution the route is for (conv2d's own, or the
+    transpose's A): kind "depthwise" (grouped, one input channel per group), "one-channel" (one input
+    channel) or "other"."""
+    stride, dilation = _pair(kwargs.get("stride", 1)), _pair(kwargs.get("dilation", 1))
     groups = kwargs.get("groups", 1)
     per_group = w_shape[2] if layer == "conv2d" else w_shape[3]  # A's kernel is w^T [KH, KW, Cout/G, Cin]
     if per_group == 1 and groups > 1:
-        return stride, "depthwise"
-    return stride, "one-channel" if per_group == 1 else "other"
+        return stride, "depthwise", dilation
+    return stride, "one-channel" if per_group == 1 else "other", dilation
 
 
 CASES = [
@@ -165,6 +176,19 @@ def test_a_missing_tap_fails_the_route_check(monkeypatch):
     monkeypatch.setattr(depthwise, "one_channel_forward", _one_channel_forward_without_last_tap)
     errors = route_errors(ConvRoute(one_channel_taps=True), "one-channel-s1")
     assert errors["y"] > TOLERANCE and max(errors["dx"], errors["dw"], errors["db"]) <= TOLERANCE, errors
+
+
+def test_a_phase_whose_kernel_is_not_rotated_fails_the_route_check(monkeypatch):
+    """dx's phases each correlating dy with its taps unrotated: dx is wrong, the rest is not."""
+
+    right = conv_module.rot180_transposed
+
+    def unrotated(w, groups):
+        return right(w[::-1, ::-1], groups)  # flipped twice: not at all
+
+    monkeypatch.setattr(conv_module, "rot180_transposed", unrotated)
+    errors = route_errors(ConvRoute(dx_phases=True), "conv-s3x2")
+    assert errors["dx"] > TOLERANCE and max(errors["y"], errors["dw"], errors["db"]) <= TOLERANCE, errors
 
 
 @pytest.mark.parametrize(
@@ -269,6 +293,29 @@ def test_depthwise_convolutions_take_the_taps_route_on_the_cpu(cin, groups, cout
     assert (route.taps_block > 0) == taps
     if taps:  # the taps run no convolution: no formulation for YNNPACK's kernels
         assert (route.dw_lhs_dilation, route.dx_extra_row, route.y_extra_row) == (1, False, False)
+
+
+@pytest.mark.parametrize(
+    ("flags", "kernel", "stride", "dilation", "groups", "phases"),
+    [
+        (OFF_YNNPACK, 3, 2, 1, 1, True),  # resnet's stride-2 convolutions, on XLA's kernels
+        (OFF_YNNPACK, 1, 2, 1, 1, True),  # its 1x1 projections
+        (OFF_YNNPACK, 3, 1, 1, 1, False),  # stride 1: no zeros to skip
+        (OFF_YNNPACK, 3, 2, 2, 1, False),  # dilated: not this formulation
+        (OFF_YNNPACK, 3, 2, 1, 2, False),  # grouped: not measured
+        (ON_YNNPACK, 3, 2, 1, 1, True),  # on YNNPACK: kernels larger than the stride
+        (ON_YNNPACK, 2, 2, 1, 1, False),  # one tap a phase: YNNPACK runs those slower
+        (ON_YNNPACK, 1, 2, 1, 1, False),
+    ],
+)
+def test_strided_dx_takes_its_phases_where_measured_faster(
+    monkeypatch, flags, kernel, stride, dilation, groups, phases
+):
+    monkeypatch.setenv("XLA_FLAGS", flags)
+    x, w = jnp.zeros((4, 14, 14, 32)), jnp.zeros((kernel, kernel, 32 // groups, 64))
+    assert conv_module.conv_config(x, w, None, stride, "SAME", dilation, groups).route.dx_phases is phases
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert not conv_module.conv_config(x, w, None, stride, "SAME", dilation, groups).route.dx_phases
 
 
 @pytest.mark.parametrize(

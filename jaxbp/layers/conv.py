@@ -25,7 +25,9 @@ run it on) says which one the manual layer runs:
 
     y:   one convolution; one row taller and cropped (stride 1); or, depthwise or of one input
          channel, sums over the kernel's taps (jaxbp.layers.depthwise)
-    dx:  the convolution above; one row taller than x and cropped; or sums over the taps
+    dx:  the convolution above; one row taller than x and cropped; strided: one stride-1
+         convolution per phase of the stride, interleaved (no zeros between dy's rows); or sums
+         over the taps
     dw:  one convolution (channels as the batch, N as the contracted feature axis), over x as
          it is or dilated by zeros with the taps scaled to match; im2col patches^T dy, one
          matmul per group and block of images; or sums over the taps
@@ -136,10 +138,13 @@ def manual_forward(x, w, b, cfg):
 
 
 def manual_dx(dy, w, x_shape, cfg):
-    """The manual layer's dx: the taps (depthwise) or the convolution of the stride-dilated dy."""
+    """The manual layer's dx: the taps (depthwise), one convolution per phase of the stride, or the
+    convolution of the stride-dilated dy."""
     if cfg.route.taps_block:
         pads = dx_padding(x_shape, dy.shape, w.shape, cfg)
         return depthwise.depthwise_dx(dy, w, x_shape, pads, cfg.stride, cfg.dilation, cfg.route.taps_block)
+    if cfg.route.dx_phases:
+        return conv2d_dx_phases(dy, w, x_shape, cfg)
     return conv2d_dx(dy, w, x_shape, cfg)
 
 
@@ -194,32 +199,76 @@ def dx_padding(x_shape, dy_shape, w_shape, cfg) -> list[tuple[int, int]]:
     return pads
 
 
+def rot180_transposed(w, groups: int):
+    """rot180(w)^T: both spatial axes flipped and, per group, [KH, KW, Cin/G, Cout/G] -> [KH, KW, Cout/G, Cin/G],
+    the groups laid out along the new output axis (so the input-channel order comes back as in x)."""
+    kh, kw, cin_g, cout = w.shape
+    return (
+        w[::-1, ::-1]
+        .reshape(kh, kw, cin_g, groups, cout // groups)
+        .transpose(0, 1, 4, 3, 2)
+        .reshape(kh, kw, cout // groups, groups * cin_g)
+    )
+
+
 def conv2d_dx(dy, w, x_shape, cfg):
     """dx = conv(pad(dilate_s(dy)), rot180(w)^T), at stride 1 and the forward's dilation."""
-    kh, kw, cin_g, cout = w.shape
-    g = cfg.groups
-    # rot180(w)^T: flip both spatial axes; per group, [KH, KW, Cin/G, Cout/G] -> [KH, KW, Cout/G, Cin/G],
-    # the groups laid out along the new output axis (so the input-channel order comes back as in x).
-    w_t = (
-        w[::-1, ::-1]
-        .reshape(kh, kw, cin_g, g, cout // g)
-        .transpose(0, 1, 4, 3, 2)
-        .reshape(kh, kw, cout // g, g * cin_g)
-    )
     pads = dx_padding(x_shape, dy.shape, w.shape, cfg)
     if cfg.route.dx_extra_row:  # one row more than x, cropped below: the same rows 0 to H - 1
         pads[0] = (pads[0][0], pads[0][1] + 1)
     dx = lax.conv_general_dilated(
         dy,
-        w_t,
+        rot180_transposed(w, cfg.groups),
         window_strides=(1, 1),
         padding=pads,
         lhs_dilation=cfg.stride,  # s - 1 zeros between the rows/cols of dy
         rhs_dilation=cfg.dilation,
         dimension_numbers=_DIMENSION_NUMBERS,
-        feature_group_count=g,
+        feature_group_count=cfg.groups,
     )
     return dx[:, : x_shape[1]] if cfg.route.dx_extra_row else dx
+
+
+def conv2d_dx_phases(dy, w, x_shape, cfg):
+    """The same dx (dilation 1) without the zeros between dy's rows/cols: one stride-1 convolution per
+    phase (a, b) of the stride, interleaved.
+
+    Padded row ``r = s u + a`` is read by the taps ``i = a + s m`` only, at output row ``u - m``:
+
+        dxp[n, s u + a, s v + b] = sum_{m, q} dy[n, u - m, v - q] w[a + s m, b + s q]^T
+
+    the correlation of dy (padded by ``Ka - 1`` before) with the phase's kernel ``w[a::s, b::s]``
+    rotated 180 degrees, ``Ka = ceil((KH - a) / s)`` taps (none: the phase is 0). Each phase is
+    computed on ``ceil(Hp / s)`` rows (rows no output reads get 0), the phases are interleaved into
+    the padded input's grid and its padding cropped. The sums are those of :func:`conv2d_dx` less
+    its products with the inserted zeros: s_h s_w times fewer multiplications.
+    """
+    n, ho, wo, _ = dy.shape
+    (sh, sw), ((top, bottom), (left, right)) = cfg.stride, cfg.padding
+    h, wd, cin = x_shape[1], x_shape[2], x_shape[3]
+    rows, cols = -(-(h + top + bottom) // sh), -(-(wd + left + right) // sw)  # per phase
+    phases = []
+    for a in range(sh):
+        for b in range(sw):
+            sub = w[a::sh, b::sw]  # the taps that read rows = a, cols = b (mod s)
+            ka, kb = sub.shape[:2]
+            if ka == 0 or kb == 0:  # a phase no tap reads (s > K): its rows get 0
+                phases.append(jnp.zeros((n, rows, cols, cin), jnp.result_type(dy, w)))
+                continue
+            phases.append(
+                lax.conv_general_dilated(
+                    dy,
+                    rot180_transposed(sub, cfg.groups),
+                    window_strides=(1, 1),
+                    padding=((ka - 1, rows - ho), (kb - 1, cols - wo)),  # exactly rows x cols outputs
+                    dimension_numbers=_DIMENSION_NUMBERS,
+                    feature_group_count=cfg.groups,
+                )
+            )
+    # [N, rows, cols, C] per (a, b) -> dxp[n, s u + a, s v + b, c], then the padding cropped
+    grid = jnp.stack(phases, axis=3).reshape(n, rows, cols, sh, sw, cin).transpose(0, 1, 3, 2, 4, 5)
+    dxp = grid.reshape(n, rows * sh, cols * sw, cin)
+    return dxp[:, top : top + h, left : left + wd]
 
 
 def conv2d_dw_im2col(x, dy, w_shape, cfg):
