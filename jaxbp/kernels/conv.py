@@ -56,13 +56,13 @@ conv2 is 128x14x14x32 -> 64, 3x3 SAME):
   loop fusions (XLA's defaults, jaxbp's AVX2 flags) and 2.8-3.6 on YNNPACK's element-wise fusions
   (jaxbp's AVX-512 flags, and its AVX2 flags until they left element-wise ops to XLA); the
   cnn's conv1 (32 outputs) 6.5 against 1.2 under XLA's defaults, but 2.3 against 12.3 with
-  element-wise ops on YNNPACK (16 outputs, stride 2: 1.7 against 2.0). The whole manual train step, one
-  process (``experiments/conv_routes.py --policy command --stages "kernel-aware,+ one-channel
+  element-wise ops on YNNPACK (16 outputs, stride 2: 1.7 against 2.0). The whole manual train
+  step, one process (``experiments/conv_routes.py --policy command --stages "kernel-aware,+ one-channel
   taps"``, 80-120 rounds), under XLA's defaults: resnet 87.1 -> 82.6 ms, cnn 58.1 -> 53.1,
   cnn-bn 71.4 -> 65.3, autoencoder 22.5 -> 19.2 (its last transposed convolution's dx); with
   element-wise ops on YNNPACK (``individual_dot,eltwise,reduce``): resnet 84.8 -> 82.0, the cnn
-  52.1 -> 64.3 had it taken the taps; hence at most :data:`ONE_CHANNEL_TAPS_MAX_OUT_ON_YNNPACK` output channels where element-wise ops run on
-  YNNPACK (:func:`elementwise_on_ynnpack`).
+  52.1 -> 64.3 had it taken the taps; hence at most :data:`ONE_CHANNEL_TAPS_MAX_OUT_ON_YNNPACK`
+  output channels where element-wise ops run on YNNPACK (:func:`elementwise_on_ynnpack`).
 - strided, not dilated, not grouped, on the CPU: dx as one stride-1 convolution per phase of the
   stride, interleaved (``jaxbp.layers.conv.conv2d_dx_phases``), rather than one convolution over dy
   with s - 1 zeros between its rows and cols, whose products with the zeros XLA's kernel computes

@@ -252,7 +252,7 @@ def conv2d_dx_phases(dy, w, x_shape, cfg):
         for b in range(sw):
             sub = w[a::sh, b::sw]  # the taps that read rows = a, cols = b (mod s)
             ka, kb = sub.shape[:2]
-            if ka == 0 or kb == 0:  # a phase no tap reads (s > K): its rows get 0
+            if ka == 0 or kb == 0:  # a phase no tap lands on (s > K): its rows get 0
                 phases.append(jnp.zeros((n, rows, cols, cin), jnp.result_type(dy, w)))
                 continue
             phases.append(
