@@ -15,8 +15,9 @@ No convolution op: KH KW fused multiply-adds per output element, vectorised alon
 channels, and KH KW reductions for ``dw``. The batch goes through ``lax.map`` / ``lax.scan``
 in blocks of ``block`` images, so each block's taps are read from cache; the padded input is
 materialised (XLA fusing the pad into every tap's slice costs a bounds check per tap and
-element): once for the forward and dx, block by block for dw. The sums are those of the convolution in another order, in float32 at least (a
-bfloat16 result rounds once, as the convolution's): equal up to rounding.
+element): once for the forward and dx, block by block for dw. The sums are those of the
+convolution in another order, in float32 at least (a bfloat16 result rounds once, as the
+convolution's): equal up to rounding.
 When conv2d takes this route, and the block size, is :func:`jaxbp.kernels.conv.conv_route`'s
 choice (with the measurements behind it).
 
