@@ -32,7 +32,7 @@ TOLERANCE = 1e-12  # float64: the routes add the same products as the reference,
 
 # (layer, x shape, w shape, kwargs); conv_transpose2d's routes are those of its adjoint A, a
 # convolution from y's shape to x's (depthwise when w has one output channel per group), whose
-# forward and dw formulations its backward runs (its own forward is A's dx, always the plain one).
+# forward and dw formulations its backward runs, and A's dx its forward (by phases where the route says).
 N = 3  # the batch: im2col in blocks of 2 pads the last block
 SHAPES = {
     "conv-s1": ("conv2d", (N, 5, 6, 2), (3, 3, 2, 3), dict(padding="SAME")),
@@ -314,6 +314,8 @@ def test_strided_dx_takes_its_phases_where_measured_faster(
     monkeypatch.setenv("XLA_FLAGS", flags)
     x, w = jnp.zeros((4, 14, 14, 32)), jnp.zeros((kernel, kernel, 32 // groups, 64))
     assert conv_module.conv_config(x, w, None, stride, "SAME", dilation, groups).route.dx_phases is phases
+    one_channel = conv_module.conv_config(x[..., :1], w[:, :, :1], None, stride, "SAME", dilation, 1).route
+    assert not one_channel.dx_phases  # a dx of one channel (a transposed convolution's forward to one): slower
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert not conv_module.conv_config(x, w, None, stride, "SAME", dilation, groups).route.dx_phases
 

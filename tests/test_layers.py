@@ -15,7 +15,7 @@ import pytest
 from jaxbp import manual, registry, suite
 from jaxbp.cases.kit import LayerSpec
 from jaxbp.kernels import norm as norm_kernels
-from jaxbp.layers import conv as conv_module
+from jaxbp.layers import conv as conv_module, conv_transpose as transpose_module
 
 CASES = [(spec, case) for spec in registry.REGISTRY.values() for case in spec.cases]
 BAD = [(spec, bad) for spec in registry.REGISTRY.values() for bad in spec.bad_inputs]
@@ -49,12 +49,20 @@ def test_manual_vjp_matches_autodiff(spec, case):
     assert {("jit", "float64"), ("vmap", "float64"), ("grad_of_grad", "float64")} <= checked
 
 
+TRANSPOSE_ARGS = ("stride", "padding", "output_padding", "dilation", "groups")
+
+
 def forward_reordered(spec, case) -> bool:
     """Whether the case's manual forward runs another formulation than the reference's ops: conv2d
-    taking the taps (depthwise, or one input channel), batch norm a view of few channels, on this
-    backend and under these XLA flags."""
+    taking the taps (depthwise, or one input channel), conv_transpose2d its adjoint's dx by phases,
+    batch norm a view of few channels, on this backend and under these XLA flags."""
     if spec.name == "batch_norm":
         return norm_kernels.batch_norm_lanes(np.shape(case.args()[0])) > 0
+    if spec.name == "conv_transpose2d":  # its forward is its adjoint's dx: by phases, or the reference's
+        x, w, b = case.args()
+        kw = {"stride": 1, "padding": 0, "output_padding": 0, "dilation": 1, "groups": 1, **case.kwargs}
+        cfg = transpose_module.transpose_config(x, w, b, *(kw[k] for k in TRANSPOSE_ARGS))
+        return cfg.adjoint.route.dx_phases
     if spec.name != "conv2d":
         return False
     x, w, b = case.args()

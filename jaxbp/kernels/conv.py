@@ -73,7 +73,10 @@ conv2 is 128x14x14x32 -> 64, 3x3 SAME):
   1.40 -> 1.06. Under XLA's defaults, where YNNPACK takes the phases' convolutions of at least
   17 channels that are no larger than dy: 3x3 kernels 5.76 -> 4.13 and 2.84 -> 1.94 ms, but 1x1
   level (1.58 -> 1.43, 1.19 -> 1.34) and ConvNeXt's 2x2 slower (1.52 -> 2.19), hence there only
-  kernels larger than the stride.
+  kernels larger than the stride. The forward of a transposed convolution is its adjoint's dx, so
+  the phases run it too: the autoencoder's 4x4 stride-2 7x7x32 -> 14x14x16 8.23 -> 3.10 ms (XLA's
+  defaults 6.03 -> 2.77), but to one channel (14x14x16 -> 28x28x1) 3.10 -> 5.18 (2.89 -> 4.50):
+  not for a dx of one channel.
 
 The whole manual cnn train step, each route against the one before it, in one process
 (``experiments/conv_routes.py``): see the README's Speed section. im2col and the taps work
@@ -181,8 +184,9 @@ def conv_route(x_shape, w_shape, dtype, stride, pads, dilation, groups, out_hw) 
     one_channel = one_channel and (not elementwise_on_ynnpack() or w_shape[3] <= ONE_CHANNEL_TAPS_MAX_OUT_ON_YNNPACK)
     on_ynnpack = on_ynnpack and not taps  # the taps run no convolution
     at_stride_1 = tuple(stride) == (1, 1)  # no lhs dilation in dx's convolution
-    # strided: dx's phases, where XLA's kernels run them (on YNNPACK only kernels larger than the stride)
-    phases = on_cpu and not taps and groups == 1 and not at_stride_1 and tuple(dilation) == (1, 1)
+    # strided: dx's phases, where XLA's kernels run them (on YNNPACK only kernels larger than the stride),
+    # for dx of more than one channel
+    phases = on_cpu and not taps and groups == 1 and cin > 1 and not at_stride_1 and tuple(dilation) == (1, 1)
     phases = phases and (not on_ynnpack or kh > stride[0] or kw > stride[1])
     return ConvRoute(
         im2col_block=block,

@@ -28,8 +28,8 @@ stamps adding, and y is yp less lo rows/cols before and lo - op after,
 ``op`` (< max(s, d), as PyTorch asks) picks which of the s heights that A maps to H rows y has: it
 gives back op of the rows the padding crops at the bottom/right (rows no stamp reaches, b alone, where
 op > lo). With op >= s (allowed when d > s) A maps y to more than H rows and dx keeps the first H.
-dx and dw run on conv2d's manual formulations, in the route :func:`jaxbp.kernels.conv.conv_route`
-chooses for A. The forward saves ``x`` and ``w``.
+The manual forward, dx and dw run on conv2d's manual formulations of A's dx, forward and dw, in the
+route :func:`jaxbp.kernels.conv.conv_route` chooses for A. The forward saves ``x`` and ``w``.
 """
 
 from __future__ import annotations
@@ -147,7 +147,8 @@ def conv_transpose2d(
 ) -> jax.Array:
     """Transposed convolution with a hand-derived VJP. Shapes as :func:`conv_transpose2d_reference`.
 
-    Forward: the reference's. Backward: ``dx`` = conv2d(dy, w^T) (the convolution it is the adjoint
+    Forward: the reference's sums (one stride-1 convolution per phase of a stride where A's route
+    says: :func:`manual_transposed`). Backward: ``dx`` = conv2d(dy, w^T) (the convolution it is the adjoint
     of), ``dw`` = conv2d's weight gradient with dy as the input and x as the output gradient, swapped
     back; ``db = sum(dy)``; both on conv2d's manual formulations.
     """
@@ -156,11 +157,21 @@ def conv_transpose2d(
 
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _conv_transpose2d(x, w, b, cfg):
-    return transposed(x, w, b, cfg)
+    return manual_transposed(x, w, b, cfg)
 
 
 def _conv_transpose2d_fwd(x, w, b, cfg):
-    return transposed(x, w, b, cfg), (x, w)  # b is not read by the backward
+    return manual_transposed(x, w, b, cfg), (x, w)  # b is not read by the backward
+
+
+def manual_transposed(x, w, b, cfg: TransposeConfig):
+    """The manual layer's forward, y = A^T x (+ b): A's input gradient in A's route, so one stride-1
+    convolution per phase of the stride where the route says (``conv.conv2d_dx_phases``: the sums of
+    :func:`transposed` less its products with the zeros between x's rows), else :func:`transposed`."""
+    if not cfg.adjoint.route.dx_phases:
+        return transposed(x, w, b, cfg)
+    y = conv.conv2d_dx_phases(x, swap_io(w), cfg.out_shape, cfg.adjoint)
+    return y if b is None else y + b
 
 
 def _conv_transpose2d_bwd(cfg, res, dy):
