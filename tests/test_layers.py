@@ -49,9 +49,6 @@ def test_manual_vjp_matches_autodiff(spec, case):
     assert {("jit", "float64"), ("vmap", "float64"), ("grad_of_grad", "float64")} <= checked
 
 
-TRANSPOSE_ARGS = ("stride", "padding", "output_padding", "dilation", "groups")
-
-
 def forward_reordered(spec, case) -> bool:
     """Whether the case's manual forward runs another formulation than the reference's ops: conv2d
     taking the taps (depthwise, or one input channel), conv_transpose2d its adjoint's dx by phases,
@@ -61,7 +58,9 @@ def forward_reordered(spec, case) -> bool:
     if spec.name == "conv_transpose2d":  # its forward is its adjoint's dx: by phases, or the reference's
         x, w, b = case.args()
         kw = {"stride": 1, "padding": 0, "output_padding": 0, "dilation": 1, "groups": 1, **case.kwargs}
-        cfg = transpose_module.transpose_config(x, w, b, *(kw[k] for k in TRANSPOSE_ARGS))
+        cfg = transpose_module.transpose_config(
+            x, w, b, kw["stride"], kw["padding"], kw["output_padding"], kw["dilation"], kw["groups"]
+        )
         return cfg.adjoint.route.dx_phases
     if spec.name != "conv2d":
         return False
