@@ -42,6 +42,11 @@ def sum_dtype(dtype):
     return jnp.promote_types(dtype, jnp.float32)
 
 
+def out_dtype(x, w, b):
+    """The forward's dtype: x's, w's and the bias's (None: none) promoted together."""
+    return jnp.result_type(x, w) if b is None else jnp.result_type(x, w, b)
+
+
 def tap(a, i, j, out_hw, stride, dilation):
     """a[:, d_h i + s_h o, d_w j + s_w p, :] for every output (o, p): [N, Ho, Wo, C]."""
     (ho, wo), (sh, sw), (dh, dw) = out_hw, stride, dilation
@@ -82,7 +87,7 @@ def correlate(xp, w, out_hw, stride, dilation):
 
 def depthwise_forward(x, w, b, padding, stride, dilation, out_hw, block):
     """The forward, x padded once and correlated with w block by block, plus the bias (None: none)."""
-    dtype = jnp.result_type(x, w) if b is None else jnp.result_type(x, w, b)
+    dtype = out_dtype(x, w, b)
     acc = sum_dtype(dtype)
     xp, w = jnp.pad(x.astype(acc), ((0, 0), *padding, (0, 0))), w.astype(acc)
     y = map_blocks(lambda xb: correlate(xb, w, out_hw, stride, dilation), block, xp)
@@ -99,7 +104,7 @@ def one_channel_forward(x, w, b, padding, stride, dilation, out_hw):
     inside the consumers XLA fuses them into (seven fusions of cnn-bn's step read w, under XLA's
     defaults and jaxbp's AVX2 flags), which measured faster than materialising them in a loop over
     blocks of images (69.6 ms against 73.3-74.4, 40 rounds, the AVX2 flags)."""
-    dtype = jnp.result_type(x, w) if b is None else jnp.result_type(x, w, b)
+    dtype = out_dtype(x, w, b)
     acc = sum_dtype(dtype)
     kh, kw, _, cout = w.shape
     xp = jnp.pad(x[..., 0].astype(acc), ((0, 0), *padding))[..., None]
