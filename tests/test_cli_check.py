@@ -187,6 +187,7 @@ def test_target_cannot_be_combined_with_layer(capsys, tmp_path, monkeypatch):
     assert info.value.code == 2
 
 
+@pytest.mark.long
 def test_plot_writes_the_pngs(capsys, tmp_path):
     out = tmp_path / "plots"
     assert main(["check", "--layer", "relu", "--dtype", "float64", "--plot", str(out)]) == 0

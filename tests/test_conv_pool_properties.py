@@ -141,6 +141,7 @@ ON_YNNPACK = ""
 OFF_YNNPACK = "--xla_cpu_experimental_ynn_fusion_type=individual_dot,eltwise,reduce"
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("route", ["inflated", "im2col", "im2col-blocks-of-2", "xla-kernels"])
 @settings(SETTINGS, max_examples=8)
 @given(data=st.data())

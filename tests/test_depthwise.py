@@ -36,6 +36,7 @@ def depthwise_configs(draw):
     return x_shape, w_shape, draw(st.booleans()), kwargs, draw(st.integers(0, 2**16))
 
 
+@pytest.mark.long
 @settings(SETTINGS, max_examples=12)
 @given(config=depthwise_configs(), images_per_block=st.sampled_from(["batch", 1, 2]))
 def test_depthwise_taps_vjp_matches_autodiff(config, images_per_block):

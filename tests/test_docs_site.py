@@ -54,6 +54,7 @@ def site(tmp_path_factory):
     return out, proc, seconds
 
 
+@pytest.mark.long
 @needs_mkdocs
 def test_the_site_builds_in_strict_mode_without_a_warning(site):
     out, proc, seconds = site

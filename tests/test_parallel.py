@@ -86,6 +86,7 @@ def _env(**extra):
     return env
 
 
+@pytest.mark.long
 def test_eight_devices_train_like_one(tmp_path):
     script = tmp_path / "eight.py"
     script.write_text(EIGHT_DEVICES)
@@ -166,6 +167,7 @@ def _losses(folder):
     return [r for r in recs if r["kind"] == "train"], [r for r in recs if r["kind"] == "eval"]
 
 
+@pytest.mark.long
 def test_two_processes_stop_resume_and_match_one_process(tmp_path):
     common = ["--dataset", "digits", "--model", "mlp", "--epochs", "1", "--batch-size", "64", "--log-every", "1"]
     common += ["--quiet"]
@@ -199,6 +201,7 @@ def test_two_processes_stop_resume_and_match_one_process(tmp_path):
     print(f"2 processes vs 1: max rel loss diff {np.max(np.abs(a - b) / b):.2e}")
 
 
+@pytest.mark.long
 def test_two_processes_both_stop_when_process_0_refuses_the_folder(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
@@ -210,6 +213,7 @@ def test_two_processes_both_stop_when_process_0_refuses_the_folder(tmp_path):
     assert (out / "config.json").read_text() == "{}"
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("who, signals", [(1, ("SIGINT", "SIGTERM")), (0, ("SIGINT", "SIGINT"))])
 def test_a_signal_to_one_process_stops_both_after_the_same_step(tmp_path, who, signals):
     flags = ["--dataset", "digits", "--model", "mlp", "--epochs", "1000", "--batch-size", "64", "--log-every", "1"]

@@ -221,6 +221,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(digits,
 # ------------------------------------------------------------------ compare mode
 
 
+@pytest.mark.long
 def test_compare_mode_logs_agreement_within_tolerance(tmp_path):
     config = dataclasses.replace(BASE, grad="compare", max_steps=10, log_every=1, out=str(tmp_path))
     result = train.fit(config, progress=False)

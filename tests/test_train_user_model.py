@@ -157,6 +157,7 @@ def test_compare_mode_fails_the_run_on_a_wrong_backward_in_the_users_layer(tmp_p
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "gradient_mismatch"
 
 
+@pytest.mark.long
 def test_the_readmes_custom_layer_command_passes(tmp_path, capsys):
     # `jaxbp train --model examples/custom_layer.py:make_model --grad compare --val-split 0.1`, cut
     # to 135 of its 315 steps: at step 131 the float32 comparison of jaxbp 0.x (rel. error against a
