@@ -13,7 +13,6 @@ runs it under XLA's defaults.
 """
 
 import os
-from pathlib import Path
 
 from jaxbp.xla_flags import FAST_COMPILE_FLAGS, measured_jaxlib
 
@@ -26,4 +25,4 @@ def pytest_collection_modifyitems(config, items):
     """The long items first (marked ``long``, and the guides' examples: one doctest item per page),
     the rest in their order: under ``-n auto`` the run then does not end on one worker running a
     minute-long item while the other has nothing left to do."""
-    items.sort(key=lambda item: not (item.get_closest_marker("long") or Path(str(item.path)).suffix == ".md"))
+    items.sort(key=lambda item: not (item.get_closest_marker("long") or item.path.suffix == ".md"))
