@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -329,8 +330,23 @@ def format_accounting(acc: dict) -> str:
 def traced_under(flags: str):
     """``XLA_FLAGS`` set to ``flags`` for the tracing inside (a context manager): the layers read
     it to pick the formulation that suits the kernels XLA will choose (:mod:`jaxbp.layers.conv`),
-    so steps compiled with these flags as options are traced as in a process started under them."""
+    so steps compiled with these flags as options are traced as in a process started under them.
+
+    XLA reads ``XLA_FLAGS`` once, at the process's first compilation, and keeps those flags for every
+    later compilation that does not set them: a first compilation inside this would make ``flags``
+    the process's (a later step compiled for XLA's defaults got jaxbp's AVX2 set: cnn-bn's autodiff
+    step, 27 YNNPACK fusions rather than 32). So a trivial program is compiled first, outside it.
+    """
+    compile_once_outside()
     return mock.patch.dict(os.environ, {"XLA_FLAGS": flags})
+
+
+@functools.cache
+def compile_once_outside() -> None:
+    """Compile a trivial program under the process's own ``XLA_FLAGS`` (see :func:`traced_under`)."""
+    import jax
+
+    jax.jit(lambda x: x + 1).lower(1.0).compile()
 
 
 def sweep(args) -> dict:

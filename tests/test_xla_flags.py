@@ -2,6 +2,10 @@
 user's own XLA_FLAGS (even empty) win, and `describe` says which flags are in effect and why."""
 
 import importlib.metadata
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -223,3 +227,31 @@ def test_the_command_sets_the_flags_of_the_model_it_trains(monkeypatch, tmp_path
         with pytest.raises(SystemExit):
             cli.run()
         assert seen[-2]["model"] == model and seen[-1] == "allocator policy"  # both, before the command runs
+
+
+THROUGHPUT = Path(__file__).resolve().parents[1] / "experiments" / "throughput.py"
+# A fresh process (XLA reads XLA_FLAGS at its first compilation): a convolution compiled for
+# NO_CONV inside experiments/throughput.py's traced_under, then one compiled without options,
+# which must get the process's own flags (XLA's defaults: on YNNPACK), not NO_CONV's.
+FIRST_COMPILE_IN_TRACED_UNDER = f"""
+import importlib.util, jax, numpy as np
+from jax import lax
+from jaxbp import bench
+spec = importlib.util.spec_from_file_location("throughput", {str(THROUGHPUT)!r})
+tp = importlib.util.module_from_spec(spec); spec.loader.exec_module(tp)
+conv = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+x, w = np.ones((2, 6, 6, 32), np.float32), np.ones((3, 3, 32, 64), np.float32)  # no compilation yet
+with tp.traced_under({NO_CONV!r}):
+    inside = jax.jit(conv).lower(x, w).compile(bench.flag_options({NO_CONV!r})).as_text()
+after = jax.jit(conv).lower(x, w).compile().as_text()
+print("__ynn_fusion" in inside, "__ynn_fusion" in after)
+"""
+
+
+@KNOWN_JAXLIB
+def test_a_first_compilation_inside_traced_under_leaves_the_process_its_own_flags():
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", FIRST_COMPILE_IN_TRACED_UNDER], env=env, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True"], out.stdout  # NO_CONV's off YNNPACK, the default's on it
