@@ -20,6 +20,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if measured_jaxlib():
     os.environ.setdefault("XLA_FLAGS", FAST_COMPILE_FLAGS)
 
+# XLA reads XLA_FLAGS once, at the process's first compilation, and keeps those flags for every later
+# compilation that does not set them itself. Tests that patch XLA_FLAGS (to make jaxbp.kernels
+# predict another flag set) must not be the first to compile, or their flags become the worker's.
+import jax  # noqa: E402 (after the environment it reads)
+
+jax.jit(lambda x: x + 1).lower(1.0).compile()
+
 
 def pytest_collection_modifyitems(config, items):
     """The long items first (marked ``long``, and the guides' examples: one doctest item per page),
