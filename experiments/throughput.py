@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import os
 import platform
@@ -331,22 +330,12 @@ def traced_under(flags: str):
     """``XLA_FLAGS`` set to ``flags`` for the tracing inside (a context manager): the layers read
     it to pick the formulation that suits the kernels XLA will choose (:mod:`jaxbp.layers.conv`),
     so steps compiled with these flags as options are traced as in a process started under them.
+    XLA reads the process's own ``XLA_FLAGS`` first (:func:`jaxbp.xla_flags.read_flags_now`), so
+    that ``flags`` never become the process's."""
+    from jaxbp import xla_flags
 
-    XLA reads ``XLA_FLAGS`` once, at the process's first compilation, and keeps those flags for every
-    later compilation that does not set them: a first compilation inside this would make ``flags``
-    the process's (a later step compiled for XLA's defaults got jaxbp's AVX2 set: cnn-bn's autodiff
-    step, 27 YNNPACK fusions rather than 32). So a trivial program is compiled first, outside it.
-    """
-    compile_once_outside()
+    xla_flags.read_flags_now()
     return mock.patch.dict(os.environ, {"XLA_FLAGS": flags})
-
-
-@functools.cache
-def compile_once_outside() -> None:
-    """Compile a trivial program under the process's own ``XLA_FLAGS`` (see :func:`traced_under`)."""
-    import jax
-
-    jax.jit(lambda x: x + 1).lower(1.0).compile()
 
 
 def sweep(args) -> dict:

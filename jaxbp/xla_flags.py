@@ -12,6 +12,7 @@ bench`` records it.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 from collections.abc import Mapping, MutableMapping
@@ -32,6 +33,7 @@ __all__ = [
     "fast_compile_options",
     "flags_for",
     "measured_jaxlib",
+    "read_flags_now",
     "set_default_xla_flags",
     "ynnpack_convolutions",
     "ynnpack_elementwise",
@@ -168,6 +170,22 @@ def fast_compile_options(jaxlib: str | None = None) -> dict[str, int | bool]:
     """:data:`FAST_COMPILE_OPTIONS` on a measured jaxlib, else none: ``compiler_options`` that
     XLA does not know fail the compilation."""
     return dict(FAST_COMPILE_OPTIONS) if measured_jaxlib(jaxlib) else {}
+
+
+@functools.cache
+def read_flags_now() -> None:
+    """Make XLA read this process's ``XLA_FLAGS`` now, by compiling a trivial program (once).
+
+    XLA reads ``XLA_FLAGS`` once, at the process's first compilation, and keeps those flags for
+    every later compilation that does not set them. Code that patches ``XLA_FLAGS`` for a while
+    (to make :mod:`jaxbp.kernels` trace for another flag set) calls this first, so that the patch is
+    never what the process's first compilation reads: measured on jaxlib 0.10, a step compiled for
+    XLA's defaults after a first compilation under jaxbp's AVX2 set got the AVX2 set (cnn-bn's
+    autodiff step, 27 YNNPACK fusions rather than 32).
+    """
+    import jax
+
+    jax.jit(lambda x: x + 1).lower(1.0).compile()
 
 
 def set_default_xla_flags(

@@ -14,18 +14,15 @@ runs it under XLA's defaults.
 
 import os
 
-from jaxbp.xla_flags import FAST_COMPILE_FLAGS, measured_jaxlib
+from jaxbp.xla_flags import FAST_COMPILE_FLAGS, measured_jaxlib, read_flags_now
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if measured_jaxlib():
     os.environ.setdefault("XLA_FLAGS", FAST_COMPILE_FLAGS)
 
-# XLA reads XLA_FLAGS once, at the process's first compilation, and keeps those flags for every later
-# compilation that does not set them itself. Tests that patch XLA_FLAGS (to make jaxbp.kernels
-# predict another flag set) must not be the first to compile, or their flags become the worker's.
-import jax  # noqa: E402 (after the environment it reads)
-
-jax.jit(lambda x: x + 1).lower(1.0).compile()
+# Tests that patch XLA_FLAGS (to make jaxbp.kernels predict another flag set) must not be a worker's
+# first compilation, or their flags become the worker's (jaxbp.xla_flags.read_flags_now).
+read_flags_now()
 
 
 def pytest_collection_modifyitems(config, items):
